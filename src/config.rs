@@ -1,0 +1,744 @@
+//! Configuration: parse, then validate.
+//!
+//! Layers, last wins: the embedded `config/confab.toml` (which is therefore both the
+//! documentation and the defaults), the file given with `--config`, then environment
+//! variables `CONFAB_<SECTION>_<KEY>`. The merged TOML table is deserialised into the raw
+//! structs below (`deny_unknown_fields`, so a typo is an error naming the key) and then
+//! validated into [`Config`], the only type the rest of the server sees.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/confab.toml");
+
+const SECTIONS: &[&str] = &["server", "tls", "auth", "ws", "limits", "store", "llm", "rooms"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {msg}")]
+    Syntax { path: String, msg: String },
+    #[error("config: {0}")]
+    Shape(String),
+    #[error("config key `{key}`: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, msg: msg.into() }
+}
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: RawServer,
+    tls: RawTls,
+    auth: RawAuth,
+    ws: RawWs,
+    limits: RawLimits,
+    store: RawStore,
+    llm: RawLlm,
+    rooms: RawRooms,
+    #[serde(default)]
+    agents: BTreeMap<String, RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    shards: u32,
+    max_connections: u32,
+    max_connections_per_user: u32,
+    echo_path: String,
+    max_header_bytes: u32,
+    max_body_bytes: u32,
+    head_timeout_ms: u64,
+    shutdown_timeout_ms: u64,
+    log_level: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwt_secret: String,
+    algorithms: Vec<String>,
+    public_key_file: String,
+    private_key_file: String,
+    audience: String,
+    issuer: String,
+    leeway_s: u64,
+    auth_timeout_ms: u64,
+    expiry_grace_s: u64,
+    token_ttl_s: u64,
+    dev_tokens: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWs {
+    read_buffer_bytes: u32,
+    write_buffer_bytes: u32,
+    max_message_bytes: u32,
+    max_frame_bytes: u32,
+    out_queue_max_bytes: u32,
+    heartbeat_interval_ms: u64,
+    pong_timeout_ms: u64,
+    read_budget_messages: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate_window_ms: u64,
+    rate_max_messages: u32,
+    rate_strikes: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    data_dir: String,
+    db_file: String,
+    batch_max: u32,
+    queue: u32,
+    read_workers: u32,
+    read_queue: u32,
+    idempotency_window_s: u64,
+    max_page: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLlm {
+    provider: String,
+    workers: u32,
+    queue: u32,
+    base_url: String,
+    model: String,
+    api_key_env: String,
+    connect_timeout_ms: u64,
+    first_token_timeout_ms: u64,
+    read_timeout_ms: u64,
+    demo_tokens_per_s: f64,
+    context_messages: u32,
+    context_max_chars: u32,
+    max_tokens_limit: u32,
+    temperature_max: f64,
+    default_agent: String,
+    checkpoint_interval_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRooms {
+    create_on_join: bool,
+    typing_timeout_ms: u64,
+    max_members: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    system_prompt: String,
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: u32,
+    #[serde(default)]
+    price_prompt_per_1k: f64,
+    #[serde(default)]
+    price_completion_per_1k: f64,
+}
+
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_max_tokens() -> u32 {
+    1024
+}
+
+// ---------------------------------------------------------------- validated
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Demo,
+    OpenAi,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: Option<TlsFiles>,
+    pub auth: AuthConfig,
+    pub ws: WsConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub llm: LlmConfig,
+    pub rooms: RoomsConfig,
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: u32,
+    pub echo_path: Option<String>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub head_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub public_key_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway_s: u64,
+    pub auth_timeout: Duration,
+    pub expiry_grace: Duration,
+    pub token_ttl_s: u64,
+    pub dev_tokens: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub out_queue_max_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub pong_timeout: Duration,
+    pub read_budget_messages: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub rate_window: Duration,
+    pub rate_max_messages: u32,
+    pub rate_strikes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub db_file: String,
+    pub batch_max: usize,
+    pub queue: usize,
+    pub read_workers: usize,
+    pub read_queue: usize,
+    pub idempotency_window_s: u64,
+    pub max_page: u32,
+}
+
+impl StoreConfig {
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(&self.db_file)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub provider: ProviderKind,
+    pub workers: usize,
+    pub queue: usize,
+    pub base_url: String,
+    pub model: String,
+    pub api_key_env: String,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub read_timeout: Duration,
+    pub demo_tokens_per_s: f64,
+    pub context_messages: u32,
+    pub context_max_chars: usize,
+    pub max_tokens_limit: u32,
+    pub temperature_max: f64,
+    pub default_agent: String,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    pub create_on_join: bool,
+    pub typing_timeout: Duration,
+    pub max_members: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub model: String,
+    pub system_prompt: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub price_prompt_per_1k: f64,
+    pub price_completion_per_1k: f64,
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Config {
+    /// Defaults, then `path` (if any), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = match path {
+            Some(p) => Some((
+                p.display().to_string(),
+                std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            )),
+            None => None,
+        };
+        Self::from_layers(file.as_ref().map(|(p, s)| (p.as_str(), s.as_str())), &env)
+    }
+
+    /// The embedded defaults alone (tests start from this and adjust fields).
+    pub fn defaults() -> Config {
+        Self::from_layers(None, &[]).expect("embedded config/confab.toml is valid")
+    }
+
+    pub fn from_layers(
+        file: Option<(&str, &str)>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: "<embedded>".into(), msg: e.to_string() })?;
+        if let Some((path, text)) = file {
+            let over: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.into(), msg: e.message().to_string() })?;
+            merge(&mut table, over);
+        }
+        apply_env(&mut table, env)?;
+        check_types(&mut table)?;
+        let raw: Raw = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        raw.validate()
+    }
+}
+
+/// Deep-merge `over` into `base` (tables merge, everything else replaces).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("CONFAB_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS.iter().find(|s| {
+            rest.len() > s.len() && rest.starts_with(*s) && rest.as_bytes()[s.len()] == b'_'
+        }) else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        // Read the value as TOML (numbers, booleans, arrays); anything else is a string.
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let sec = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match sec {
+            toml::Value::Table(t) => {
+                // A string key whose default is a string stays a string even if it looks
+                // like a number (e.g. CONFAB_AUTH_JWT_SECRET=123456).
+                let v = match (t.get(key), parsed) {
+                    (Some(toml::Value::String(_)), p) if !p.is_str() => toml::Value::String(value.clone()),
+                    (_, p) => p,
+                };
+                t.insert(key.to_string(), v);
+            }
+            _ => return Err(ConfigError::Shape(format!("[{section}] is not a table"))),
+        }
+    }
+    Ok(())
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Every documented key has a default of the right type: compare against it, so that a
+/// mistyped value is reported with its full key name (serde's message would not say).
+fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
+    for section in SECTIONS {
+        let Some(toml::Value::Table(dt)) = defaults.get(*section) else { continue };
+        match table.get_mut(*section) {
+            Some(toml::Value::Table(t)) => {
+                for (key, v) in t.iter_mut() {
+                    let Some(d) = dt.get(key) else {
+                        return Err(ConfigError::Shape(format!("unknown key `{section}.{key}`")));
+                    };
+                    match (d, &*v) {
+                        (toml::Value::Float(_), toml::Value::Integer(i)) => *v = toml::Value::Float(*i as f64),
+                        (d, v) if std::mem::discriminant(d) == std::mem::discriminant(v) => {}
+                        (d, v) => {
+                            return Err(ConfigError::Shape(format!(
+                                "key `{section}.{key}` must be {}, not {} ({v})",
+                                type_name(d),
+                                type_name(v)
+                            )))
+                        }
+                    }
+                }
+            }
+            Some(other) => return Err(ConfigError::Shape(format!("`{section}` must be a table, not {}", type_name(other)))),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(s: String) -> Option<String> {
+    if s.trim().is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn parse_provider(key: &'static str, s: &str) -> Result<ProviderKind, ConfigError> {
+    match s {
+        "demo" => Ok(ProviderKind::Demo),
+        "openai" => Ok(ProviderKind::OpenAi),
+        other => Err(invalid(key, format!("unknown provider {other:?} (expected \"demo\" or \"openai\")"))),
+    }
+}
+
+impl Raw {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let s = self.server;
+        let listen: SocketAddr = s
+            .listen
+            .parse()
+            .map_err(|_| invalid("server.listen", format!("{:?} is not an IP:port address", s.listen)))?;
+        let shards = if s.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            s.shards as usize
+        };
+        if shards > 1024 {
+            return Err(invalid("server.shards", "at most 1024"));
+        }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if s.max_connections_per_user == 0 {
+            return Err(invalid("server.max_connections_per_user", "must be at least 1"));
+        }
+        let echo_path = non_empty(s.echo_path);
+        if let Some(p) = &echo_path {
+            if !p.starts_with('/') {
+                return Err(invalid("server.echo_path", "must start with '/'"));
+            }
+        }
+        if s.max_header_bytes < 256 {
+            return Err(invalid("server.max_header_bytes", "must be at least 256"));
+        }
+        let log_level = s
+            .log_level
+            .parse::<log::LevelFilter>()
+            .map_err(|_| invalid("server.log_level", format!("{:?} is not a log level", s.log_level)))?;
+
+        let tls = match (non_empty(self.tls.cert_file), non_empty(self.tls.key_file)) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(TlsFiles { cert_file: c.into(), key_file: k.into() }),
+            _ => return Err(invalid("tls.cert_file", "tls.cert_file and tls.key_file must be set together")),
+        };
+
+        let a = self.auth;
+        let mut algorithms = Vec::new();
+        for name in &a.algorithms {
+            let alg = match name.as_str() {
+                "HS256" => jsonwebtoken::Algorithm::HS256,
+                "HS384" => jsonwebtoken::Algorithm::HS384,
+                "HS512" => jsonwebtoken::Algorithm::HS512,
+                "RS256" => jsonwebtoken::Algorithm::RS256,
+                "RS384" => jsonwebtoken::Algorithm::RS384,
+                "RS512" => jsonwebtoken::Algorithm::RS512,
+                "PS256" => jsonwebtoken::Algorithm::PS256,
+                "ES256" => jsonwebtoken::Algorithm::ES256,
+                "ES384" => jsonwebtoken::Algorithm::ES384,
+                "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
+                other => return Err(invalid("auth.algorithms", format!("unsupported algorithm {other:?}"))),
+            };
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(invalid("auth.algorithms", "at least one algorithm"));
+        }
+        let symmetric = algorithms.iter().any(|a| crate::auth::is_hmac(*a));
+        let asymmetric = algorithms.iter().any(|a| !crate::auth::is_hmac(*a));
+        if symmetric && asymmetric {
+            return Err(invalid("auth.algorithms", "mix HMAC (HS*) and public-key algorithms in one server is not supported"));
+        }
+        let public_key_file = non_empty(a.public_key_file).map(PathBuf::from);
+        if asymmetric && public_key_file.is_none() {
+            return Err(invalid("auth.public_key_file", "required for public-key algorithms"));
+        }
+        if a.auth_timeout_ms == 0 {
+            return Err(invalid("auth.auth_timeout_ms", "must be positive"));
+        }
+
+        let w = self.ws;
+        if w.read_buffer_bytes < 256 {
+            return Err(invalid("ws.read_buffer_bytes", "must be at least 256"));
+        }
+        if w.max_message_bytes < 64 || w.max_frame_bytes < 64 {
+            return Err(invalid("ws.max_message_bytes", "message and frame caps must be at least 64 bytes"));
+        }
+        if (w.out_queue_max_bytes as u64) < 2 * w.max_message_bytes as u64 {
+            return Err(invalid("ws.out_queue_max_bytes", "must be at least twice ws.max_message_bytes"));
+        }
+        if w.heartbeat_interval_ms < 100 || w.pong_timeout_ms < 100 {
+            return Err(invalid("ws.heartbeat_interval_ms", "heartbeat and pong timeout must be at least 100 ms"));
+        }
+        if w.read_budget_messages == 0 {
+            return Err(invalid("ws.read_budget_messages", "must be at least 1"));
+        }
+
+        let l = self.limits;
+        if l.rate_window_ms == 0 || l.rate_max_messages == 0 {
+            return Err(invalid("limits.rate_window_ms", "rate window and max messages must be positive"));
+        }
+
+        let st = self.store;
+        if st.data_dir.trim().is_empty() {
+            return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        if st.db_file.trim().is_empty() || st.db_file.contains('/') {
+            return Err(invalid("store.db_file", "a plain file name"));
+        }
+        if st.batch_max == 0 || st.queue == 0 || st.read_workers == 0 || st.read_queue == 0 || st.max_page == 0 {
+            return Err(invalid("store.queue", "store queue, batch, workers and page sizes must be positive"));
+        }
+
+        let m = self.llm;
+        let provider = parse_provider("llm.provider", &m.provider)?;
+        if m.workers == 0 || m.workers > 65536 {
+            return Err(invalid("llm.workers", "between 1 and 65536"));
+        }
+        if m.queue == 0 {
+            return Err(invalid("llm.queue", "must be at least 1"));
+        }
+        if !(m.demo_tokens_per_s > 0.0 && m.demo_tokens_per_s <= 1_000_000.0) {
+            return Err(invalid("llm.demo_tokens_per_s", "between 0 (exclusive) and 1000000"));
+        }
+        if provider == ProviderKind::OpenAi && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
+            return Err(invalid("llm.base_url", "must start with http:// or https://"));
+        }
+        if !(m.temperature_max >= 0.0) {
+            return Err(invalid("llm.temperature_max", "must be >= 0"));
+        }
+
+        let mut agents = BTreeMap::new();
+        for (name, ra) in self.agents {
+            let provider = if ra.provider.is_empty() { provider } else { parse_provider("agents.*.provider", &ra.provider)? };
+            agents.insert(
+                name.clone(),
+                AgentConfig {
+                    name,
+                    provider,
+                    model: if ra.model.is_empty() { m.model.clone() } else { ra.model },
+                    system_prompt: ra.system_prompt,
+                    temperature: ra.temperature,
+                    max_tokens: ra.max_tokens.min(m.max_tokens_limit),
+                    price_prompt_per_1k: ra.price_prompt_per_1k,
+                    price_completion_per_1k: ra.price_completion_per_1k,
+                },
+            );
+        }
+        if !agents.contains_key(&m.default_agent) {
+            return Err(invalid("llm.default_agent", format!("no [agents.{}] section", m.default_agent)));
+        }
+
+        let r = self.rooms;
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                shards,
+                max_connections: s.max_connections as usize,
+                max_connections_per_user: s.max_connections_per_user,
+                echo_path,
+                max_header_bytes: s.max_header_bytes as usize,
+                max_body_bytes: s.max_body_bytes as usize,
+                head_timeout: ms(s.head_timeout_ms.max(1)),
+                shutdown_timeout: ms(s.shutdown_timeout_ms),
+                log_level,
+            },
+            tls,
+            auth: AuthConfig {
+                jwt_secret: non_empty(a.jwt_secret),
+                algorithms,
+                public_key_file,
+                private_key_file: non_empty(a.private_key_file).map(PathBuf::from),
+                audience: non_empty(a.audience),
+                issuer: non_empty(a.issuer),
+                leeway_s: a.leeway_s,
+                auth_timeout: ms(a.auth_timeout_ms),
+                expiry_grace: Duration::from_secs(a.expiry_grace_s),
+                token_ttl_s: a.token_ttl_s.max(1),
+                dev_tokens: a.dev_tokens,
+            },
+            ws: WsConfig {
+                read_buffer_bytes: w.read_buffer_bytes as usize,
+                write_buffer_bytes: w.write_buffer_bytes as usize,
+                max_message_bytes: w.max_message_bytes as usize,
+                max_frame_bytes: w.max_frame_bytes as usize,
+                out_queue_max_bytes: w.out_queue_max_bytes as usize,
+                heartbeat_interval: ms(w.heartbeat_interval_ms),
+                pong_timeout: ms(w.pong_timeout_ms),
+                read_budget_messages: w.read_budget_messages,
+            },
+            limits: LimitsConfig {
+                rate_window: ms(l.rate_window_ms),
+                rate_max_messages: l.rate_max_messages,
+                rate_strikes: l.rate_strikes.max(1),
+            },
+            store: StoreConfig {
+                data_dir: PathBuf::from(st.data_dir),
+                db_file: st.db_file,
+                batch_max: st.batch_max as usize,
+                queue: st.queue as usize,
+                read_workers: st.read_workers as usize,
+                read_queue: st.read_queue as usize,
+                idempotency_window_s: st.idempotency_window_s,
+                max_page: st.max_page,
+            },
+            llm: LlmConfig {
+                provider,
+                workers: m.workers as usize,
+                queue: m.queue as usize,
+                base_url: m.base_url.trim_end_matches('/').to_string(),
+                model: m.model,
+                api_key_env: m.api_key_env,
+                connect_timeout: ms(m.connect_timeout_ms.max(1)),
+                first_token_timeout: ms(m.first_token_timeout_ms.max(1)),
+                read_timeout: ms(m.read_timeout_ms.max(1)),
+                demo_tokens_per_s: m.demo_tokens_per_s,
+                context_messages: m.context_messages,
+                context_max_chars: m.context_max_chars as usize,
+                max_tokens_limit: m.max_tokens_limit,
+                temperature_max: m.temperature_max,
+                default_agent: m.default_agent,
+                checkpoint_interval: ms(m.checkpoint_interval_ms.max(10)),
+            },
+            rooms: RoomsConfig {
+                create_on_join: r.create_on_join,
+                typing_timeout: ms(r.typing_timeout_ms.max(100)),
+                max_members: r.max_members.max(1),
+            },
+            agents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_and_documented_values_apply() {
+        let c = Config::defaults();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+        assert!(c.server.shards >= 1);
+        assert_eq!(c.llm.provider, ProviderKind::Demo);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let file = "[server]\nlisten = \"127.0.0.1:7000\"\nshards = 3\n";
+        let c = Config::from_layers(
+            Some(("f.toml", file)),
+            &env(&[("CONFAB_SERVER_LISTEN", "127.0.0.1:9000"), ("CONFAB_AUTH_JWT_SECRET", "12345"), ("CONFAB_UNRELATED", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.server.shards, 3);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Config::from_layers(Some(("f.toml", "[server]\nlistn = \"x\"\n")), &[]).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err = Config::from_layers(None, &env(&[("CONFAB_WS_READ_BUFER_BYTES", "1")])).unwrap_err();
+        assert!(err.to_string().contains("read_bufer_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_SHARDS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("shards"), "{err}");
+        let err = Config::from_layers(None, &env(&[("CONFAB_AUTH_ALGORITHMS", "[\"none\"]")])).unwrap_err();
+        assert!(err.to_string().contains("auth.algorithms"), "{err}");
+    }
+}

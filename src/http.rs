@@ -1,0 +1,286 @@
+//! HTTP/1.1 on the WebSocket port: request head parsing (httparse, bounded size), bodies
+//! (bounded), responses, and small helpers (query strings, bearer tokens, JSON errors).
+//!
+//! Every response closes the connection (`Connection: close`): the HTTP API is for
+//! listings, tokens and health checks, not for high request rates, and one request per
+//! connection keeps the state machine small.
+
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    pub query: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Bytes that followed the request (the first WebSocket frames of an eager client).
+    pub leftover: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not HTTP, or a malformed head: 400.
+    Malformed(String),
+    /// Head larger than allowed: 431.
+    HeadTooLarge,
+    /// Body larger than allowed: 413.
+    BodyTooLarge,
+}
+
+impl HeadError {
+    pub fn response(&self) -> Response {
+        match self {
+            HeadError::Malformed(m) => Response::error(400, ErrorCode::BadRequest, m),
+            HeadError::HeadTooLarge => Response::error(431, ErrorCode::BadRequest, "request head too large"),
+            HeadError::BodyTooLarge => Response::error(413, ErrorCode::MessageTooLarge, "request body too large"),
+        }
+    }
+}
+
+/// Try to parse a complete request from `buf`. `Ok(None)` = need more bytes.
+pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option<Request>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > max_head {
+                return Err(HeadError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadTooLarge),
+        Err(e) => return Err(HeadError::Malformed(format!("malformed HTTP request: {e}"))),
+    };
+    if head_len > max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    let method = req.method.unwrap_or("").to_string();
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.to_string(), String::new()),
+    };
+    let mut hs = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let v = String::from_utf8_lossy(h.value).trim().to_string();
+        hs.push((h.name.to_ascii_lowercase(), v));
+    }
+    if hs.iter().any(|(k, _)| k == "transfer-encoding") {
+        return Err(HeadError::Malformed("chunked request bodies are not supported; send Content-Length".into()));
+    }
+    let content_length = match hs.iter().find(|(k, _)| k == "content-length") {
+        None => 0,
+        Some((_, v)) => v.parse::<usize>().map_err(|_| HeadError::Malformed("bad Content-Length".into()))?,
+    };
+    if content_length > max_body {
+        return Err(HeadError::BodyTooLarge);
+    }
+    if buf.len() < head_len + content_length {
+        return Ok(None);
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers: hs,
+        body: buf[head_len..head_len + content_length].to_vec(),
+        leftover: buf[head_len + content_length..].to_vec(),
+    }))
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Does a comma-separated header contain `token` (case-insensitive)?
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name)
+    }
+
+    pub fn bearer(&self) -> Option<&str> {
+        let v = self.header("authorization")?;
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+    }
+
+    pub fn is_websocket_upgrade(&self) -> bool {
+        self.header_has_token("upgrade", "websocket")
+    }
+}
+
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+impl Response {
+    pub fn json(status: u16, body: String) -> Response {
+        Response { status, content_type: "application/json", headers: Vec::new(), body: body.into_bytes() }
+    }
+
+    pub fn json_value(status: u16, v: &serde_json::Value) -> Response {
+        Response::json(status, v.to_string())
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response { status, content_type, headers: Vec::new(), body: body.into() }
+    }
+
+    pub fn error(status: u16, code: ErrorCode, msg: &str) -> Response {
+        Response::json_value(status, &serde_json::json!({ "error": msg, "code": code.as_str() }))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        for (k, v) in &self.headers {
+            head.push_str(k);
+            head.push_str(": ");
+            head.push_str(v);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The 101 answer to a valid WebSocket upgrade.
+pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<Vec<u8>, Response> {
+    if req.method != "GET" {
+        return Err(Response::error(405, ErrorCode::BadRequest, "WebSocket upgrade needs GET").with_header("Allow", "GET"));
+    }
+    if !req.header_has_token("connection", "upgrade") {
+        return Err(Response::error(400, ErrorCode::BadRequest, "missing `Connection: Upgrade`"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(Response::error(426, ErrorCode::BadRequest, "unsupported WebSocket version (need 13)")
+            .with_header("Sec-WebSocket-Version", "13"));
+    }
+    let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return Err(Response::error(400, ErrorCode::BadRequest, "missing Sec-WebSocket-Key"));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut s = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(p) = subprotocol {
+        s.push_str("Sec-WebSocket-Protocol: ");
+        s.push_str(p);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    Ok(s.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_with_body_and_leftover_parses() {
+        let raw = b"POST /v1/token?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nAuthorization: Bearer abc\r\n\r\n{}extra";
+        let r = parse_request(raw, 8192, 1024).unwrap().unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_str()), ("POST", "/v1/token", "x=1"));
+        assert_eq!(r.body, b"{}");
+        assert_eq!(r.leftover, b"extra");
+        assert_eq!(r.bearer(), Some("abc"));
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_fail() {
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", 8192, 0).unwrap().map(|r| r.path), None);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(parse_request(big.as_bytes(), 8192, 0).unwrap_err(), HeadError::HeadTooLarge);
+        assert!(matches!(parse_request(b"\x16\x03\x01garbage\r\n\r\n", 8192, 0), Err(HeadError::Malformed(_))));
+        let body = b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n";
+        assert_eq!(parse_request(body, 8192, 1000).unwrap_err(), HeadError::BodyTooLarge);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(query_param("a=1&room_name=My%20Room+x&t=%zz", "room_name").as_deref(), Some("My Room x"));
+        assert_eq!(query_param("t=%zz", "t").as_deref(), Some("%zz"));
+        assert_eq!(query_param("t=%4", "t").as_deref(), Some("%4"));
+        assert_eq!(query_param("a=1", "b"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! Process-wide counters and gauges, all atomics (relaxed: they are statistics, not
+//! synchronisation). Rendered as Prometheus text for `GET /metrics` and JSON for
+//! `GET /v1/stats`. Latency histograms live with the thread that records them (the store
+//! writer, the generation workers) behind an uncontended mutex and are merged when read.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::protocol::ErrorCode;
+
+/// Close codes counted individually; anything else lands in "other".
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 1013];
+
+pub struct Metrics {
+    pub started: Instant,
+    pub connections: AtomicI64,
+    pub ws_connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub tokens_out: AtomicU64,
+    pub token_merges: AtomicU64,
+    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    pub errors: [AtomicU64; ErrorCode::ALL.len()],
+    pub store_commits: AtomicU64,
+    pub store_writes: AtomicU64,
+    pub store_failures: AtomicU64,
+    /// 1 while the last store operation failed (then /health answers 503).
+    pub store_unhealthy: AtomicI64,
+    pub llm_queued: AtomicI64,
+    pub llm_running: AtomicI64,
+    pub llm_completed: AtomicU64,
+    pub llm_failed: AtomicU64,
+    pub inbox_dropped: AtomicU64,
+    /// Microseconds from a write entering the writer's queue to its COMMIT.
+    pub commit_latency_us: Mutex<Histogram<u64>>,
+}
+
+fn hist() -> Mutex<Histogram<u64>> {
+    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            connections: AtomicI64::new(0),
+            ws_connections: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            tokens_out: AtomicU64::new(0),
+            token_merges: AtomicU64::new(0),
+            closes: Default::default(),
+            errors: Default::default(),
+            store_commits: AtomicU64::new(0),
+            store_writes: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            store_unhealthy: AtomicI64::new(0),
+            llm_queued: AtomicI64::new(0),
+            llm_running: AtomicI64::new(0),
+            llm_completed: AtomicU64::new(0),
+            llm_failed: AtomicU64::new(0),
+            inbox_dropped: AtomicU64::new(0),
+            commit_latency_us: hist(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn close(&self, code: u16) {
+        let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
+        self.closes[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn prometheus(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let mut line = |name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(s, "# HELP confab_{name} {help}\n# TYPE confab_{name} {kind}\nconfab_{name} {v}");
+        };
+        line("connections", "Open TCP connections (HTTP and WebSocket).", "gauge", self.connections.load(Relaxed).to_string());
+        line("ws_connections", "Open WebSocket connections.", "gauge", self.ws_connections.load(Relaxed).to_string());
+        line("connections_total", "Connections accepted.", "counter", self.connections_total.load(Relaxed).to_string());
+        line("connections_refused_total", "Connections refused at the connection cap.", "counter", self.connections_refused.load(Relaxed).to_string());
+        line("http_requests_total", "Plain HTTP requests served.", "counter", self.http_requests.load(Relaxed).to_string());
+        line("messages_in_total", "WebSocket messages received.", "counter", self.messages_in.load(Relaxed).to_string());
+        line("messages_out_total", "WebSocket messages sent.", "counter", self.messages_out.load(Relaxed).to_string());
+        line("bytes_in_total", "WebSocket payload bytes received.", "counter", self.bytes_in.load(Relaxed).to_string());
+        line("bytes_out_total", "WebSocket payload bytes sent.", "counter", self.bytes_out.load(Relaxed).to_string());
+        line("tokens_out_total", "Token events queued to connections.", "counter", self.tokens_out.load(Relaxed).to_string());
+        line("token_merges_total", "Token deltas merged into an earlier queued token for a slow reader.", "counter", self.token_merges.load(Relaxed).to_string());
+        line("store_commits_total", "Store write transactions committed.", "counter", self.store_commits.load(Relaxed).to_string());
+        line("store_writes_total", "Store writes committed.", "counter", self.store_writes.load(Relaxed).to_string());
+        line("store_failures_total", "Store operations that failed.", "counter", self.store_failures.load(Relaxed).to_string());
+        line("llm_queued", "Generations waiting for a worker.", "gauge", self.llm_queued.load(Relaxed).to_string());
+        line("llm_running", "Generations running.", "gauge", self.llm_running.load(Relaxed).to_string());
+        line("llm_completed_total", "Generations finished.", "counter", self.llm_completed.load(Relaxed).to_string());
+        line("llm_failed_total", "Generations that ended in an error.", "counter", self.llm_failed.load(Relaxed).to_string());
+        line("inbox_dropped_total", "Ephemeral events dropped because a shard inbox was full.", "counter", self.inbox_dropped.load(Relaxed).to_string());
+        let _ = writeln!(s, "# HELP confab_closes_total WebSocket closes by close code.\n# TYPE confab_closes_total counter");
+        for (i, c) in CLOSE_CODES.iter().enumerate() {
+            let _ = writeln!(s, "confab_closes_total{{code=\"{c}\"}} {}", self.closes[i].load(Relaxed));
+        }
+        let _ = writeln!(s, "confab_closes_total{{code=\"other\"}} {}", self.closes[CLOSE_CODES.len()].load(Relaxed));
+        let _ = writeln!(s, "# HELP confab_errors_total Error events sent, by code.\n# TYPE confab_errors_total counter");
+        for code in ErrorCode::ALL {
+            let _ = writeln!(s, "confab_errors_total{{code=\"{}\"}} {}", code.as_str(), self.errors[code.index()].load(Relaxed));
+        }
+        let h = self.commit_latency_us.lock();
+        let _ = writeln!(s, "# HELP confab_commit_latency_us Store queue-to-commit latency, microseconds.\n# TYPE confab_commit_latency_us summary");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(s, "confab_commit_latency_us{{quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+        }
+        let _ = writeln!(s, "confab_commit_latency_us_count {}", h.len());
+        let _ = writeln!(s, "# HELP confab_uptime_seconds Seconds since start.\n# TYPE confab_uptime_seconds gauge\nconfab_uptime_seconds {}", self.uptime_s());
+        s
+    }
+}
