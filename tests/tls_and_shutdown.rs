@@ -1,0 +1,186 @@
+//! wss:// with a self-signed certificate, and the real binary's graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+#[test]
+fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
+    let dir = temp_dir("tls-certs");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let s = TestServer::start("tls", |c| {
+        c.tls = Some(confab::config::TlsFiles { cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") })
+    });
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let client_cfg = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+
+    for _ in 0..3 {
+        let sock = TcpStream::connect(s.addr).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap()).unwrap();
+        let tls = rustls::StreamOwned::new(conn, sock);
+        let url = format!("wss://localhost:{}/v1/ws?token={}", s.addr.port(), s.token("secure"));
+        let (mut ws, _) = tungstenite::client(url.into_client_request().unwrap(), tls).unwrap();
+        let mut connected = false;
+        while let Ok(Message::Text(t)) = ws.read() {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "connected" {
+                connected = true;
+                break;
+            }
+        }
+        assert!(connected);
+        // A large message both ways exercises rustls buffering on the nonblocking socket.
+        let pad = "p".repeat(50_000);
+        ws.send(Message::text(json!({"type": "ping", "id": "big", "pad": pad}).to_string())).unwrap();
+        match ws.read().unwrap() {
+            Message::Text(t) => assert!(t.contains("\"pong\"") && t.contains("\"big\""), "{t}"),
+            m => panic!("{m:?}"),
+        }
+        ws.close(None).unwrap();
+    }
+
+    // Plain HTTP over TLS works too.
+    let sock = TcpStream::connect(s.addr).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = rustls::ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    use std::io::{Read, Write};
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_plain_client_on_a_tls_port_is_dropped_without_harm() {
+    let dir = temp_dir("tls-plain");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let s = TestServer::start("tls-plain", |c| {
+        c.tls = Some(confab::config::TlsFiles { cert_file: dir.join("c.pem"), key_file: dir.join("k.pem") })
+    });
+    assert!(Client::connect(&s.url("/v1/ws")).is_err());
+    let (st, _) = s.http("GET", "/health", None, None);
+    assert_ne!(st, 200);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Start the real binary on an ephemeral port; returns the child and its address.
+pub fn spawn_binary(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.arg("serve")
+        .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
+        .env("CONFAB_STORE_DATA_DIR", data_dir)
+        .env("CONFAB_AUTH_JWT_SECRET", "bin-secret")
+        .env("CONFAB_SERVER_SHARDS", "2")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
+    let dir = temp_dir("sigterm");
+    let (mut child, addr) = spawn_binary(&dir, &[]);
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let tok = {
+            let mut cfg = confab::Config::defaults();
+            cfg.auth.jwt_secret = Some("bin-secret".into());
+            confab::auth::Authenticator::from_config(&cfg.auth, &dir).unwrap().sign(&format!("u{i}"), None, false, 60).unwrap()
+        };
+        let mut c = Client::connect(&format!("ws://{addr}/v1/ws?token={tok}")).unwrap();
+        c.recv_type("connected");
+        clients.push(c);
+    }
+    let started = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for c in clients.iter_mut() {
+        assert_eq!(c.expect_close(), 1001);
+    }
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // Nothing listens any more.
+    assert!(TcpStream::connect(addr).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_invalid_config_exits_2_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("serve")
+        .env("CONFAB_WS_MAX_MESSAGE_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ws.max_message_bytes"), "{err}");
+}
+
+#[test]
+fn confab_token_and_confab_serve_agree_with_zero_setup() {
+    let dir = temp_dir("zero-setup");
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["token", "--sub", "newcomer", "--name", "New"])
+        .env("CONFAB_STORE_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.arg("serve")
+        .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
+        .env("CONFAB_STORE_DATA_DIR", &dir)
+        .env_remove("CONFAB_AUTH_JWT_SECRET")
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let mut c = Client::connect(&format!("ws://{addr}/v1/ws?token={token}")).unwrap();
+    assert_eq!(c.recv_type("connected")["user"]["name"], "New");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
