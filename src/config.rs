@@ -121,6 +121,8 @@ struct RawStore {
     read_queue: u32,
     idempotency_window_s: u64,
     max_page: u32,
+    replay_max: u32,
+    synchronous: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +265,8 @@ pub struct StoreConfig {
     pub read_queue: usize,
     pub idempotency_window_s: u64,
     pub max_page: u32,
+    pub replay_max: u32,
+    pub synchronous_full: bool,
 }
 
 impl StoreConfig {
@@ -573,6 +577,12 @@ impl Raw {
             return Err(invalid("store.queue", "store queue, batch, workers and page sizes must be positive"));
         }
 
+        let synchronous_full = match st.synchronous.as_str() {
+            "full" => true,
+            "normal" => false,
+            other => return Err(invalid("store.synchronous", format!("{other:?}: expected \"full\" or \"normal\""))),
+        };
+
         let m = self.llm;
         let provider = parse_provider("llm.provider", &m.provider)?;
         if m.workers == 0 || m.workers > 65536 {
@@ -664,6 +674,8 @@ impl Raw {
                 read_queue: st.read_queue as usize,
                 idempotency_window_s: st.idempotency_window_s,
                 max_page: st.max_page,
+                replay_max: st.replay_max.max(1),
+                synchronous_full,
             },
             llm: LlmConfig {
                 provider,

@@ -85,9 +85,9 @@ pub enum WsKind {
 pub enum Sub {
     /// Live events are delivered as they come.
     Live,
-    /// Replay from the store is in progress: live events wait here and are filtered
-    /// against the replay when it arrives (see `generation.rs`).
-    Replaying { buffered: Vec<Arc<TopicEvent>>, request_id: Option<String> },
+    /// Waiting for the store (an access check, or a replay): live events wait here and,
+    /// after a replay, are filtered against it (see `generation.rs`).
+    Pending { buffered: Vec<Arc<TopicEvent>> },
 }
 
 pub struct Ws {

@@ -85,6 +85,10 @@ impl Registry {
         n
     }
 
+    pub fn all(&self) -> Vec<Arc<Generation>> {
+        self.map.lock().values().flatten().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().values().map(Vec::len).sum()
     }

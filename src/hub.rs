@@ -37,8 +37,12 @@ struct UserEntry {
     conns: Vec<ConnId>,
 }
 
+/// Who is online in a room: user → (display name, connections in the room).
+type Presence = HashMap<Arc<str>, (String, u32)>;
+
 pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
+    presence: Vec<Mutex<HashMap<Arc<str>, Presence>>>,
     topics: Vec<RwLock<HashMap<Arc<str>, TopicEntry>>>,
     users: Vec<Mutex<HashMap<Arc<str>, UserEntry>>>,
     pub generations: crate::generation::Registry,
@@ -55,6 +59,7 @@ impl Hub {
             hasher: Default::default(),
             topics: (0..STRIPES).map(|_| RwLock::new(HashMap::new())).collect(),
             users: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             generations: Default::default(),
             nshards,
         }
@@ -94,6 +99,12 @@ impl Hub {
         }
     }
 
+    /// How many connections are subscribed to `conv` (all shards).
+    pub fn topic_subscribers(&self, conv: &str) -> usize {
+        let map = self.topics[stripe_of(&self.hasher, conv)].read();
+        map.get(conv).map(|e| e.by_shard.iter().map(|n| *n as usize).sum()).unwrap_or(0)
+    }
+
     /// Send `ev` to every shard holding subscribers of its conversation (blocking send:
     /// only for non-shard threads). Returns how many shards it went to.
     pub fn publish(&self, shards: &Shards, ev: TopicEvent) -> usize {
@@ -121,6 +132,44 @@ impl Hub {
             shards.try_send(s, ShardMsg::Topic(ev.clone()));
         }
         n
+    }
+
+    // ------------------------------------------------------------ presence
+
+    /// A connection of `user` joined room conversation `conv`. True when it is the user's
+    /// first connection there (then the others hear `presence joined`).
+    pub fn presence_add(&self, conv: &Arc<str>, user: &str, name: &str) -> bool {
+        let mut map = self.presence[stripe_of(&self.hasher, &**conv)].lock();
+        let room = map.entry(conv.clone()).or_default();
+        let e = room.entry(Arc::from(user)).or_insert_with(|| (name.to_string(), 0));
+        e.1 += 1;
+        e.1 == 1
+    }
+
+    /// A connection of `user` left `conv`. True when it was the user's last one there.
+    pub fn presence_remove(&self, conv: &str, user: &str) -> bool {
+        let mut map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        let Some(room) = map.get_mut(conv) else { return false };
+        let last = match room.get_mut(user) {
+            Some(e) => {
+                e.1 = e.1.saturating_sub(1);
+                e.1 == 0
+            }
+            None => return false,
+        };
+        if last {
+            room.remove(user);
+            if room.is_empty() {
+                map.remove(conv);
+            }
+        }
+        last
+    }
+
+    /// Users online in a room: (id, name).
+    pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
+        let map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        map.get(conv).map(|r| r.iter().map(|(u, (n, _))| (u.to_string(), n.clone())).collect()).unwrap_or_default()
     }
 
     // ------------------------------------------------------------ users

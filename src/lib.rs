@@ -42,6 +42,8 @@ pub mod metrics;
 pub mod outqueue;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rooms;
+pub mod rooms_api;
 pub mod routes;
 pub mod server;
 pub mod session;

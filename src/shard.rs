@@ -886,6 +886,7 @@ impl Shard {
     }
 
     fn deliver_topic(&mut self, ev: Arc<TopicEvent>) {
+        let idx = self.idx;
         let Some(list) = self.topics.get(&ev.conversation_id) else { return };
         let slots = list.clone();
         for slot in slots {
@@ -898,11 +899,11 @@ impl Shard {
                 let Some(conn) = self.conns.get_mut(slot) else { continue };
                 let gen = conn.gen;
                 let Phase::Ws(ws) = &mut conn.phase else { continue };
-                let excluded = ev.exclude.is_some_and(|x| x.slot as usize == slot && x.gen == gen)
+                let excluded = ev.exclude.is_some_and(|x| x.shard as usize == idx && x.slot as usize == slot && x.gen == gen)
                     || matches!((&ws.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
                 match ws.subs.get_mut(&ev.conversation_id) {
                     _ if excluded => Then::Skip,
-                    Some(Sub::Replaying { buffered, .. }) => {
+                    Some(Sub::Pending { buffered }) => {
                         if buffered.len() >= 100_000 {
                             // A replay that never finishes must not grow without bound.
                             Then::Overloaded

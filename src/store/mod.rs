@@ -1,20 +1,275 @@
-//! Storage (placeholder until the store lands).
+//! Storage: one SQLite file (WAL) under the data dir.
+//!
+//! - **One writer thread** ([`writer`]) owns the only write connection. It drains its
+//!   bounded queue, runs the whole batch in ONE transaction (each job in its own
+//!   savepoint, so one bad job does not sink the batch) and only after COMMIT runs the
+//!   jobs' follow-ups: acks, fan-out, starting generations. An ack therefore means
+//!   "committed": it survives `kill -9`. If COMMIT fails, every job of the batch gets its
+//!   failure path (an `INTERNAL` error), never a false ack, and `/health` turns 503.
+//! - **Readers** ([`read`]): a small pool of threads with their own read-only connections
+//!   for history, replay and lists. Shards never touch SQLite.
+//!
+//! Schema changes are numbered migrations tracked in `PRAGMA user_version`; a database
+//! from a newer binary is refused (exit code 2) rather than misread.
+
+pub mod read;
+pub mod writer;
+
+use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::ServerCtx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}")]
-    Other(String),
+    #[error("database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("database schema version {found} is newer than this binary knows ({known}); upgrade confab")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("sqlite: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A job refused for a reason the client caused (access, not found, empty...).
+    #[error("{1}")]
+    Refused(crate::protocol::ErrorCode, String),
 }
+
 impl StoreError {
-    pub fn is_config(&self) -> bool { false }
+    /// Errors an operator must fix before the server can start.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Open { .. })
+    }
+
+    pub fn refused(code: crate::protocol::ErrorCode, msg: impl Into<String>) -> StoreError {
+        StoreError::Refused(code, msg.into())
+    }
+
+    /// The wire error code and text for a client.
+    pub fn client_error(&self) -> (crate::protocol::ErrorCode, String) {
+        match self {
+            StoreError::Refused(c, m) => (*c, m.clone()),
+            other => (crate::protocol::ErrorCode::Internal, format!("storage error: {other}")),
+        }
+    }
 }
-pub struct Store;
+
+/// Numbered migrations; index + 1 is the schema version after it.
+const MIGRATIONS: &[&str] = &[
+    // 1: conversations, members (with read markers), messages, users.
+    r#"
+    CREATE TABLE users (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        first_seen  INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL
+    );
+    CREATE TABLE conversations (
+        id            TEXT PRIMARY KEY,
+        owner         TEXT NOT NULL,
+        kind          TEXT NOT NULL CHECK (kind IN ('chat', 'room')),
+        room_id       TEXT UNIQUE,
+        room_name     TEXT,
+        room_type     TEXT CHECK (room_type IN ('private', 'shared', 'group')),
+        created_at    INTEGER NOT NULL,
+        last_updated  INTEGER NOT NULL,
+        last_seq      INTEGER NOT NULL DEFAULT 0,
+        message_count INTEGER NOT NULL DEFAULT 0,
+        preview       TEXT,
+        ai            INTEGER NOT NULL DEFAULT 0,
+        deleted       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE members (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        user_id         TEXT NOT NULL,
+        role            TEXT NOT NULL DEFAULT 'member',
+        joined_at       INTEGER NOT NULL,
+        read_seq        INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conversation_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members(user_id, conversation_id);
+    CREATE TABLE messages (
+        id              INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        seq             INTEGER NOT NULL,
+        role            TEXT NOT NULL,
+        author          TEXT NOT NULL,
+        author_name     TEXT NOT NULL,
+        content         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        client_id       TEXT,
+        meta            TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        UNIQUE (conversation_id, seq)
+    );
+    CREATE INDEX messages_idempotency ON messages(author, client_id) WHERE client_id IS NOT NULL;
+    "#,
+];
+
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if mode != "wal" {
+        log::warn!("sqlite journal_mode is {mode}, not wal");
+    }
+    conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Open (creating if needed) and migrate the database; the write connection.
+pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, StoreError> {
+    let open = |p: &Path| Connection::open(p).map_err(|source| StoreError::Open { path: p.display().to_string(), source });
+    let mut conn = open(path)?;
+    configure(&conn, synchronous_full).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = schema_version();
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        log::info!("store: migrated schema to version {}", i + 1);
+    }
+    // Replies that were streaming when the previous process died will never finish.
+    let n = conn.execute("UPDATE messages SET status = 'error', updated_at = ?1 WHERE status = 'streaming'", [crate::protocol::now_ms()])?;
+    if n > 0 {
+        log::warn!("store: {n} replies were interrupted by the last shutdown; marked as error");
+    }
+    Ok(conn)
+}
+
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// What the writer runs after COMMIT (acks, fan-out).
+pub type PostCommit = Box<dyn FnOnce(&ServerCtx) + Send>;
+/// A write: runs inside the batch transaction (its own savepoint).
+pub type WriteOp = Box<dyn FnOnce(&Connection, &mut writer::WriterState) -> Result<PostCommit, StoreError> + Send>;
+/// What happens to a write whose transaction did not commit, or that was refused.
+pub type OnFail = Box<dyn FnOnce(&ServerCtx, &StoreError) + Send>;
+
+pub struct WriteJob {
+    pub enqueued: Instant,
+    pub op: WriteOp,
+    pub on_fail: OnFail,
+}
+
+pub enum WriteMsg {
+    Job(WriteJob),
+    Stop,
+}
+
+/// A read: runs on a reader thread with its own connection.
+pub type ReadJob = Box<dyn FnOnce(&Connection, &ServerCtx) + Send>;
+
+pub enum ReadMsg {
+    Job(ReadJob),
+    Stop,
+}
+
+/// The queue is full: answer BUSY.
+#[derive(Debug)]
+pub struct Busy;
+
+pub struct Store {
+    write_tx: Sender<WriteMsg>,
+    write_rx: Mutex<Option<Receiver<WriteMsg>>>,
+    read_tx: Sender<ReadMsg>,
+    read_rx: Receiver<ReadMsg>,
+    writer_conn: Mutex<Option<Connection>>,
+    readers: usize,
+    pub path: std::path::PathBuf,
+    pub synchronous_full: bool,
+}
+
 impl Store {
-    pub fn open(_cfg: &Config, _m: Arc<Metrics>) -> Result<Store, StoreError> { Ok(Store) }
-    pub fn shutdown(&self) {}
+    pub fn open(cfg: &Config, _metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let path = cfg.store.db_path();
+        let conn = open_writer(&path, cfg.store.synchronous_full)?;
+        let (write_tx, write_rx) = crossbeam_channel::bounded(cfg.store.queue);
+        let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
+        Ok(Store {
+            write_tx,
+            write_rx: Mutex::new(Some(write_rx)),
+            read_tx,
+            read_rx,
+            writer_conn: Mutex::new(Some(conn)),
+            readers: cfg.store.read_workers,
+            path,
+            synchronous_full: cfg.store.synchronous_full,
+        })
+    }
+
+    /// Queue a write without blocking (shards).
+    pub fn try_write(&self, job: WriteJob) -> Result<(), Busy> {
+        match self.write_tx.try_send(WriteMsg::Job(job)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+
+    /// Queue a write, waiting for room (workers; never shards).
+    pub fn write(&self, job: WriteJob) {
+        let _ = self.write_tx.send(WriteMsg::Job(job));
+    }
+
+    pub fn try_read(&self, job: ReadJob) -> Result<(), Busy> {
+        match self.read_tx.try_send(ReadMsg::Job(job)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Busy),
+        }
+    }
+
+    pub fn write_queue_len(&self) -> usize {
+        self.write_tx.len()
+    }
+
+    /// Stop the writer after everything queued so far is committed, and the readers.
+    pub fn shutdown(&self) {
+        let _ = self.write_tx.send(WriteMsg::Stop);
+        for _ in 0..self.readers {
+            let _ = self.read_tx.send(ReadMsg::Stop);
+        }
+    }
 }
-pub fn start_threads(_ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> { Ok(Vec::new()) }
+
+/// Start the writer and the readers.
+pub fn start_threads(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    let store = &ctx.store;
+    let rx = store.write_rx.lock().take().ok_or_else(|| std::io::Error::other("store writer already started"))?;
+    let conn = store.writer_conn.lock().take().ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
+    {
+        let ctx = ctx.clone();
+        threads.push(std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, ctx))?);
+    }
+    for i in 0..store.readers {
+        let ctx = ctx.clone();
+        let rx = store.read_rx.clone();
+        let path = store.path.clone();
+        threads.push(std::thread::Builder::new().name(format!("store-read-{i}")).spawn(move || read::run(path, rx, ctx))?);
+    }
+    Ok(threads)
+}

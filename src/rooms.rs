@@ -1,0 +1,115 @@
+//! Rooms on a native connection: `join_room`, `leave_room`, presence.
+//!
+//! A room is a conversation with a name, a type and members (table `members`). Joining
+//! goes through the store writer (membership check, creation when allowed) and then
+//! subscribes the connection with a replay from the room's `last_seq` as of the join
+//! commit — or from the client's `after_seq` to catch up — so nothing committed around
+//! the join is missed. Presence is per user, not per tab: `joined` when a user's first
+//! connection enters the room, `left` when their last one leaves or disconnects.
+
+use std::sync::Arc;
+
+use crate::auth::User;
+use crate::chat::{new_conversation_id, run_on, subscribe, topic_event};
+use crate::conn::AutoJoin;
+use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
+use crate::server::ServerCtx;
+use crate::session::{send_error, send_error_retry};
+use crate::shard::{ConnId, Shard, TopicKind};
+use crate::store::{writer, StoreError, WriteJob};
+
+fn publish_presence(ctx: &ServerCtx, room_id: &str, conv: &Arc<str>, user: &User, status: &'static str) {
+    let ev = Event::Presence { room_id: room_id.to_string(), user_id: user.id.clone(), username: user.name.clone(), status };
+    let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
+    te.exclude_user = Some(Arc::from(user.id.as_str()));
+    ctx.hub.publish_nonblocking(&ctx.shards, te);
+}
+
+pub fn join(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, req: AutoJoin, after_seq: Option<i64>) {
+    let Some(conn_id) = shard.conn_id(slot) else { return };
+    let ctx = shard.ctx.clone();
+    let create_allowed = ctx.cfg.rooms.create_on_join;
+    let u = user.clone();
+    let id_fail = id.clone();
+    let new_conv = new_conversation_id();
+    let job = WriteJob {
+        enqueued: std::time::Instant::now(),
+        op: Box::new(move |db, st| {
+            let (room, created) = writer::join_room(db, st, &u.id, &u.name, u.admin, &req.room_id, req.room_name.as_deref(), req.room_type, create_allowed, &new_conv)?;
+            Ok(Box::new(move |ctx: &ServerCtx| {
+                let _ = created;
+                run_on(ctx, conn_id, move |shard, slot| joined(shard, slot, &u, id, room, after_seq));
+            }))
+        }),
+        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
+            let (code, msg) = e.client_error();
+            ctx.metrics.error(code);
+            ctx.shards.send_event(conn_id, &Event::error(code, msg, id_fail));
+        }),
+    };
+    if ctx.store.try_write(job).is_err() {
+        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", None, 0.5);
+    }
+}
+
+/// On the shard, after the join committed.
+fn joined(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, room: writer::RoomRow, after_seq: Option<i64>) {
+    let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
+    let room_key: Arc<str> = Arc::from(room.room_id.as_str());
+    let already = {
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
+    };
+    if !already && shard.ctx.hub.presence_add(&conv, &user.id, &user.name) {
+        publish_presence(&shard.ctx, &room.room_id, &conv, user, "joined");
+    }
+    let participants = shard.ctx.hub.presence_list(&conv).into_iter().map(|(user_id, username)| Participant { user_id, username }).collect();
+    shard.send(
+        slot,
+        &Event::RoomJoined {
+            id: id.clone(),
+            room_id: room.room_id.clone(),
+            room_name: room.room_name.clone(),
+            room_type: room.room_type.as_str(),
+            conversation_id: room.conversation_id.clone(),
+            participants,
+            joined_at: now_rfc3339(),
+            last_seq: room.last_seq,
+        },
+    );
+    // Replay what was missed (or nothing: from the seq at join time), then live events.
+    let from = after_seq.unwrap_or(room.last_seq);
+    let already_live = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| ws.subs.contains_key(&conv));
+    if !already_live || after_seq.is_some() {
+        subscribe(shard, slot, user, None, conv, from);
+    }
+}
+
+pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, room_id: &str) {
+    let conv = {
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(conv) = ws.rooms.remove(room_id) else {
+            return send_error(shard, slot, ErrorCode::NotFound, &format!("not in room {room_id} on this connection"), id);
+        };
+        ws.subs.remove(&conv);
+        let was_typing = ws.typing.remove(&conv).is_some();
+        (conv, was_typing)
+    };
+    let (conv, was_typing) = conv;
+    if was_typing {
+        crate::chat::publish_typing_as(&shard.ctx, &conv, Some(room_id.to_string()), &user.id, &user.name, false, true);
+    }
+    shard.topic_local_remove(&conv, slot);
+    if shard.ctx.hub.presence_remove(&conv, &user.id) {
+        publish_presence(&shard.ctx, room_id, &conv, user, "left");
+    }
+    shard.send(slot, &Event::RoomLeft { id, room_id: room_id.to_string(), reason: None });
+}
+
+pub fn on_disconnect(shard: &mut Shard, _id: ConnId, user: &Arc<User>, _left: usize, rooms: Vec<(Arc<str>, Arc<str>)>) {
+    for (room_id, conv) in rooms {
+        if shard.ctx.hub.presence_remove(&conv, &user.id) {
+            publish_presence(&shard.ctx, &room_id, &conv, user, "left");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Store readers: threads with their own read-only connections (WAL lets them read while
+//! the writer commits). They run history, replay and listing queries handed to them as
+//! closures and send results back to the shard that asked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{ReadMsg, StoreError};
+use crate::protocol::{rfc3339_ms, MessageView, RoomSummary, RoomType};
+use crate::server::ServerCtx;
+
+pub fn run(path: PathBuf, rx: Receiver<ReadMsg>, ctx: Arc<ServerCtx>) {
+    let conn = match super::open_reader(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("store reader cannot open {}: {e}", path.display());
+            ctx.metrics.store_unhealthy.store(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+    while let Ok(ReadMsg::Job(job)) = rx.recv() {
+        job(&conn, &ctx);
+    }
+}
+
+pub const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub role: String,
+    pub author: String,
+    pub author_name: String,
+    pub content: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub fn message_row(r: &Row) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        seq: r.get(2)?,
+        role: r.get(3)?,
+        author: r.get(4)?,
+        author_name: r.get(5)?,
+        content: r.get(6)?,
+        status: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+impl MessageRow {
+    pub fn view(&self) -> MessageView {
+        MessageView {
+            id: self.id,
+            seq: self.seq,
+            role: self.role.clone(),
+            author: self.author.clone(),
+            content: self.content.clone(),
+            status: self.status.clone(),
+            created_at: rfc3339_ms(self.created_at),
+            updated_at: rfc3339_ms(self.updated_at),
+        }
+    }
+}
+
+/// Messages with seq > `after_seq`, at most `limit`, oldest first. When more than `limit`
+/// match, the NEWEST `limit` are returned and the flag says so.
+pub fn replay(conn: &Connection, conv: &str, after_seq: i64, limit: u32) -> Result<(Vec<MessageRow>, bool), StoreError> {
+    let mut rows: Vec<MessageRow> = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
+        ))?
+        .query_map(params![conv, after_seq, limit as i64 + 1], message_row)?
+        .collect::<Result<_, _>>()?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    rows.reverse();
+    Ok((rows, more))
+}
+
+pub fn last_seq(conn: &Connection, conv: &str) -> Result<i64, StoreError> {
+    Ok(conn.prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?.query_row([conv], |r| r.get(0)).optional()?.unwrap_or(0))
+}
+
+/// A page of history in seq order: the newest `limit` before `before_seq` (or after
+/// `after_seq`, oldest first).
+pub fn history(conn: &Connection, conv: &str, before_seq: Option<i64>, after_seq: Option<i64>, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
+    if let Some(after) = after_seq {
+        return Ok(conn
+            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))?
+            .query_map(params![conv, after, limit as i64], message_row)?
+            .collect::<Result<_, _>>()?);
+    }
+    let mut rows: Vec<MessageRow> = conn
+        .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"))?
+        .query_map(params![conv, before_seq.unwrap_or(i64::MAX), limit as i64], message_row)?
+        .collect::<Result<_, _>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_name: Option<String>,
+    pub message_count: i64,
+    pub last_seq: i64,
+    pub preview: Option<String>,
+    pub created_at: String,
+    pub last_updated: String,
+    pub unread: i64,
+}
+
+/// The user's conversations, most recent first. `cursor` = the `next_cursor` of the
+/// previous page (`<last_updated>:<id>`).
+pub fn list_conversations(conn: &Connection, user: &str, cursor: Option<(i64, String)>, limit: u32) -> Result<(Vec<ConversationSummary>, Option<String>), StoreError> {
+    // No cursor: (MAX, "") — every row has last_updated < MAX.
+    let (cu, cid) = cursor.unwrap_or((i64::MAX, String::new()));
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.id, c.kind, c.room_id, c.room_name, c.message_count, c.last_seq, c.preview, c.created_at, c.last_updated, m.read_seq
+         FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = ?1 AND c.deleted = 0
+           AND (c.last_updated < ?2 OR (c.last_updated = ?2 AND c.id < ?3))
+         ORDER BY c.last_updated DESC, c.id DESC LIMIT ?4",
+    )?;
+    let rows: Vec<(ConversationSummary, i64)> = stmt
+        .query_map(params![user, cu, cid, limit as i64 + 1], |r| {
+            let last_seq: i64 = r.get(5)?;
+            let read: i64 = r.get(9)?;
+            let updated: i64 = r.get(8)?;
+            Ok((
+                ConversationSummary {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    room_id: r.get(2)?,
+                    room_name: r.get(3)?,
+                    message_count: r.get(4)?,
+                    last_seq,
+                    preview: r.get(6)?,
+                    created_at: rfc3339_ms(r.get(7)?),
+                    last_updated: rfc3339_ms(updated),
+                    unread: (last_seq - read).max(0),
+                },
+                updated,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let more = rows.len() > limit as usize;
+    let mut out: Vec<(ConversationSummary, i64)> = rows;
+    out.truncate(limit as usize);
+    let next = if more { out.last().map(|(c, u)| format!("{u}:{}", c.id)) } else { None };
+    Ok((out.into_iter().map(|(c, _)| c).collect(), next))
+}
+
+pub fn parse_cursor(s: &str) -> Option<(i64, String)> {
+    let (u, id) = s.split_once(':')?;
+    Some((u.parse().ok()?, id.to_string()))
+}
+
+/// The user's rooms with their last seq and unread count (for `connected`).
+pub fn rooms_for_user(conn: &Connection, user: &str) -> Result<Vec<RoomSummary>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT c.room_id, c.room_name, c.room_type, c.id, c.last_seq, m.read_seq
+             FROM members m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.user_id = ?1 AND c.kind = 'room' AND c.deleted = 0
+             ORDER BY c.last_updated DESC LIMIT 500",
+        )?
+        .query_map([user], |r| {
+            let last_seq: i64 = r.get(4)?;
+            let read: i64 = r.get(5)?;
+            let rt: String = r.get(2)?;
+            Ok(RoomSummary {
+                room_id: r.get(0)?,
+                room_name: r.get(1)?,
+                room_type: RoomType::parse(&rt).unwrap_or(RoomType::Shared).as_str(),
+                conversation_id: r.get(3)?,
+                last_seq,
+                unread: (last_seq - read).max(0),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn members(conn: &Connection, conv: &str) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT m.user_id, COALESCE(u.name, m.user_id) FROM members m LEFT JOIN users u ON u.id = m.user_id
+             WHERE m.conversation_id = ?1 ORDER BY m.joined_at LIMIT 10000",
+        )?
+        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Prior messages for a model's context: up to `n` before `before_seq`, oldest first,
+/// newest kept when over `max_chars`.
+pub fn context(conn: &Connection, conv: &str, before_seq: i64, n: u32, max_chars: usize) -> Result<Vec<(String, String)>, StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT role, content FROM messages WHERE conversation_id = ?1 AND seq < ?2 AND content != ''
+             AND role IN ('user', 'assistant', 'system') ORDER BY seq DESC LIMIT ?3",
+        )?
+        .query_map(params![conv, before_seq, n as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut total = 0;
+    let mut kept = Vec::new();
+    for (role, content) in rows {
+        total += content.len();
+        if total > max_chars && !kept.is_empty() {
+            break;
+        }
+        kept.push((role, content));
+    }
+    kept.reverse();
+    Ok(kept)
+}

@@ -1,0 +1,458 @@
+//! The store writer: the only thread that writes to SQLite.
+//!
+//! Group commit: block for the first job, take whatever else is queued (up to
+//! `store.batch_max`), run all of them in one transaction — each inside its own SAVEPOINT
+//! so that a refused job (no access, not found) rolls back alone — COMMIT once, and only
+//! then run each job's follow-up (acks, fan-out). `seq` numbers are assigned here, so
+//! they are dense and ordered per conversation.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::read::{message_row, MessageRow, MESSAGE_COLUMNS};
+use super::{PostCommit, StoreError, WriteJob, WriteMsg};
+use crate::protocol::{now_ms, ErrorCode, RoomType};
+use crate::server::ServerCtx;
+
+pub struct WriterState {
+    /// Users already recorded in `users` by this process.
+    users_seen: HashSet<String>,
+    /// The batch's timestamp (ms since the epoch): one clock reading per batch.
+    pub now_ms: i64,
+    pub idempotency_window_ms: i64,
+}
+
+pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
+    let batch_max = ctx.cfg.store.batch_max;
+    let mut state = WriterState {
+        users_seen: HashSet::new(),
+        now_ms: 0,
+        idempotency_window_ms: (ctx.cfg.store.idempotency_window_s as i64).saturating_mul(1000),
+    };
+    let mut jobs = Vec::with_capacity(batch_max);
+    let mut stop = false;
+    while !stop {
+        match rx.recv() {
+            Ok(WriteMsg::Job(j)) => jobs.push(j),
+            Ok(WriteMsg::Stop) | Err(_) => break,
+        }
+        while jobs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(WriteMsg::Job(j)) => jobs.push(j),
+                Ok(WriteMsg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut jobs, &mut state, &ctx);
+    }
+    // Jobs queued behind the stop marker still get an answer.
+    while let Ok(WriteMsg::Job(j)) = rx.try_recv() {
+        jobs.push(j);
+    }
+    if !jobs.is_empty() {
+        commit_batch(&mut conn, &mut jobs, &mut state, &ctx);
+    }
+    log::info!("store writer stopped");
+}
+
+fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, state: &mut WriterState, ctx: &ServerCtx) {
+    state.now_ms = now_ms();
+    let n = jobs.len();
+    let mut done: Vec<(Result<PostCommit, StoreError>, super::OnFail, std::time::Instant)> = Vec::with_capacity(n);
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            fail_all(jobs.drain(..).map(|j| j.on_fail), StoreError::Sql(e), ctx);
+            return;
+        }
+    };
+    for job in jobs.drain(..) {
+        let r = match tx.execute_batch("SAVEPOINT job") {
+            Err(e) => Err(StoreError::Sql(e)),
+            Ok(()) => {
+                let r = (job.op)(&tx, state);
+                let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+                match tx.execute_batch(end) {
+                    Ok(()) => r,
+                    Err(e) => Err(StoreError::Sql(e)),
+                }
+            }
+        };
+        done.push((r, job.on_fail, job.enqueued));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            let m = &ctx.metrics;
+            m.store_commits.fetch_add(1, Relaxed);
+            m.store_writes.fetch_add(n as u64, Relaxed);
+            m.store_unhealthy.store(0, Relaxed);
+            {
+                let mut h = m.commit_latency_us.lock();
+                for (_, _, enq) in &done {
+                    let _ = h.record(enq.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            for (r, on_fail, _) in done {
+                match r {
+                    Ok(post) => post(ctx),
+                    Err(e) => {
+                        if !matches!(e, StoreError::Refused(..)) {
+                            log::error!("store: write failed: {e}");
+                            ctx.metrics.store_failures.fetch_add(1, Relaxed);
+                        }
+                        on_fail(ctx, &e)
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            state.users_seen.clear();
+            fail_all(done.into_iter().map(|(_, f, _)| f), StoreError::Sql(e), ctx);
+        }
+    }
+}
+
+fn fail_all(fails: impl Iterator<Item = super::OnFail>, err: StoreError, ctx: &ServerCtx) {
+    log::error!("store: batch failed, nothing acknowledged: {err}");
+    ctx.metrics.store_failures.fetch_add(1, Relaxed);
+    ctx.metrics.store_unhealthy.store(1, Relaxed);
+    for f in fails {
+        f(ctx, &err);
+    }
+}
+
+// ---------------------------------------------------------------- operations
+
+/// A user's chat message.
+#[derive(Debug, Clone)]
+pub struct ChatInput {
+    pub user_id: String,
+    pub user_name: String,
+    pub client_id: Option<String>,
+    /// An existing conversation, or the id to give a new one.
+    pub conversation_id: String,
+    pub create: bool,
+    pub room_id: Option<String>,
+    pub text: String,
+    /// Also create the assistant's (streaming) reply message, authored by this agent.
+    pub assistant: Option<String>,
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatOutcome {
+    pub conversation_id: String,
+    pub room_id: Option<String>,
+    pub user_msg: MessageRow,
+    pub assistant: Option<MessageRow>,
+    /// The same client `id` was already accepted: this is the original message.
+    pub duplicate: bool,
+}
+
+pub struct ConvAccess {
+    pub kind: String,
+    pub room_id: Option<String>,
+    pub room_type: Option<String>,
+    pub is_member: bool,
+    pub owner: String,
+    pub ai: bool,
+}
+
+pub fn conv_access(conn: &Connection, conv: &str, user: &str) -> Result<ConvAccess, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT c.kind, c.room_id, c.room_type, c.owner, c.ai, c.deleted,
+                    EXISTS(SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?2)
+             FROM conversations c WHERE c.id = ?1",
+        )?
+        .query_row(params![conv, user], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get::<_, bool>(4)?, r.get::<_, bool>(5)?, r.get::<_, bool>(6)?))
+        })
+        .optional()?;
+    match row {
+        None | Some((_, _, _, _, _, true, _)) => Err(StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"))),
+        Some((kind, room_id, room_type, owner, ai, _, is_member)) => Ok(ConvAccess { kind, room_id, room_type, is_member, owner, ai }),
+    }
+}
+
+fn touch_user(conn: &Connection, state: &mut WriterState, id: &str, name: &str) -> Result<(), StoreError> {
+    if state.users_seen.contains(id) {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO users (id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen",
+    )?
+    .execute(params![id, name, state.now_ms])?;
+    state.users_seen.insert(id.to_string());
+    Ok(())
+}
+
+fn insert_message(
+    conn: &Connection,
+    conv: &str,
+    role: &str,
+    author: &str,
+    author_name: &str,
+    content: &str,
+    status: &str,
+    client_id: Option<&str>,
+    now: i64,
+) -> Result<MessageRow, StoreError> {
+    let (seq, no_preview): (i64, bool) = conn
+        .prepare_cached(
+            "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
+             WHERE id = ?1 RETURNING last_seq, preview IS NULL",
+        )?
+        .query_row(params![conv, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if no_preview && role == "user" {
+        let preview: String = content.chars().take(100).collect();
+        conn.prepare_cached("UPDATE conversations SET preview = ?2 WHERE id = ?1")?.execute(params![conv, preview])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    )?
+    .execute(params![conv, seq, role, author, author_name, content, status, client_id, now])?;
+    let id = conn.last_insert_rowid();
+    Ok(MessageRow {
+        id,
+        conversation_id: conv.to_string(),
+        seq,
+        role: role.to_string(),
+        author: author.to_string(),
+        author_name: author_name.to_string(),
+        content: content.to_string(),
+        status: status.to_string(),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+pub fn append_chat(conn: &Connection, state: &mut WriterState, input: &ChatInput) -> Result<ChatOutcome, StoreError> {
+    let now = state.now_ms;
+    // Idempotency: the same user retrying the same client id gets the original message.
+    if let Some(cid) = &input.client_id {
+        let orig = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE author = ?1 AND client_id = ?2 AND created_at >= ?3 ORDER BY id DESC LIMIT 1"
+            ))?
+            .query_row(params![input.user_id, cid, now - state.idempotency_window_ms], message_row)
+            .optional()?;
+        if let Some(orig) = orig {
+            let room_id: Option<String> = conn
+                .prepare_cached("SELECT room_id FROM conversations WHERE id = ?1")?
+                .query_row([&orig.conversation_id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            return Ok(ChatOutcome { conversation_id: orig.conversation_id.clone(), room_id, user_msg: orig, assistant: None, duplicate: true });
+        }
+    }
+    touch_user(conn, state, &input.user_id, &input.user_name)?;
+    let conv = input.conversation_id.as_str();
+    let mut room_id = input.room_id.clone();
+    if input.create {
+        conn.prepare_cached(
+            "INSERT INTO conversations (id, owner, kind, created_at, last_updated) VALUES (?1, ?2, 'chat', ?3, ?3)",
+        )?
+        .execute(params![conv, input.user_id, now])?;
+        conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)")?
+            .execute(params![conv, input.user_id, now])?;
+    } else {
+        let a = conv_access(conn, conv, &input.user_id)?;
+        if !a.is_member && !input.is_admin {
+            return Err(StoreError::refused(ErrorCode::Forbidden, "you are not a participant of this conversation"));
+        }
+        room_id = a.room_id;
+    }
+    let user_msg = insert_message(conn, conv, "user", &input.user_id, &input.user_name, &input.text, "complete", input.client_id.as_deref(), now)?;
+    let assistant = match &input.assistant {
+        Some(agent) => Some(insert_message(conn, conv, "assistant", agent, agent, "", "streaming", None, now)?),
+        None => None,
+    };
+    Ok(ChatOutcome { conversation_id: conv.to_string(), room_id, user_msg, assistant, duplicate: false })
+}
+
+/// Save the partial content of a streaming reply.
+pub fn checkpoint(conn: &Connection, now: i64, message_id: i64, content: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE messages SET content = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'streaming'")?
+        .execute(params![message_id, content, now])?;
+    Ok(())
+}
+
+/// Final content, status and metadata of a reply.
+pub fn finalize(conn: &Connection, now: i64, message_id: i64, content: &str, status: &str, meta: &str) -> Result<MessageRow, StoreError> {
+    conn.prepare_cached("UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1")?
+        .execute(params![message_id, content, status, meta, now])?;
+    let row = conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))?.query_row([message_id], message_row)?;
+    conn.prepare_cached("UPDATE conversations SET last_updated = ?2 WHERE id = ?1")?.execute(params![row.conversation_id, now])?;
+    Ok(row)
+}
+
+/// Move a member's read marker forward (never back, never past the last message).
+/// Returns the marker after the move.
+pub fn mark_read(conn: &Connection, conv: &str, user: &str, seq: i64) -> Result<i64, StoreError> {
+    let a = conv_access(conn, conv, user)?;
+    if !a.is_member {
+        return Err(StoreError::refused(ErrorCode::Forbidden, "you are not a participant of this conversation"));
+    }
+    let v: i64 = conn
+        .prepare_cached(
+            "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM conversations WHERE id = ?1)))
+             WHERE conversation_id = ?1 AND user_id = ?2 RETURNING read_seq",
+        )?
+        .query_row(params![conv, user, seq], |r| r.get(0))?;
+    Ok(v)
+}
+
+// ---------------------------------------------------------------- rooms
+
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub room_id: String,
+    pub room_name: String,
+    pub room_type: RoomType,
+    pub conversation_id: String,
+    pub owner: String,
+    pub last_seq: i64,
+    pub ai: bool,
+}
+
+pub fn room_by_id(conn: &Connection, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT room_id, room_name, room_type, id, owner, last_seq, ai FROM conversations WHERE room_id = ?1 AND deleted = 0")?
+        .query_row([room_id], |r| {
+            Ok(RoomRow {
+                room_id: r.get(0)?,
+                room_name: r.get(1)?,
+                room_type: RoomType::parse(&r.get::<_, String>(2)?).unwrap_or(RoomType::Shared),
+                conversation_id: r.get(3)?,
+                owner: r.get(4)?,
+                last_seq: r.get(5)?,
+                ai: r.get(6)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn is_member(conn: &Connection, conv: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
+        .query_row([conv, user], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+pub struct NewRoom<'a> {
+    pub room_id: &'a str,
+    pub room_name: &'a str,
+    pub room_type: RoomType,
+    pub owner: &'a str,
+    pub owner_name: &'a str,
+    pub members: &'a [String],
+    pub ai: bool,
+    pub conversation_id: &'a str,
+}
+
+pub fn create_room(conn: &Connection, state: &mut WriterState, r: &NewRoom) -> Result<RoomRow, StoreError> {
+    if room_by_id(conn, r.room_id)?.is_some() || conn
+        .prepare_cached("SELECT 1 FROM conversations WHERE room_id = ?1")?
+        .query_row([r.room_id], |_| Ok(()))
+        .optional()?
+        .is_some()
+    {
+        return Err(StoreError::refused(ErrorCode::BadRequest, format!("room {} already exists", r.room_id)));
+    }
+    touch_user(conn, state, r.owner, r.owner_name)?;
+    let now = state.now_ms;
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, owner, kind, room_id, room_name, room_type, created_at, last_updated, ai)
+         VALUES (?1, ?2, 'room', ?3, ?4, ?5, ?6, ?6, ?7)",
+    )?
+    .execute(params![r.conversation_id, r.owner, r.room_id, r.room_name, r.room_type.as_str(), now, r.ai])?;
+    conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)")?
+        .execute(params![r.conversation_id, r.owner, now])?;
+    for m in r.members {
+        if m != r.owner {
+            add_member(conn, now, r.conversation_id, m)?;
+        }
+    }
+    Ok(RoomRow {
+        room_id: r.room_id.to_string(),
+        room_name: r.room_name.to_string(),
+        room_type: r.room_type,
+        conversation_id: r.conversation_id.to_string(),
+        owner: r.owner.to_string(),
+        last_seq: 0,
+        ai: r.ai,
+    })
+}
+
+pub fn add_member(conn: &Connection, now: i64, conv: &str, user: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)")?
+        .execute(params![conv, user, now])?;
+    Ok(())
+}
+
+pub fn remove_member(conn: &Connection, conv: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND role != 'owner'")?.execute([conv, user])? > 0)
+}
+
+pub fn delete_room(conn: &Connection, now: i64, conv: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE conversations SET deleted = 1, room_id = NULL, last_updated = ?2 WHERE id = ?1")?.execute(params![conv, now])?;
+    Ok(())
+}
+
+/// Join a room for `join_room`: create it when allowed and missing; check membership.
+pub fn join_room(
+    conn: &Connection,
+    state: &mut WriterState,
+    user: &str,
+    user_name: &str,
+    is_admin: bool,
+    room_id: &str,
+    room_name: Option<&str>,
+    room_type: Option<RoomType>,
+    create_allowed: bool,
+    new_conversation_id: &str,
+) -> Result<(RoomRow, bool), StoreError> {
+    match room_by_id(conn, room_id)? {
+        Some(room) => {
+            let member = is_member(conn, &room.conversation_id, user)?;
+            if !member {
+                match room.room_type {
+                    RoomType::Shared => add_member(conn, state.now_ms, &room.conversation_id, user)?,
+                    _ if is_admin => add_member(conn, state.now_ms, &room.conversation_id, user)?,
+                    _ => return Err(StoreError::refused(ErrorCode::Forbidden, format!("room {room_id} is {} and you are not a member", room.room_type.as_str()))),
+                }
+            }
+            touch_user(conn, state, user, user_name)?;
+            Ok((room, false))
+        }
+        None if create_allowed => {
+            let room = create_room(
+                conn,
+                state,
+                &NewRoom {
+                    room_id,
+                    room_name: room_name.unwrap_or(room_id),
+                    room_type: room_type.unwrap_or(RoomType::Shared),
+                    owner: user,
+                    owner_name: user_name,
+                    members: &[],
+                    ai: false,
+                    conversation_id: new_conversation_id,
+                },
+            )?;
+            Ok((room, true))
+        }
+        None => Err(StoreError::refused(ErrorCode::NotFound, format!("no room {room_id}"))),
+    }
+}
