@@ -36,6 +36,7 @@ impl TokenItem {
             message_id: self.message_id,
             index: self.index,
             token: self.text.clone(),
+            count: (self.count > 1).then_some(self.count),
         }
         .encode()
     }

@@ -526,6 +526,9 @@ pub enum Event {
         message_id: i64,
         index: u64,
         token: String,
+        /// Deltas merged into this event (slow reader); absent when 1.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
     },
     Complete {
         conversation_id: String,
@@ -726,7 +729,7 @@ mod tests {
         let s = e.encode();
         assert!(s.starts_with(r#"{"type":"error","code":"RATE_LIMIT""#), "{s}");
         assert!(s.contains(r#""id":"7""#));
-        let t = Event::Token { conversation_id: "c".into(), message_id: 3, index: 0, token: "\"q\"".into() }.encode();
+        let t = Event::Token { conversation_id: "c".into(), message_id: 3, index: 0, token: "\"q\"".into(), count: None }.encode();
         assert_eq!(t, r#"{"type":"token","conversation_id":"c","message_id":3,"index":0,"token":"\"q\""}"#);
     }
 

@@ -48,7 +48,7 @@ pub enum LlmError {
     Timeout(String),
     #[error("the model backend connection failed mid-stream: {0}")]
     Io(String),
-    #[error("the model backend closed the stream before finishing")]
+    #[error("the model backend connection ended mid-stream, before the reply finished")]
     Truncated,
 }
 
@@ -299,7 +299,7 @@ fn generate(ctx: &ServerCtx, req: &GenRequest, db: &mut Option<rusqlite::Connect
             let index = st.tokens;
             st.content.push_str(delta);
             st.tokens += 1;
-            let ev = Event::Token { conversation_id: gen.conversation_id.to_string(), message_id: gen.message_id, index, token: delta.to_string() };
+            let ev = Event::Token { conversation_id: gen.conversation_id.to_string(), message_id: gen.message_id, index, token: delta.to_string(), count: None };
             let kind = TopicKind::Token { message_id: gen.message_id, index, text: Arc::from(delta) };
             ctx.hub.publish(&ctx.shards, topic_event(&gen.conversation_id, kind, &ev));
         }
