@@ -609,7 +609,11 @@ impl Raw {
                 AgentConfig {
                     name,
                     provider,
-                    model: if ra.model.is_empty() { m.model.clone() } else { ra.model },
+                    model: match (ra.model.is_empty(), provider) {
+                        (false, _) => ra.model,
+                        (true, ProviderKind::Demo) => "confab-demo".to_string(),
+                        (true, ProviderKind::OpenAi) => m.model.clone(),
+                    },
                     system_prompt: ra.system_prompt,
                     temperature: ra.temperature,
                     max_tokens: ra.max_tokens.min(m.max_tokens_limit),

@@ -53,6 +53,7 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
         }
         ("GET", "/metrics") => Response::text(200, "text/plain; version=0.0.4", ctx.metrics.prometheus()),
         ("GET", "/") | ("GET", "/index.html") => Response::text(200, "text/html; charset=utf-8", INDEX_HTML),
+        ("GET", "/favicon.ico") => Response::text(204, "image/x-icon", Vec::new()),
         ("POST", "/v1/token") => mint_token(shard, &req),
         _ => match crate::api::route(shard, slot, &req) {
             Some(r) => r,

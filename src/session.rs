@@ -181,10 +181,14 @@ pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
 
 /// A room this connection was in was deleted.
 pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, conv: Arc<str>) {
+    let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
     if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-        ws.rooms.remove(&room_id);
+        let was_in = ws.rooms.remove(&room_id).is_some();
         ws.subs.remove(&conv);
         ws.typing.remove(&conv);
+        if let (true, Some(u)) = (was_in, user) {
+            shard.ctx.hub.presence_remove(&conv, &u.id);
+        }
     }
     // The room-closed event itself is queued by the caller; after it, no more events.
     shard.topic_local_remove(&conv, slot);

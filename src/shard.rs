@@ -104,6 +104,8 @@ pub enum ShardMsg {
     Close(ConnId, u16, String),
     /// Fan-out to the local subscribers of a conversation.
     Topic(Arc<TopicEvent>),
+    /// One frame for every authenticated native connection of the shard (admin broadcast).
+    All(Utf8Bytes),
     /// Work that must run on this shard (for a connection it owns).
     Run(ConnId, Box<dyn FnOnce(&mut Shard, usize) + Send>),
     Shutdown,
@@ -341,6 +343,14 @@ impl Shard {
             ShardMsg::Run(id, f) => {
                 if let Some(slot) = self.resolve(id) {
                     f(self, slot);
+                }
+            }
+            ShardMsg::All(frame) => {
+                let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for slot in slots {
+                    if crate::session::is_native(self, slot) {
+                        self.queue(slot, OutItem::Frame(frame.clone()));
+                    }
                 }
             }
             ShardMsg::Shutdown => self.begin_shutdown(),

@@ -23,7 +23,7 @@ pub fn reply(user_text: &str, turns: usize) -> String {
     let words = said.split_whitespace().count();
     format!(
         "Hello! I am confab's built-in demo model: no AI backend is configured, so I answer offline. \
-         You said: \"{said}\" ({words} words; this conversation has {turns} messages so far). \
+         You said: \"{said}\" ({words} words; messages in this conversation so far: {turns}). \
          Every word of this reply reaches you as a separate token event over the WebSocket, \
          and the whole reply is saved in SQLite. Press Stop to cancel me mid-sentence, or reload \
          the page while I am talking to see the conversation resume where it was. \
