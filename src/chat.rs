@@ -97,12 +97,12 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
         match ws.subs.get_mut(conv) {
             Some(Sub::Pending { buffered }) => {
                 let b = std::mem::take(buffered);
-                ws.subs.insert(conv.clone(), Sub::Live);
+                ws.subs.insert(conv.clone(), Sub::live());
                 b
             }
-            Some(Sub::Live) => return,
+            Some(Sub::Live { .. }) => return,
             None => {
-                ws.subs.insert(conv.clone(), Sub::Live);
+                ws.subs.insert(conv.clone(), Sub::live());
                 Vec::new()
             }
         }
@@ -182,7 +182,7 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     // Register for live events first (see the module docs).
     if create {
         if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-            ws.subs.insert(conv.clone(), Sub::Live);
+            ws.subs.insert(conv.clone(), Sub::live());
         }
         shard.topic_local_add(&conv, slot);
     } else {
@@ -373,7 +373,7 @@ pub fn load_replay(db: &rusqlite::Connection, ctx: &ServerCtx, conv: &str, after
 pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay, id: Option<String>) {
     let buffered = {
         let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
-        match ws.subs.insert(conv.clone(), Sub::Live) {
+        match ws.subs.remove(conv) {
             Some(Sub::Pending { buffered }) => buffered,
             _ => Vec::new(),
         }
@@ -407,6 +407,12 @@ pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay,
         sub["first_seq"] = serde_json::json!(first_seq);
     }
     shard.queue(slot, crate::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())));
+    // Replies that ended recently may still have events in flight to us.
+    let recent = crate::protocol::now_ms() - 60_000;
+    let finals: Vec<i64> = r.rows.iter().filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent).map(|m| m.id).collect();
+    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+        ws.subs.insert(conv.clone(), Sub::Live { last_seq: last, finals });
+    }
     for ev in buffered {
         let deliver = match &ev.kind {
             TopicKind::Added { seq } => *seq > r.last_seq,
@@ -419,6 +425,11 @@ pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay,
             TopicKind::Ephemeral | TopicKind::RoomClosed { .. } => true,
         };
         if deliver {
+            if let TopicKind::Added { seq } = ev.kind {
+                if let Some(Sub::Live { last_seq, .. }) = shard.conns.get_mut(slot).and_then(|c| c.ws()).and_then(|ws| ws.subs.get_mut(conv)) {
+                    *last_seq = (*last_seq).max(seq);
+                }
+            }
             shard.queue(slot, topic_item(&ev));
         }
     }
@@ -449,7 +460,7 @@ fn read(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
                 let _ = delivered;
                 // The reader's own connection hears back even if it is not subscribed.
                 run_on(ctx, conn_id, move |shard, slot| {
-                    let subscribed = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| matches!(ws.subs.get(&c), Some(Sub::Live)));
+                    let subscribed = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| ws.subs.get(&c).is_some_and(Sub::is_live));
                     if !subscribed {
                         shard.send(slot, &ev);
                     }
@@ -473,7 +484,7 @@ fn typing(shard: &mut Shard, slot: usize, id: Option<String>, room_id: Option<St
         let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
         let t = match (&room_id, &conv) {
             (Some(r), _) => ws.rooms.get(r.as_str()).cloned(),
-            (None, Some(c)) => ws.subs.get_key_value(c.as_str()).filter(|(_, s)| matches!(s, Sub::Live)).map(|(k, _)| k.clone()),
+            (None, Some(c)) => ws.subs.get_key_value(c.as_str()).filter(|(_, s)| s.is_live()).map(|(k, _)| k.clone()),
             _ => None,
         };
         let Some(t) = t else {

@@ -83,8 +83,18 @@ pub enum WsKind {
 
 /// A subscription of this connection to a conversation.
 pub enum Sub {
-    /// Live events are delivered as they come.
-    Live,
+    /// Live events are delivered as they come, minus what this connection already has.
+    /// The store writer publishes after COMMIT, so a replay on a reader thread can see a
+    /// committed message whose live event is still on its way; these two fields make
+    /// such a late event a no-op instead of a duplicate.
+    Live {
+        /// Highest `seq` delivered in a `message_added` (live events arrive in seq order:
+        /// one writer publishes them in commit order).
+        last_seq: i64,
+        /// Replies a replay showed as final: their late token/updated/complete events
+        /// are dropped. Only replies that were recently active, so this stays tiny.
+        finals: Vec<i64>,
+    },
     /// Waiting for the store (an access check, or a replay): live events wait here and,
     /// after a replay, are filtered against it (see `generation.rs`).
     Pending { buffered: Vec<Arc<TopicEvent>> },
@@ -113,6 +123,16 @@ pub struct Ws {
     pub rooms: HashMap<Arc<str>, Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
     pub typing: HashMap<Arc<str>, Instant>,
+}
+
+impl Sub {
+    pub fn live() -> Sub {
+        Sub::Live { last_seq: 0, finals: Vec::new() }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, Sub::Live { .. })
+    }
 }
 
 impl Ws {

@@ -1,9 +1,9 @@
 //! The hub: the little state shared between threads, kept lock-light.
 //!
-//! - **Topics** (conversation → which shards hold subscribers): a fixed array of stripes,
-//!   each a `parking_lot::RwLock<HashMap>`, picked by hash. A shard counts its own local
-//!   subscribers in its stripe entry; the shard keeps the actual `conversation → [slot]`
-//!   list itself, so the send path takes one read lock and sends ONE message per shard that
+//! - **Topics** (conversation → subscribed connections per shard): a fixed array of
+//!   stripes, each a `parking_lot::RwLock<HashMap>`, picked by hash. The counts say which
+//!   shards to send to and how many connections an event reached (delivery
+//!   confirmations); the shard keeps the actual `conversation → [slot]` list itself, so the send path takes one read lock and sends ONE message per shard that
 //!   holds subscribers: cross-thread traffic per event is O(shards), not O(subscribers).
 //! - **Users** (user id → open WebSocket connections): for the per-user connection cap and
 //!   user-level presence.
@@ -67,7 +67,7 @@ impl Hub {
 
     // ------------------------------------------------------------ topics
 
-    /// A shard's first local subscriber to `conv` arrived.
+    /// A connection on `shard` subscribed to `conv`.
     pub fn topic_shard_add(&self, conv: &Arc<str>, shard: usize) {
         let mut map = self.topics[stripe_of(&self.hasher, &**conv)].write();
         let e = map.entry(conv.clone()).or_default();
@@ -77,7 +77,7 @@ impl Hub {
         e.by_shard[shard] += 1;
     }
 
-    /// A shard's last local subscriber to `conv` left.
+    /// A connection on `shard` unsubscribed from `conv`.
     pub fn topic_shard_remove(&self, conv: &str, shard: usize) {
         let mut map = self.topics[stripe_of(&self.hasher, conv)].write();
         if let Some(e) = map.get_mut(conv) {

@@ -880,18 +880,19 @@ impl Shard {
         if list.contains(&slot) {
             return;
         }
-        if list.is_empty() {
-            self.ctx.hub.topic_shard_add(conv, self.idx);
-        }
         list.push(slot);
+        self.ctx.hub.topic_shard_add(conv, self.idx);
     }
 
     pub fn topic_local_remove(&mut self, conv: &str, slot: usize) {
         let Some(list) = self.topics.get_mut(conv) else { return };
+        let before = list.len();
         list.retain(|s| *s != slot);
+        if list.len() < before {
+            self.ctx.hub.topic_shard_remove(conv, self.idx);
+        }
         if list.is_empty() {
             self.topics.remove(conv);
-            self.ctx.hub.topic_shard_remove(conv, self.idx);
         }
     }
 
@@ -922,7 +923,20 @@ impl Shard {
                             Then::Skip
                         }
                     }
-                    Some(Sub::Live) => Then::Deliver,
+                    Some(Sub::Live { last_seq, finals }) => match &ev.kind {
+                        // Already delivered (by a replay, or earlier live).
+                        TopicKind::Added { seq } if *seq <= *last_seq => Then::Skip,
+                        TopicKind::Added { seq } => {
+                            *last_seq = *seq;
+                            Then::Deliver
+                        }
+                        TopicKind::Token { message_id, .. } | TopicKind::Updated { message_id } | TopicKind::Complete { message_id }
+                            if finals.contains(message_id) =>
+                        {
+                            Then::Skip
+                        }
+                        _ => Then::Deliver,
+                    },
                     None => Then::Skip,
                 }
             };
