@@ -35,7 +35,7 @@ pub struct Opts {
 const USAGE: &str = "usage: confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
   [--room ROOM] [--size BYTES] [--generic] [--json]
-scenarios: hold echo broadcast chat churn resume";
+scenarios: hold echo broadcast chat churn resume write";
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -106,6 +106,7 @@ fn main() {
         "chat" => scenarios::chat(&o),
         "churn" => scenarios::churn(&o),
         "resume" => scenarios::resume(&o),
+        "write" => scenarios::write(&o),
         other => {
             eprintln!("confab-load: unknown scenario {other}\n{USAGE}");
             std::process::exit(2);

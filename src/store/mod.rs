@@ -117,8 +117,17 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// Query Planner Stability Guarantee: plans never depend on bound values, so a cached
+/// statement is prepared once. Without it SQLite 3.54 re-prepared the hottest writer
+/// statement on every bind (perf: ~20% of the writer thread).
+fn stable_plans(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
 fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    stable_plans(conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if mode != "wal" {
         log::warn!("sqlite journal_mode is {mode}, not wal");
@@ -145,6 +154,9 @@ pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, St
         tx.commit()?;
         log::info!("store: migrated schema to version {}", i + 1);
     }
+    // Checkpoints run on their own thread (see `checkpointer`), not inside the writer's
+    // COMMIT, where they took ~8% of the writer's time.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Replies that were streaming when the previous process died will never finish.
     let n = conn.execute("UPDATE messages SET status = 'error', updated_at = ?1 WHERE status = 'streaming'", [crate::protocol::now_ms()])?;
     if n > 0 {
@@ -160,6 +172,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    stable_plans(&conn)?;
     Ok(conn)
 }
 
@@ -202,6 +215,7 @@ pub struct Store {
     readers: usize,
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -219,6 +233,7 @@ impl Store {
             readers: cfg.store.read_workers,
             path,
             synchronous_full: cfg.store.synchronous_full,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -248,6 +263,7 @@ impl Store {
 
     /// Stop the writer after everything queued so far is committed, and the readers.
     pub fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.write_tx.send(WriteMsg::Stop);
         for _ in 0..self.readers {
             let _ = self.read_tx.send(ReadMsg::Stop);
@@ -265,6 +281,11 @@ pub fn start_threads(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
         let ctx = ctx.clone();
         threads.push(std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, ctx))?);
     }
+    {
+        let ctx = ctx.clone();
+        let path = store.path.clone();
+        threads.push(std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || checkpointer(path, ctx))?);
+    }
     for i in 0..store.readers {
         let ctx = ctx.clone();
         let rx = store.read_rx.clone();
@@ -272,4 +293,32 @@ pub fn start_threads(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
         threads.push(std::thread::Builder::new().name(format!("store-read-{i}")).spawn(move || read::run(path, rx, ctx))?);
     }
     Ok(threads)
+}
+
+/// Moves WAL content into the database file in the background: a PASSIVE checkpoint
+/// (never blocks the writer or readers) every 200 ms, and a TRUNCATE when the WAL has
+/// grown past 64 MiB (readers permitting), so the WAL file stays bounded.
+fn checkpointer(path: std::path::PathBuf, ctx: Arc<ServerCtx>) {
+    let conn = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("store checkpointer cannot open {}: {e}", path.display());
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+    let wal = {
+        let mut p = path.clone().into_os_string();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    while !ctx.store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let big = std::fs::metadata(&wal).map(|m| m.len() > 64 << 20).unwrap_or(false);
+        let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            log::warn!("store: checkpoint failed: {e}");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
