@@ -177,7 +177,7 @@ pub fn rooms_for_user(conn: &Connection, user: &str) -> Result<Vec<RoomSummary>,
         .prepare_cached(
             "SELECT c.room_id, c.room_name, c.room_type, c.id, c.last_seq, m.read_seq
              FROM members m JOIN conversations c ON c.id = m.conversation_id
-             WHERE m.user_id = ?1 AND c.kind = 'room' AND c.deleted = 0
+             WHERE m.user_id = ?1 AND m.room = 1 AND c.deleted = 0
              ORDER BY c.last_updated DESC LIMIT 500",
         )?
         .query_map([user], |r| {

@@ -391,7 +391,7 @@ pub fn create_room(conn: &Connection, state: &mut WriterState, r: &NewRoom) -> R
          VALUES (?1, ?2, 'room', ?3, ?4, ?5, ?6, ?6, ?7)",
     )?
     .execute(params![r.conversation_id, r.owner, r.room_id, r.room_name, r.room_type.as_str(), now, r.ai])?;
-    conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)")?
+    conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'owner', ?3, 1)")?
         .execute(params![r.conversation_id, r.owner, now])?;
     for m in r.members {
         if m != r.owner {
@@ -409,8 +409,9 @@ pub fn create_room(conn: &Connection, state: &mut WriterState, r: &NewRoom) -> R
     })
 }
 
+/// Add a member to a room.
 pub fn add_member(conn: &Connection, now: i64, conv: &str, user: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)")?
+    conn.prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'member', ?3, 1)")?
         .execute(params![conv, user, now])?;
     Ok(())
 }
