@@ -26,6 +26,13 @@ pub struct WriterState {
     pub idempotency_window_ms: i64,
 }
 
+impl WriterState {
+    /// For benches and tools that drive the writer's operations directly.
+    pub fn new(idempotency_window_ms: i64) -> WriterState {
+        WriterState { users_seen: HashSet::new(), now_ms: now_ms(), idempotency_window_ms }
+    }
+}
+
 pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
     let batch_max = ctx.cfg.store.batch_max;
     let mut state = WriterState {

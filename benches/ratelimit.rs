@@ -1,0 +1,21 @@
+//! The per-connection sliding-window rate limiter (runs once per client message).
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use confab::ratelimit::RateWindow;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn ratelimit(c: &mut Criterion) {
+    let start = Instant::now();
+    let mut r = RateWindow::new(start);
+    let mut t = start;
+    c.bench_function("ratelimit_check", |b| {
+        b.iter(|| {
+            t += Duration::from_micros(50);
+            black_box(r.check(black_box(t), Duration::from_secs(10), 200))
+        })
+    });
+}
+
+criterion_group!(benches, ratelimit);
+criterion_main!(benches);
