@@ -10,11 +10,25 @@ fn codec(c: &mut Criterion) {
     let ping = r#"{"type":"ping","id":"p1"}"#;
     let mut d = Decoder::default();
     g.throughput(Throughput::Elements(1));
-    g.bench_function("decode_chat_130B", |b| b.iter(|| black_box(d.decode(black_box(chat)).unwrap())));
-    g.bench_function("decode_ping", |b| b.iter(|| black_box(d.decode(black_box(ping)).unwrap())));
-    g.bench_function("decode_malformed", |b| b.iter(|| black_box(d.decode(black_box("{\"type\":\"chat\",")).is_err())));
-    let token = Event::Token { conversation_id: "c_0123456789abcdef01234567".into(), message_id: 42, index: 17, token: " engine".into(), count: None };
-    g.bench_function("encode_token", |b| b.iter(|| black_box(black_box(&token).encode())));
+    g.bench_function("decode_chat_130B", |b| {
+        b.iter(|| black_box(d.decode(black_box(chat)).unwrap()))
+    });
+    g.bench_function("decode_ping", |b| {
+        b.iter(|| black_box(d.decode(black_box(ping)).unwrap()))
+    });
+    g.bench_function("decode_malformed", |b| {
+        b.iter(|| black_box(d.decode(black_box("{\"type\":\"chat\",")).is_err()))
+    });
+    let token = Event::Token {
+        conversation_id: "c_0123456789abcdef01234567".into(),
+        message_id: 42,
+        index: 17,
+        token: " engine".into(),
+        count: None,
+    };
+    g.bench_function("encode_token", |b| {
+        b.iter(|| black_box(black_box(&token).encode()))
+    });
     let added = Event::MessageAdded {
         conversation_id: "c_0123456789abcdef01234567".into(),
         room_id: Some("lobby".into()),
@@ -30,7 +44,9 @@ fn codec(c: &mut Criterion) {
         },
         replayed: None,
     };
-    g.bench_function("encode_message_added", |b| b.iter(|| black_box(black_box(&added).encode())));
+    g.bench_function("encode_message_added", |b| {
+        b.iter(|| black_box(black_box(&added).encode()))
+    });
     g.finish();
 }
 

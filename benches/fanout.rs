@@ -21,10 +21,25 @@ fn fanout(c: &mut Criterion) {
                 let ev = Event::MessageAdded {
                     conversation_id: conv.to_string(),
                     room_id: Some("hall".into()),
-                    message: MessageView { id: 1, seq: 2, role: "user".into(), author: "a".into(), content: "ts:1795400000000000000".into(), status: "complete".into(), created_at: "t".into(), updated_at: "t".into() },
+                    message: MessageView {
+                        id: 1,
+                        seq: 2,
+                        role: "user".into(),
+                        author: "a".into(),
+                        content: "ts:1795400000000000000".into(),
+                        status: "complete".into(),
+                        created_at: "t".into(),
+                        updated_at: "t".into(),
+                    },
                     replayed: None,
                 };
-                let te = TopicEvent { conversation_id: conv.clone(), kind: TopicKind::Added { seq: 2 }, frame: ev.encode().into(), exclude: None, exclude_user: None };
+                let te = TopicEvent {
+                    conversation_id: conv.clone(),
+                    kind: TopicKind::Added { seq: 2 },
+                    frame: ev.encode().into(),
+                    exclude: None,
+                    exclude_user: None,
+                };
                 for q in queues.iter_mut() {
                     let _ = q.push(topic_item(black_box(&te)));
                 }

@@ -17,7 +17,17 @@ fn store(c: &mut Criterion) {
         // 100 conversations, like 100 concurrent senders.
         for k in 0..100 {
             let tx = conn.transaction().unwrap();
-            let input = ChatInput { user_id: format!("u{k}"), user_name: "U".into(), client_id: None, conversation_id: format!("c{k}"), create: true, room_id: None, text: "first".into(), assistant: None, is_admin: false };
+            let input = ChatInput {
+                user_id: format!("u{k}"),
+                user_name: "U".into(),
+                client_id: None,
+                conversation_id: format!("c{k}"),
+                create: true,
+                room_id: None,
+                text: "first".into(),
+                assistant: None,
+                is_admin: false,
+            };
             append_chat(&tx, &mut st, &input).unwrap();
             tx.commit().unwrap();
         }
@@ -25,7 +35,9 @@ fn store(c: &mut Criterion) {
         g.throughput(Throughput::Elements(batch));
         g.bench_with_input(BenchmarkId::new(label, batch), &batch, |b, &batch| {
             b.iter(|| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .unwrap();
                 for i in 0..batch {
                     n += 1;
                     tx.execute_batch("SAVEPOINT job").unwrap();

@@ -46,7 +46,8 @@ fn stats(ctx: &ServerCtx) -> Response {
 }
 
 fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
-    ctx.shards.send(conn.shard as usize, ShardMsg::Http(conn, resp));
+    ctx.shards
+        .send(conn.shard as usize, ShardMsg::Http(conn, resp));
 }
 
 fn store_error(e: &StoreError) -> Response {
@@ -55,15 +56,22 @@ fn store_error(e: &StoreError) -> Response {
 }
 
 /// Hand a read to the pool; the connection waits for the answer.
-fn defer_read(shard: &mut Shard, slot: usize, f: impl FnOnce(&rusqlite::Connection, &ServerCtx) -> Response + Send + 'static) {
-    let Some(conn) = shard.conn_id(slot) else { return };
+fn defer_read(
+    shard: &mut Shard,
+    slot: usize,
+    f: impl FnOnce(&rusqlite::Connection, &ServerCtx) -> Response + Send + 'static,
+) {
+    let Some(conn) = shard.conn_id(slot) else {
+        return;
+    };
     shard.http_wait(slot);
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
         let r = f(db, ctx);
         reply(ctx, conn, r);
     });
     if shard.ctx.store.try_read(job).is_err() {
-        let r = Response::error(503, ErrorCode::Busy, "the store is busy").with_header("Retry-After", "1");
+        let r = Response::error(503, ErrorCode::Busy, "the store is busy")
+            .with_header("Retry-After", "1");
         shard.start_http_write(slot, r.to_bytes(), crate::conn::AfterWrite::Close);
     }
 }
@@ -71,14 +79,26 @@ fn defer_read(shard: &mut Shard, slot: usize, f: impl FnOnce(&rusqlite::Connecti
 fn query_u32(req: &Request, name: &str) -> Result<Option<u32>, Response> {
     match req.query_param(name) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| Response::error(400, ErrorCode::BadRequest, &format!("`{name}` must be a non-negative integer"))),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Response::error(
+                400,
+                ErrorCode::BadRequest,
+                &format!("`{name}` must be a non-negative integer"),
+            )
+        }),
     }
 }
 
 fn query_i64(req: &Request, name: &str) -> Result<Option<i64>, Response> {
     match req.query_param(name) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| Response::error(400, ErrorCode::BadRequest, &format!("`{name}` must be an integer"))),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Response::error(
+                400,
+                ErrorCode::BadRequest,
+                &format!("`{name}` must be an integer"),
+            )
+        }),
     }
 }
 
@@ -86,7 +106,9 @@ fn query_i64(req: &Request, name: &str) -> Result<Option<i64>, Response> {
 pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
     let path = req.path.as_str();
     let method = req.method.as_str();
-    let respond = |shard: &mut Shard, r: Response| shard.start_http_write(slot, r.to_bytes(), crate::conn::AfterWrite::Close);
+    let respond = |shard: &mut Shard, r: Response| {
+        shard.start_http_write(slot, r.to_bytes(), crate::conn::AfterWrite::Close)
+    };
     let max_page = shard.ctx.cfg.store.max_page;
 
     if method == "GET" && path == "/v1/conversations" {
@@ -109,20 +131,32 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             Some(c) => match read::parse_cursor(&c) {
                 Some(c) => Some(c),
                 None => {
-                    respond(shard, Response::error(400, ErrorCode::BadRequest, "bad cursor"));
+                    respond(
+                        shard,
+                        Response::error(400, ErrorCode::BadRequest, "bad cursor"),
+                    );
                     return true;
                 }
             },
         };
-        defer_read(shard, slot, move |db, _ctx| match read::list_conversations(db, &user.id, cursor, limit) {
-            Ok((list, next)) => Response::json_value(200, &json!({ "conversations": list, "next_cursor": next })),
+        defer_read(shard, slot, move |db, _ctx| match read::list_conversations(
+            db, &user.id, cursor, limit,
+        ) {
+            Ok((list, next)) => {
+                Response::json_value(200, &json!({ "conversations": list, "next_cursor": next }))
+            }
             Err(e) => store_error(&e),
         });
         return true;
     }
 
     if let Some(rest) = path.strip_prefix("/v1/conversations/") {
-        let Some(conv) = rest.strip_suffix("/messages").filter(|c| !c.is_empty() && !c.contains('/')) else { return false };
+        let Some(conv) = rest
+            .strip_suffix("/messages")
+            .filter(|c| !c.is_empty() && !c.contains('/'))
+        else {
+            return false;
+        };
         if method != "GET" {
             return false;
         }
@@ -134,26 +168,43 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
                 return true;
             }
         };
-        let (limit, before, after) = match (query_u32(req, "limit"), query_i64(req, "before_seq"), query_i64(req, "after_seq")) {
+        let (limit, before, after) = match (
+            query_u32(req, "limit"),
+            query_i64(req, "before_seq"),
+            query_i64(req, "after_seq"),
+        ) {
             (Ok(l), Ok(b), Ok(a)) => (l.unwrap_or(50).clamp(1, max_page), b, a),
             (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => {
                 respond(shard, r);
                 return true;
             }
         };
-        defer_read(shard, slot, move |db, _ctx| history(db, &user, &conv, before, after, limit));
+        defer_read(shard, slot, move |db, _ctx| {
+            history(db, &user, &conv, before, after, limit)
+        });
         return true;
     }
     crate::rooms_api::deferred(shard, slot, req)
 }
 
-fn history(db: &rusqlite::Connection, user: &User, conv: &str, before: Option<i64>, after: Option<i64>, limit: u32) -> Response {
+fn history(
+    db: &rusqlite::Connection,
+    user: &User,
+    conv: &str,
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: u32,
+) -> Response {
     let access = match writer::conv_access(db, conv, &user.id) {
         Ok(a) => a,
         Err(e) => return store_error(&e),
     };
     if !access.is_member && !user.admin {
-        return Response::error(403, ErrorCode::Forbidden, "you are not a participant of this conversation");
+        return Response::error(
+            403,
+            ErrorCode::Forbidden,
+            "you are not a participant of this conversation",
+        );
     }
     match read::history(db, conv, before, after, limit) {
         Ok(rows) => {
@@ -164,9 +215,11 @@ fn history(db: &rusqlite::Connection, user: &User, conv: &str, before: Option<i6
             };
             let messages: Vec<_> = rows.iter().map(|r| r.view()).collect();
             let last_seq = read::last_seq(db, conv).unwrap_or(0);
-            Response::json_value(200, &json!({ "conversation_id": conv, "messages": messages, "last_seq": last_seq, "has_more": has_more, "room_id": access.room_id }))
+            Response::json_value(
+                200,
+                &json!({ "conversation_id": conv, "messages": messages, "last_seq": last_seq, "has_more": has_more, "room_id": access.room_id }),
+            )
         }
         Err(e) => store_error(&e),
     }
 }
-

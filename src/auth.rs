@@ -76,12 +76,17 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("alg", &self.sign_alg).finish()
+        f.debug_struct("Authenticator")
+            .field("alg", &self.sign_alg)
+            .finish()
     }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|e| KeyError::File { path: path.display().to_string(), msg: e.to_string() })
+    std::fs::read(path).map_err(|e| KeyError::File {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
 }
 
 /// The HS256 secret: configured, or read from / generated into `<data_dir>/jwt_secret`.
@@ -90,7 +95,10 @@ pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<String
         return Ok(s.clone());
     }
     let path = data_dir.join("jwt_secret");
-    let err = |msg: String| KeyError::File { path: path.display().to_string(), msg };
+    let err = |msg: String| KeyError::File {
+        path: path.display().to_string(),
+        msg,
+    };
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
         Ok(_) => return Err(err("is empty; delete it to generate a new secret".into())),
@@ -104,15 +112,21 @@ pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<String
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     // create_new: two processes starting at once do not overwrite each other's secret.
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
         Ok(mut f) => {
-            f.write_all(secret.as_bytes()).map_err(|e| err(e.to_string()))?;
+            f.write_all(secret.as_bytes())
+                .map_err(|e| err(e.to_string()))?;
             f.sync_all().map_err(|e| err(e.to_string()))?;
             Ok(secret)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| err(e.to_string()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| err(e.to_string())),
         Err(e) => Err(err(e.to_string())),
     }
 }
@@ -122,13 +136,24 @@ impl Authenticator {
         let sign_alg = cfg.algorithms[0];
         let (decoding, encoding) = if is_hmac(sign_alg) {
             let secret = load_or_create_secret(cfg, data_dir)?;
-            (DecodingKey::from_secret(secret.as_bytes()), Some(EncodingKey::from_secret(secret.as_bytes())))
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Some(EncodingKey::from_secret(secret.as_bytes())),
+            )
         } else {
-            let path = cfg.public_key_file.as_deref().ok_or_else(|| KeyError::CannotSign("no public key".into()))?;
+            let path = cfg
+                .public_key_file
+                .as_deref()
+                .ok_or_else(|| KeyError::CannotSign("no public key".into()))?;
             let pem = read_file(path)?;
-            let bad = |e: jsonwebtoken::errors::Error| KeyError::File { path: path.display().to_string(), msg: e.to_string() };
+            let bad = |e: jsonwebtoken::errors::Error| KeyError::File {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            };
             let dec = match sign_alg {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem).map_err(bad)?,
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    DecodingKey::from_ec_pem(&pem).map_err(bad)?
+                }
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem).map_err(bad)?,
                 _ => DecodingKey::from_rsa_pem(&pem).map_err(bad)?,
             };
@@ -136,9 +161,14 @@ impl Authenticator {
                 None => None,
                 Some(p) => {
                     let pem = read_file(p)?;
-                    let bad = |e: jsonwebtoken::errors::Error| KeyError::File { path: p.display().to_string(), msg: e.to_string() };
+                    let bad = |e: jsonwebtoken::errors::Error| KeyError::File {
+                        path: p.display().to_string(),
+                        msg: e.to_string(),
+                    };
                     Some(match sign_alg {
-                        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).map_err(bad)?,
+                        Algorithm::ES256 | Algorithm::ES384 => {
+                            EncodingKey::from_ec_pem(&pem).map_err(bad)?
+                        }
                         Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).map_err(bad)?,
                         _ => EncodingKey::from_rsa_pem(&pem).map_err(bad)?,
                     })
@@ -175,11 +205,24 @@ impl Authenticator {
             Ok(data) => {
                 let c = data.claims;
                 if c.sub.is_empty() || c.sub.len() > 128 {
-                    return Err(AuthError::Invalid("`sub` must be 1 to 128 characters".into()));
+                    return Err(AuthError::Invalid(
+                        "`sub` must be 1 to 128 characters".into(),
+                    ));
                 }
-                let admin = c.scope.as_deref().is_some_and(|s| s.split_whitespace().any(|x| x == "admin"));
-                let name = c.name.filter(|n| !n.is_empty()).unwrap_or_else(|| c.sub.clone());
-                Ok(User { id: c.sub, name, admin, exp: c.exp })
+                let admin = c
+                    .scope
+                    .as_deref()
+                    .is_some_and(|s| s.split_whitespace().any(|x| x == "admin"));
+                let name = c
+                    .name
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| c.sub.clone());
+                Ok(User {
+                    id: c.sub,
+                    name,
+                    admin,
+                    exp: c.exp,
+                })
             }
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(AuthError::Expired),
@@ -189,11 +232,16 @@ impl Authenticator {
     }
 
     /// Mint a token (for `confab token` and `POST /v1/token`).
-    pub fn sign(&self, sub: &str, name: Option<&str>, admin: bool, ttl_s: u64) -> Result<String, KeyError> {
-        let key = self
-            .encoding
-            .as_ref()
-            .ok_or_else(|| KeyError::CannotSign("no private key configured (auth.private_key_file)".into()))?;
+    pub fn sign(
+        &self,
+        sub: &str,
+        name: Option<&str>,
+        admin: bool,
+        ttl_s: u64,
+    ) -> Result<String, KeyError> {
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            KeyError::CannotSign("no private key configured (auth.private_key_file)".into())
+        })?;
         let now = now_s();
         let claims = Claims {
             sub: sub.to_string(),
@@ -205,7 +253,8 @@ impl Authenticator {
             aud: self.audience.clone(),
             iss: self.issuer.clone(),
         };
-        jsonwebtoken::encode(&Header::new(self.sign_alg), &claims, key).map_err(|e| KeyError::CannotSign(e.to_string()))
+        jsonwebtoken::encode(&Header::new(self.sign_alg), &claims, key)
+            .map_err(|e| KeyError::CannotSign(e.to_string()))
     }
 }
 
@@ -232,20 +281,40 @@ mod tests {
         let a = auth_with_secret("s3cret");
         let t = a.sign("alice", Some("Alice"), true, 60).unwrap();
         let u = a.verify(&t).unwrap();
-        assert_eq!((u.id.as_str(), u.name.as_str(), u.admin), ("alice", "Alice", true));
+        assert_eq!(
+            (u.id.as_str(), u.name.as_str(), u.admin),
+            ("alice", "Alice", true)
+        );
     }
 
     #[test]
     fn wrong_key_expired_and_alg_none_are_refused() {
         let a = auth_with_secret("one");
         let b = auth_with_secret("two");
-        assert!(matches!(b.verify(&a.sign("u", None, false, 60).unwrap()), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            b.verify(&a.sign("u", None, false, 60).unwrap()),
+            Err(AuthError::Invalid(_))
+        ));
         let mut cfg = Config::defaults().auth;
         cfg.jwt_secret = Some("one".into());
         cfg.leeway_s = 0;
         let strict = Authenticator::from_config(&cfg, Path::new("/x")).unwrap();
-        let claims = Claims { sub: "u".into(), name: None, email: None, scope: None, exp: now_s() - 10, iat: None, aud: None, iss: None };
-        let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"one")).unwrap();
+        let claims = Claims {
+            sub: "u".into(),
+            name: None,
+            email: None,
+            scope: None,
+            exp: now_s() - 10,
+            iat: None,
+            aud: None,
+            iss: None,
+        };
+        let old = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"one"),
+        )
+        .unwrap();
         assert!(matches!(strict.verify(&old), Err(AuthError::Expired)));
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -266,7 +335,10 @@ mod tests {
         let s2 = load_or_create_secret(&cfg, &dir).unwrap();
         assert_eq!(s1, s2);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("jwt_secret")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("jwt_secret"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&dir);
     }

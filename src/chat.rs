@@ -28,19 +28,57 @@ use crate::store::read::MessageRow;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{StoreError, WriteJob};
 
-pub fn dispatch(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, msg: ClientMsg) {
+pub fn dispatch(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    id: Option<String>,
+    msg: ClientMsg,
+) {
     match msg {
         ClientMsg::Chat(req) => chat(shard, slot, user, id, req),
         ClientMsg::Stop { conversation_id } => stop(shard, slot, user, id, &conversation_id),
-        ClientMsg::Subscribe { conversation_id, after_seq } => subscribe(shard, slot, user, id, Arc::from(conversation_id), after_seq),
-        ClientMsg::Unsubscribe { conversation_id } => unsubscribe(shard, slot, id, &conversation_id),
-        ClientMsg::Read { conversation_id, seq } => read(shard, slot, user, id, conversation_id, seq),
-        ClientMsg::Typing { room_id, conversation_id, is_typing } => typing(shard, slot, id, room_id, conversation_id, is_typing),
-        ClientMsg::JoinRoom { room_id, room_name, room_type, after_seq } => {
-            crate::rooms::join(shard, slot, user, id, AutoJoin { room_id, room_type, room_name }, after_seq)
+        ClientMsg::Subscribe {
+            conversation_id,
+            after_seq,
+        } => subscribe(shard, slot, user, id, Arc::from(conversation_id), after_seq),
+        ClientMsg::Unsubscribe { conversation_id } => {
+            unsubscribe(shard, slot, id, &conversation_id)
         }
+        ClientMsg::Read {
+            conversation_id,
+            seq,
+        } => read(shard, slot, user, id, conversation_id, seq),
+        ClientMsg::Typing {
+            room_id,
+            conversation_id,
+            is_typing,
+        } => typing(shard, slot, id, room_id, conversation_id, is_typing),
+        ClientMsg::JoinRoom {
+            room_id,
+            room_name,
+            room_type,
+            after_seq,
+        } => crate::rooms::join(
+            shard,
+            slot,
+            user,
+            id,
+            AutoJoin {
+                room_id,
+                room_type,
+                room_name,
+            },
+            after_seq,
+        ),
         ClientMsg::LeaveRoom { room_id } => crate::rooms::leave(shard, slot, user, id, &room_id),
-        ClientMsg::FileUpload(_) => send_error(shard, slot, ErrorCode::UploadType, "file uploads are not supported by this server yet", id),
+        ClientMsg::FileUpload(_) => send_error(
+            shard,
+            slot,
+            ErrorCode::UploadType,
+            "file uploads are not supported by this server yet",
+            id,
+        ),
         ClientMsg::Auth { .. } | ClientMsg::Ping => {}
     }
 }
@@ -67,7 +105,13 @@ fn user_event(ev: &Event) -> Utf8Bytes {
 }
 
 pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &Event) -> TopicEvent {
-    TopicEvent { conversation_id: conv.clone(), kind, frame: user_event(ev), exclude: None, exclude_user: None }
+    TopicEvent {
+        conversation_id: conv.clone(),
+        kind,
+        frame: user_event(ev),
+        exclude: None,
+        exclude_user: None,
+    }
 }
 
 // ---------------------------------------------------------------- subscriptions
@@ -76,11 +120,18 @@ pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &Event) -> TopicEvent {
 /// Returns false when it was already subscribed (live or pending).
 pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> bool {
     let fresh = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return false };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return false;
+        };
         if ws.subs.contains_key(conv) {
             false
         } else {
-            ws.subs.insert(conv.clone(), Sub::Pending { buffered: Vec::new() });
+            ws.subs.insert(
+                conv.clone(),
+                Sub::Pending {
+                    buffered: Vec::new(),
+                },
+            );
             true
         }
     };
@@ -93,7 +144,9 @@ pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> boo
 /// The store confirmed access: deliver what buffered, go live.
 pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
     let buffered = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         match ws.subs.get_mut(conv) {
             Some(Sub::Pending { buffered }) => {
                 let b = std::mem::take(buffered);
@@ -119,7 +172,9 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
 /// The store refused: forget a pending subscription (and what it buffered).
 pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
     let was_pending = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         if matches!(ws.subs.get(conv), Some(Sub::Pending { .. })) {
             ws.subs.remove(conv);
             true
@@ -134,7 +189,8 @@ pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
 
 /// Run `f` on the connection's shard (from any thread that may block).
 pub fn run_on(ctx: &ServerCtx, conn: ConnId, f: impl FnOnce(&mut Shard, usize) + Send + 'static) {
-    ctx.shards.send(conn.shard as usize, ShardMsg::Run(conn, Box::new(f)));
+    ctx.shards
+        .send(conn.shard as usize, ShardMsg::Run(conn, Box::new(f)));
 }
 
 // ---------------------------------------------------------------- chat
@@ -145,18 +201,38 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         return send_error(shard, slot, ErrorCode::EmptyMessage, "message is empty", id);
     }
     if req.message.len() > ctx.cfg.ws.max_message_bytes {
-        return send_error(shard, slot, ErrorCode::MessageTooLarge, "message too large", id);
+        return send_error(
+            shard,
+            slot,
+            ErrorCode::MessageTooLarge,
+            "message too large",
+            id,
+        );
     }
-    let Some(conn_id) = shard.conn_id(slot) else { return };
+    let Some(conn_id) = shard.conn_id(slot) else {
+        return;
+    };
 
     // Which conversation: given, the joined room's, or a new one.
     let (conv, create): (Arc<str>, bool) = match (&req.conversation_id, &req.room_id) {
         (Some(c), _) => (Arc::from(c.as_str()), false),
         (None, Some(room)) => {
-            let joined = shard.conns.get_mut(slot).and_then(|c| c.ws()).and_then(|ws| ws.rooms.get(room.as_str()).cloned());
+            let joined = shard
+                .conns
+                .get_mut(slot)
+                .and_then(|c| c.ws())
+                .and_then(|ws| ws.rooms.get(room.as_str()).cloned());
             match joined {
                 Some(conv) => (conv, false),
-                None => return send_error(shard, slot, ErrorCode::Forbidden, &format!("join room {room} on this connection first (join_room)"), id),
+                None => {
+                    return send_error(
+                        shard,
+                        slot,
+                        ErrorCode::Forbidden,
+                        &format!("join room {room} on this connection first (join_room)"),
+                        id,
+                    )
+                }
             }
         }
         (None, None) => (Arc::from(new_conversation_id()), true),
@@ -173,7 +249,16 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     let reservation = if plan.is_some() {
         match ctx.llm.try_reserve() {
             Some(r) => Some(r),
-            None => return send_error_retry(shard, slot, ErrorCode::Busy, "the model is busy: too many replies in progress", id, 1.0),
+            None => {
+                return send_error_retry(
+                    shard,
+                    slot,
+                    ErrorCode::Busy,
+                    "the model is busy: too many replies in progress",
+                    id,
+                    1.0,
+                )
+            }
         }
     } else {
         None
@@ -208,7 +293,9 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         enqueued: std::time::Instant::now(),
         op: Box::new(move |conn, state| {
             let out = writer::append_chat(conn, state, &input)?;
-            Ok(Box::new(move |ctx: &ServerCtx| after_chat(ctx, conn_id, id, out, plan, reservation.into_inner(), &user)))
+            Ok(Box::new(move |ctx: &ServerCtx| {
+                after_chat(ctx, conn_id, id, out, plan, reservation.into_inner(), &user)
+            }))
         }),
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
             let (code, msg) = e.client_error();
@@ -253,8 +340,19 @@ fn after_chat(
     if out.duplicate {
         return; // the original already fanned out and started its reply
     }
-    let added = Event::MessageAdded { conversation_id: out.conversation_id.clone(), room_id: out.room_id.clone(), message: out.user_msg.view(), replayed: None };
-    let mut ev = topic_event(&conv, TopicKind::Added { seq: out.user_msg.seq }, &added);
+    let added = Event::MessageAdded {
+        conversation_id: out.conversation_id.clone(),
+        room_id: out.room_id.clone(),
+        message: out.user_msg.view(),
+        replayed: None,
+    };
+    let mut ev = topic_event(
+        &conv,
+        TopicKind::Added {
+            seq: out.user_msg.seq,
+        },
+        &added,
+    );
     ev.exclude = Some(conn);
     let recipients = ctx.hub.publish(&ctx.shards, ev);
     if out.room_id.is_some() {
@@ -272,16 +370,40 @@ fn after_chat(
     if let (Some(asst), Some(plan), Some(res)) = (out.assistant, plan, reservation) {
         let gen = Generation::new(conv.clone(), asst.id, asst.seq, user.id.clone());
         ctx.hub.generations.insert(gen.clone());
-        let added = Event::MessageAdded { conversation_id: out.conversation_id.clone(), room_id: out.room_id.clone(), message: asst.view(), replayed: None };
-        ctx.hub.publish(&ctx.shards, topic_event(&conv, TopicKind::Added { seq: asst.seq }, &added));
-        crate::llm::start(ctx, crate::llm::GenRequest { gen, plan, room_id: out.room_id.clone(), user_text: out.user_msg.content, client_id: None }, res);
+        let added = Event::MessageAdded {
+            conversation_id: out.conversation_id.clone(),
+            room_id: out.room_id.clone(),
+            message: asst.view(),
+            replayed: None,
+        };
+        ctx.hub.publish(
+            &ctx.shards,
+            topic_event(&conv, TopicKind::Added { seq: asst.seq }, &added),
+        );
+        crate::llm::start(
+            ctx,
+            crate::llm::GenRequest {
+                gen,
+                plan,
+                room_id: out.room_id.clone(),
+                user_text: out.user_msg.content,
+                client_id: None,
+            },
+            res,
+        );
     }
 }
 
 fn stop(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, conv: &str) {
     let n = shard.ctx.hub.generations.cancel(conv, &user.id, user.admin);
     if n == 0 {
-        send_error(shard, slot, ErrorCode::NotFound, "no reply of yours is being generated in this conversation", id);
+        send_error(
+            shard,
+            slot,
+            ErrorCode::NotFound,
+            "no reply of yours is being generated in this conversation",
+            id,
+        );
     }
     // The answer is the reply's `complete` with finish_reason "cancelled".
 }
@@ -305,15 +427,37 @@ pub struct Replay {
 }
 
 /// Subscribe with replay. `then` runs on the shard after `subscribed` (rooms use it).
-pub fn subscribe(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, conv: Arc<str>, after_seq: i64) {
-    let Some(conn_id) = shard.conn_id(slot) else { return };
+pub fn subscribe(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    id: Option<String>,
+    conv: Arc<str>,
+    after_seq: i64,
+) {
+    let Some(conn_id) = shard.conn_id(slot) else {
+        return;
+    };
     {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         if let Some(Sub::Pending { .. }) = ws.subs.get(&conv) {
-            return send_error(shard, slot, ErrorCode::BadRequest, "a subscribe to this conversation is already in progress", id);
+            return send_error(
+                shard,
+                slot,
+                ErrorCode::BadRequest,
+                "a subscribe to this conversation is already in progress",
+                id,
+            );
         }
         // Re-subscribing replays again from the given seq.
-        ws.subs.insert(conv.clone(), Sub::Pending { buffered: Vec::new() });
+        ws.subs.insert(
+            conv.clone(),
+            Sub::Pending {
+                buffered: Vec::new(),
+            },
+        );
     }
     shard.topic_local_add(&conv, slot);
     let user = user.clone();
@@ -324,7 +468,10 @@ pub fn subscribe(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<St
         let result = (|| -> Result<Replay, StoreError> {
             let a = writer::conv_access(db, &conv2, &user.id)?;
             if !a.is_member && !user.admin {
-                return Err(StoreError::refused(ErrorCode::Forbidden, "you are not a participant of this conversation"));
+                return Err(StoreError::refused(
+                    ErrorCode::Forbidden,
+                    "you are not a participant of this conversation",
+                ));
             }
             load_replay(db, ctx, &conv2, after_seq, replay_max, a.room_id)
         })();
@@ -345,7 +492,14 @@ pub fn subscribe(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<St
 
 /// Read what a subscriber missed. Generation snapshots are taken BEFORE the rows are
 /// read (see `generation.rs` for why that order gives no gap and no duplicate).
-pub fn load_replay(db: &rusqlite::Connection, ctx: &ServerCtx, conv: &str, after_seq: i64, limit: u32, room_id: Option<String>) -> Result<Replay, StoreError> {
+pub fn load_replay(
+    db: &rusqlite::Connection,
+    ctx: &ServerCtx,
+    conv: &str,
+    after_seq: i64,
+    limit: u32,
+    room_id: Option<String>,
+) -> Result<Replay, StoreError> {
     let mut snapshots = HashMap::new();
     for g in ctx.hub.generations.in_conversation(conv) {
         let st = g.state.lock();
@@ -358,7 +512,10 @@ pub fn load_replay(db: &rusqlite::Connection, ctx: &ServerCtx, conv: &str, after
     for mid in snapshots.keys() {
         if !rows.iter().any(|r| r.id == *mid) {
             if let Some(r) = db
-                .prepare_cached(&format!("SELECT {} FROM messages WHERE id = ?1 AND status = 'streaming'", crate::store::read::MESSAGE_COLUMNS))?
+                .prepare_cached(&format!(
+                    "SELECT {} FROM messages WHERE id = ?1 AND status = 'streaming'",
+                    crate::store::read::MESSAGE_COLUMNS
+                ))?
                 .query_row([mid], crate::store::read::message_row)
                 .ok()
             {
@@ -367,12 +524,26 @@ pub fn load_replay(db: &rusqlite::Connection, ctx: &ServerCtx, conv: &str, after
         }
     }
     rows.sort_by_key(|r| r.seq);
-    Ok(Replay { rows, more, last_seq, snapshots, room_id })
+    Ok(Replay {
+        rows,
+        more,
+        last_seq,
+        snapshots,
+        room_id,
+    })
 }
 
-pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay, id: Option<String>) {
+pub fn finish_replay(
+    shard: &mut Shard,
+    slot: usize,
+    conv: &Arc<str>,
+    r: Replay,
+    id: Option<String>,
+) {
     let buffered = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         match ws.subs.remove(conv) {
             Some(Sub::Pending { buffered }) => buffered,
             _ => Vec::new(),
@@ -391,11 +562,19 @@ pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay,
         } else {
             held.insert(row.id, Held::Final);
         }
-        let ev = Event::MessageAdded { conversation_id: conv.to_string(), room_id: r.room_id.clone(), message: view, replayed: Some(true) };
+        let ev = Event::MessageAdded {
+            conversation_id: conv.to_string(),
+            room_id: r.room_id.clone(),
+            message: view,
+            replayed: Some(true),
+        };
         shard.send(slot, &ev);
     }
-    let last = r.last_seq.max(r.rows.iter().map(|m| m.seq).max().unwrap_or(0));
-    let mut sub = serde_json::json!({"type": "subscribed", "conversation_id": &**conv, "last_seq": last});
+    let last = r
+        .last_seq
+        .max(r.rows.iter().map(|m| m.seq).max().unwrap_or(0));
+    let mut sub =
+        serde_json::json!({"type": "subscribed", "conversation_id": &**conv, "last_seq": last});
     if let Some(id) = &id {
         sub["id"] = serde_json::Value::String(id.clone());
     }
@@ -406,27 +585,50 @@ pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay,
         sub["more"] = serde_json::Value::Bool(true);
         sub["first_seq"] = serde_json::json!(first_seq);
     }
-    shard.queue(slot, crate::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())));
+    shard.queue(
+        slot,
+        crate::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())),
+    );
     // Replies that ended recently may still have events in flight to us.
     let recent = crate::protocol::now_ms() - 60_000;
-    let finals: Vec<i64> = r.rows.iter().filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent).map(|m| m.id).collect();
+    let finals: Vec<i64> = r
+        .rows
+        .iter()
+        .filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent)
+        .map(|m| m.id)
+        .collect();
     if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-        ws.subs.insert(conv.clone(), Sub::Live { last_seq: last, finals });
+        ws.subs.insert(
+            conv.clone(),
+            Sub::Live {
+                last_seq: last,
+                finals,
+            },
+        );
     }
     for ev in buffered {
         let deliver = match &ev.kind {
             TopicKind::Added { seq } => *seq > r.last_seq,
-            TopicKind::Token { message_id, index, .. } => match held.get(message_id) {
+            TopicKind::Token {
+                message_id, index, ..
+            } => match held.get(message_id) {
                 Some(Held::Final) => false,
                 Some(Held::Streaming { tokens }) => *index >= *tokens,
                 None => true,
             },
-            TopicKind::Updated { message_id } | TopicKind::Complete { message_id } => !matches!(held.get(message_id), Some(Held::Final)),
+            TopicKind::Updated { message_id } | TopicKind::Complete { message_id } => {
+                !matches!(held.get(message_id), Some(Held::Final))
+            }
             TopicKind::Ephemeral | TopicKind::RoomClosed { .. } => true,
         };
         if deliver {
             if let TopicKind::Added { seq } = ev.kind {
-                if let Some(Sub::Live { last_seq, .. }) = shard.conns.get_mut(slot).and_then(|c| c.ws()).and_then(|ws| ws.subs.get_mut(conv)) {
+                if let Some(Sub::Live { last_seq, .. }) = shard
+                    .conns
+                    .get_mut(slot)
+                    .and_then(|c| c.ws())
+                    .and_then(|ws| ws.subs.get_mut(conv))
+                {
                     *last_seq = (*last_seq).max(seq);
                 }
             }
@@ -436,17 +638,37 @@ pub fn finish_replay(shard: &mut Shard, slot: usize, conv: &Arc<str>, r: Replay,
 }
 
 fn unsubscribe(shard: &mut Shard, slot: usize, id: Option<String>, conv: &str) {
-    let had = shard.conns.get_mut(slot).and_then(|c| c.ws()).map(|ws| ws.subs.remove(conv).is_some()).unwrap_or(false);
+    let had = shard
+        .conns
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .map(|ws| ws.subs.remove(conv).is_some())
+        .unwrap_or(false);
     if had {
         shard.topic_local_remove(conv, slot);
     }
-    shard.send(slot, &Event::Unsubscribed { id, conversation_id: conv.to_string() });
+    shard.send(
+        slot,
+        &Event::Unsubscribed {
+            id,
+            conversation_id: conv.to_string(),
+        },
+    );
 }
 
 // ---------------------------------------------------------------- receipts, typing
 
-fn read(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, conv: String, seq: i64) {
-    let Some(conn_id) = shard.conn_id(slot) else { return };
+fn read(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    id: Option<String>,
+    conv: String,
+    seq: i64,
+) {
+    let Some(conn_id) = shard.conn_id(slot) else {
+        return;
+    };
     let uid = user.id.clone();
     let id_fail = id.clone();
     let job = WriteJob {
@@ -455,12 +677,23 @@ fn read(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
             let marker = writer::mark_read(db, &conv, &uid, seq)?;
             Ok(Box::new(move |ctx: &ServerCtx| {
                 let c: Arc<str> = Arc::from(conv.as_str());
-                let ev = Event::Receipt { conversation_id: conv.clone(), user_id: uid.clone(), seq: marker, read_at: now_rfc3339() };
-                let delivered = ctx.hub.publish(&ctx.shards, topic_event(&c, TopicKind::Ephemeral, &ev));
+                let ev = Event::Receipt {
+                    conversation_id: conv.clone(),
+                    user_id: uid.clone(),
+                    seq: marker,
+                    read_at: now_rfc3339(),
+                };
+                let delivered = ctx
+                    .hub
+                    .publish(&ctx.shards, topic_event(&c, TopicKind::Ephemeral, &ev));
                 let _ = delivered;
                 // The reader's own connection hears back even if it is not subscribed.
                 run_on(ctx, conn_id, move |shard, slot| {
-                    let subscribed = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| ws.subs.get(&c).is_some_and(Sub::is_live));
+                    let subscribed = shard
+                        .conns
+                        .get_mut(slot)
+                        .and_then(|c| c.ws())
+                        .is_some_and(|ws| ws.subs.get(&c).is_some_and(Sub::is_live));
                     if !subscribed {
                         shard.send(slot, &ev);
                     }
@@ -470,7 +703,8 @@ fn read(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
             let (code, msg) = e.client_error();
             ctx.metrics.error(code);
-            ctx.shards.send_event(conn_id, &Event::error(code, msg, id_fail));
+            ctx.shards
+                .send_event(conn_id, &Event::error(code, msg, id_fail));
         }),
     };
     if shard.ctx.store.try_write(job).is_err() {
@@ -478,21 +712,41 @@ fn read(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
     }
 }
 
-fn typing(shard: &mut Shard, slot: usize, id: Option<String>, room_id: Option<String>, conv: Option<String>, on: bool) {
+fn typing(
+    shard: &mut Shard,
+    slot: usize,
+    id: Option<String>,
+    room_id: Option<String>,
+    conv: Option<String>,
+    on: bool,
+) {
     let timeout = shard.ctx.cfg.rooms.typing_timeout;
     let target = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         let t = match (&room_id, &conv) {
             (Some(r), _) => ws.rooms.get(r.as_str()).cloned(),
-            (None, Some(c)) => ws.subs.get_key_value(c.as_str()).filter(|(_, s)| s.is_live()).map(|(k, _)| k.clone()),
+            (None, Some(c)) => ws
+                .subs
+                .get_key_value(c.as_str())
+                .filter(|(_, s)| s.is_live())
+                .map(|(k, _)| k.clone()),
             _ => None,
         };
         let Some(t) = t else {
             drop(t);
-            return send_error(shard, slot, ErrorCode::Forbidden, "typing needs a room joined or a conversation subscribed on this connection", id);
+            return send_error(
+                shard,
+                slot,
+                ErrorCode::Forbidden,
+                "typing needs a room joined or a conversation subscribed on this connection",
+                id,
+            );
         };
         if on {
-            ws.typing.insert(t.clone(), std::time::Instant::now() + timeout);
+            ws.typing
+                .insert(t.clone(), std::time::Instant::now() + timeout);
         } else {
             ws.typing.remove(&t);
         }
@@ -504,14 +758,37 @@ fn typing(shard: &mut Shard, slot: usize, id: Option<String>, room_id: Option<St
 
 /// Tell the other members of `conv` that this connection's user is (not) typing.
 pub fn publish_typing(shard: &mut Shard, slot: usize, conv: &Arc<str>, on: bool) {
-    let Some(user) = shard.conns.get(slot).and_then(|c| c.user().cloned()) else { return };
-    let room_id = shard.conns.get_mut(slot).and_then(|c| c.ws()).and_then(|ws| ws.rooms.iter().find(|(_, c)| *c == conv).map(|(r, _)| r.to_string()));
+    let Some(user) = shard.conns.get(slot).and_then(|c| c.user().cloned()) else {
+        return;
+    };
+    let room_id = shard
+        .conns
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .and_then(|ws| {
+            ws.rooms
+                .iter()
+                .find(|(_, c)| *c == conv)
+                .map(|(r, _)| r.to_string())
+        });
     publish_typing_as(&shard.ctx, conv, room_id, &user.id, &user.name, on, true);
 }
 
-pub fn publish_typing_as(ctx: &ServerCtx, conv: &Arc<str>, room_id: Option<String>, user_id: &str, name: &str, on: bool, from_shard: bool) {
+pub fn publish_typing_as(
+    ctx: &ServerCtx,
+    conv: &Arc<str>,
+    room_id: Option<String>,
+    user_id: &str,
+    name: &str,
+    on: bool,
+    from_shard: bool,
+) {
     let ev = Event::Typing {
-        conversation_id: if room_id.is_none() { Some(conv.to_string()) } else { None },
+        conversation_id: if room_id.is_none() {
+            Some(conv.to_string())
+        } else {
+            None
+        },
         room_id,
         user_id: user_id.to_string(),
         username: name.to_string(),
@@ -528,7 +805,13 @@ pub fn publish_typing_as(ctx: &ServerCtx, conv: &Arc<str>, room_id: Option<Strin
 
 // ---------------------------------------------------------------- connect / disconnect
 
-pub fn on_connected(shard: &mut Shard, slot: usize, conn_id: ConnId, user: &Arc<User>, auto_join: Option<AutoJoin>) {
+pub fn on_connected(
+    shard: &mut Shard,
+    slot: usize,
+    conn_id: ConnId,
+    user: &Arc<User>,
+    auto_join: Option<AutoJoin>,
+) {
     let uid = user.id.clone();
     let u2 = user.clone();
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
@@ -548,7 +831,14 @@ pub fn on_connected(shard: &mut Shard, slot: usize, conn_id: ConnId, user: &Arc<
     }
 }
 
-pub fn on_disconnect(shard: &mut Shard, id: ConnId, user: &Arc<User>, left: usize, rooms: Vec<(Arc<str>, Arc<str>)>, typing: Vec<Arc<str>>) {
+pub fn on_disconnect(
+    shard: &mut Shard,
+    id: ConnId,
+    user: &Arc<User>,
+    left: usize,
+    rooms: Vec<(Arc<str>, Arc<str>)>,
+    typing: Vec<Arc<str>>,
+) {
     for conv in typing {
         publish_typing_as(&shard.ctx, &conv, None, &user.id, &user.name, false, true);
     }

@@ -16,12 +16,17 @@ use serde::Deserialize;
 /// The documented defaults, compiled in.
 pub const DEFAULT_TOML: &str = include_str!("../config/confab.toml");
 
-const SECTIONS: &[&str] = &["server", "tls", "auth", "ws", "limits", "store", "llm", "rooms"];
+const SECTIONS: &[&str] = &[
+    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {msg}")]
     Syntax { path: String, msg: String },
     #[error("config: {0}")]
@@ -31,7 +36,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, msg: msg.into() }
+    ConfigError::Invalid {
+        key,
+        msg: msg.into(),
+    }
 }
 
 // ---------------------------------------------------------------- raw (as written)
@@ -323,8 +331,10 @@ impl Config {
         let file = match path {
             Some(p) => Some((
                 p.display().to_string(),
-                std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
             )),
             None => None,
         };
@@ -340,13 +350,20 @@ impl Config {
         file: Option<(&str, &str)>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = DEFAULT_TOML
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: "<embedded>".into(), msg: e.to_string() })?;
-        if let Some((path, text)) = file {
-            let over: toml::Table = text
+        let mut table: toml::Table =
+            DEFAULT_TOML
                 .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.into(), msg: e.message().to_string() })?;
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: "<embedded>".into(),
+                    msg: e.to_string(),
+                })?;
+        if let Some((path, text)) = file {
+            let over: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        path: path.into(),
+                        msg: e.message().to_string(),
+                    })?;
             merge(&mut table, over);
         }
         apply_env(&mut table, env)?;
@@ -372,7 +389,9 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
     for (name, value) in env {
-        let Some(rest) = name.strip_prefix("CONFAB_") else { continue };
+        let Some(rest) = name.strip_prefix("CONFAB_") else {
+            continue;
+        };
         let rest = rest.to_ascii_lowercase();
         let Some(section) = SECTIONS.iter().find(|s| {
             rest.len() > s.len() && rest.starts_with(*s) && rest.as_bytes()[s.len()] == b'_'
@@ -394,7 +413,9 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                 // A string key whose default is a string stays a string even if it looks
                 // like a number (e.g. CONFAB_AUTH_JWT_SECRET=123456).
                 let v = match (t.get(key), parsed) {
-                    (Some(toml::Value::String(_)), p) if !p.is_str() => toml::Value::String(value.clone()),
+                    (Some(toml::Value::String(_)), p) if !p.is_str() => {
+                        toml::Value::String(value.clone())
+                    }
                     (_, p) => p,
                 };
                 t.insert(key.to_string(), v);
@@ -420,9 +441,13 @@ fn type_name(v: &toml::Value) -> &'static str {
 /// Every documented key has a default of the right type: compare against it, so that a
 /// mistyped value is reported with its full key name (serde's message would not say).
 fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
-    let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
+    let defaults: toml::Table = DEFAULT_TOML
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
     for section in SECTIONS {
-        let Some(toml::Value::Table(dt)) = defaults.get(*section) else { continue };
+        let Some(toml::Value::Table(dt)) = defaults.get(*section) else {
+            continue;
+        };
         match table.get_mut(*section) {
             Some(toml::Value::Table(t)) => {
                 for (key, v) in t.iter_mut() {
@@ -430,7 +455,9 @@ fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
                         return Err(ConfigError::Shape(format!("unknown key `{section}.{key}`")));
                     };
                     match (d, &*v) {
-                        (toml::Value::Float(_), toml::Value::Integer(i)) => *v = toml::Value::Float(*i as f64),
+                        (toml::Value::Float(_), toml::Value::Integer(i)) => {
+                            *v = toml::Value::Float(*i as f64)
+                        }
                         (d, v) if std::mem::discriminant(d) == std::mem::discriminant(v) => {}
                         (d, v) => {
                             return Err(ConfigError::Shape(format!(
@@ -442,7 +469,12 @@ fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
                     }
                 }
             }
-            Some(other) => return Err(ConfigError::Shape(format!("`{section}` must be a table, not {}", type_name(other)))),
+            Some(other) => {
+                return Err(ConfigError::Shape(format!(
+                    "`{section}` must be a table, not {}",
+                    type_name(other)
+                )))
+            }
             None => {}
         }
     }
@@ -465,19 +497,26 @@ fn parse_provider(key: &'static str, s: &str) -> Result<ProviderKind, ConfigErro
     match s {
         "demo" => Ok(ProviderKind::Demo),
         "openai" => Ok(ProviderKind::OpenAi),
-        other => Err(invalid(key, format!("unknown provider {other:?} (expected \"demo\" or \"openai\")"))),
+        other => Err(invalid(
+            key,
+            format!("unknown provider {other:?} (expected \"demo\" or \"openai\")"),
+        )),
     }
 }
 
 impl Raw {
     fn validate(self) -> Result<Config, ConfigError> {
         let s = self.server;
-        let listen: SocketAddr = s
-            .listen
-            .parse()
-            .map_err(|_| invalid("server.listen", format!("{:?} is not an IP:port address", s.listen)))?;
+        let listen: SocketAddr = s.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an IP:port address", s.listen),
+            )
+        })?;
         let shards = if s.shards == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             s.shards as usize
         };
@@ -488,7 +527,10 @@ impl Raw {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
         if s.max_connections_per_user == 0 {
-            return Err(invalid("server.max_connections_per_user", "must be at least 1"));
+            return Err(invalid(
+                "server.max_connections_per_user",
+                "must be at least 1",
+            ));
         }
         let echo_path = non_empty(s.echo_path);
         if let Some(p) = &echo_path {
@@ -499,15 +541,25 @@ impl Raw {
         if s.max_header_bytes < 256 {
             return Err(invalid("server.max_header_bytes", "must be at least 256"));
         }
-        let log_level = s
-            .log_level
-            .parse::<log::LevelFilter>()
-            .map_err(|_| invalid("server.log_level", format!("{:?} is not a log level", s.log_level)))?;
+        let log_level = s.log_level.parse::<log::LevelFilter>().map_err(|_| {
+            invalid(
+                "server.log_level",
+                format!("{:?} is not a log level", s.log_level),
+            )
+        })?;
 
         let tls = match (non_empty(self.tls.cert_file), non_empty(self.tls.key_file)) {
             (None, None) => None,
-            (Some(c), Some(k)) => Some(TlsFiles { cert_file: c.into(), key_file: k.into() }),
-            _ => return Err(invalid("tls.cert_file", "tls.cert_file and tls.key_file must be set together")),
+            (Some(c), Some(k)) => Some(TlsFiles {
+                cert_file: c.into(),
+                key_file: k.into(),
+            }),
+            _ => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "tls.cert_file and tls.key_file must be set together",
+                ))
+            }
         };
 
         let a = self.auth;
@@ -524,7 +576,12 @@ impl Raw {
                 "ES256" => jsonwebtoken::Algorithm::ES256,
                 "ES384" => jsonwebtoken::Algorithm::ES384,
                 "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
-                other => return Err(invalid("auth.algorithms", format!("unsupported algorithm {other:?}"))),
+                other => {
+                    return Err(invalid(
+                        "auth.algorithms",
+                        format!("unsupported algorithm {other:?}"),
+                    ))
+                }
             };
             algorithms.push(alg);
         }
@@ -534,11 +591,17 @@ impl Raw {
         let symmetric = algorithms.iter().any(|a| crate::auth::is_hmac(*a));
         let asymmetric = algorithms.iter().any(|a| !crate::auth::is_hmac(*a));
         if symmetric && asymmetric {
-            return Err(invalid("auth.algorithms", "mix HMAC (HS*) and public-key algorithms in one server is not supported"));
+            return Err(invalid(
+                "auth.algorithms",
+                "mix HMAC (HS*) and public-key algorithms in one server is not supported",
+            ));
         }
         let public_key_file = non_empty(a.public_key_file).map(PathBuf::from);
         if asymmetric && public_key_file.is_none() {
-            return Err(invalid("auth.public_key_file", "required for public-key algorithms"));
+            return Err(invalid(
+                "auth.public_key_file",
+                "required for public-key algorithms",
+            ));
         }
         if a.auth_timeout_ms == 0 {
             return Err(invalid("auth.auth_timeout_ms", "must be positive"));
@@ -549,13 +612,22 @@ impl Raw {
             return Err(invalid("ws.read_buffer_bytes", "must be at least 256"));
         }
         if w.max_message_bytes < 64 || w.max_frame_bytes < 64 {
-            return Err(invalid("ws.max_message_bytes", "message and frame caps must be at least 64 bytes"));
+            return Err(invalid(
+                "ws.max_message_bytes",
+                "message and frame caps must be at least 64 bytes",
+            ));
         }
         if (w.out_queue_max_bytes as u64) < 2 * w.max_message_bytes as u64 {
-            return Err(invalid("ws.out_queue_max_bytes", "must be at least twice ws.max_message_bytes"));
+            return Err(invalid(
+                "ws.out_queue_max_bytes",
+                "must be at least twice ws.max_message_bytes",
+            ));
         }
         if w.heartbeat_interval_ms < 100 || w.pong_timeout_ms < 100 {
-            return Err(invalid("ws.heartbeat_interval_ms", "heartbeat and pong timeout must be at least 100 ms"));
+            return Err(invalid(
+                "ws.heartbeat_interval_ms",
+                "heartbeat and pong timeout must be at least 100 ms",
+            ));
         }
         if w.read_budget_messages == 0 {
             return Err(invalid("ws.read_budget_messages", "must be at least 1"));
@@ -563,7 +635,10 @@ impl Raw {
 
         let l = self.limits;
         if l.rate_window_ms == 0 || l.rate_max_messages == 0 {
-            return Err(invalid("limits.rate_window_ms", "rate window and max messages must be positive"));
+            return Err(invalid(
+                "limits.rate_window_ms",
+                "rate window and max messages must be positive",
+            ));
         }
 
         let st = self.store;
@@ -573,14 +648,27 @@ impl Raw {
         if st.db_file.trim().is_empty() || st.db_file.contains('/') {
             return Err(invalid("store.db_file", "a plain file name"));
         }
-        if st.batch_max == 0 || st.queue == 0 || st.read_workers == 0 || st.read_queue == 0 || st.max_page == 0 {
-            return Err(invalid("store.queue", "store queue, batch, workers and page sizes must be positive"));
+        if st.batch_max == 0
+            || st.queue == 0
+            || st.read_workers == 0
+            || st.read_queue == 0
+            || st.max_page == 0
+        {
+            return Err(invalid(
+                "store.queue",
+                "store queue, batch, workers and page sizes must be positive",
+            ));
         }
 
         let synchronous_full = match st.synchronous.as_str() {
             "full" => true,
             "normal" => false,
-            other => return Err(invalid("store.synchronous", format!("{other:?}: expected \"full\" or \"normal\""))),
+            other => {
+                return Err(invalid(
+                    "store.synchronous",
+                    format!("{other:?}: expected \"full\" or \"normal\""),
+                ))
+            }
         };
 
         let m = self.llm;
@@ -592,10 +680,18 @@ impl Raw {
             return Err(invalid("llm.queue", "must be at least 1"));
         }
         if !(m.demo_tokens_per_s > 0.0 && m.demo_tokens_per_s <= 1_000_000.0) {
-            return Err(invalid("llm.demo_tokens_per_s", "between 0 (exclusive) and 1000000"));
+            return Err(invalid(
+                "llm.demo_tokens_per_s",
+                "between 0 (exclusive) and 1000000",
+            ));
         }
-        if provider == ProviderKind::OpenAi && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
-            return Err(invalid("llm.base_url", "must start with http:// or https://"));
+        if provider == ProviderKind::OpenAi
+            && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "llm.base_url",
+                "must start with http:// or https://",
+            ));
         }
         if !(m.temperature_max >= 0.0) {
             return Err(invalid("llm.temperature_max", "must be >= 0"));
@@ -603,7 +699,11 @@ impl Raw {
 
         let mut agents = BTreeMap::new();
         for (name, ra) in self.agents {
-            let provider = if ra.provider.is_empty() { provider } else { parse_provider("agents.*.provider", &ra.provider)? };
+            let provider = if ra.provider.is_empty() {
+                provider
+            } else {
+                parse_provider("agents.*.provider", &ra.provider)?
+            };
             agents.insert(
                 name.clone(),
                 AgentConfig {
@@ -623,7 +723,10 @@ impl Raw {
             );
         }
         if !agents.contains_key(&m.default_agent) {
-            return Err(invalid("llm.default_agent", format!("no [agents.{}] section", m.default_agent)));
+            return Err(invalid(
+                "llm.default_agent",
+                format!("no [agents.{}] section", m.default_agent),
+            ));
         }
 
         let r = self.rooms;
@@ -714,7 +817,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -732,7 +838,11 @@ mod tests {
         let file = "[server]\nlisten = \"127.0.0.1:7000\"\nshards = 3\n";
         let c = Config::from_layers(
             Some(("f.toml", file)),
-            &env(&[("CONFAB_SERVER_LISTEN", "127.0.0.1:9000"), ("CONFAB_AUTH_JWT_SECRET", "12345"), ("CONFAB_UNRELATED", "x")]),
+            &env(&[
+                ("CONFAB_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("CONFAB_AUTH_JWT_SECRET", "12345"),
+                ("CONFAB_UNRELATED", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
@@ -742,19 +852,23 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let err = Config::from_layers(Some(("f.toml", "[server]\nlistn = \"x\"\n")), &[]).unwrap_err();
+        let err =
+            Config::from_layers(Some(("f.toml", "[server]\nlistn = \"x\"\n")), &[]).unwrap_err();
         assert!(err.to_string().contains("listn"), "{err}");
-        let err = Config::from_layers(None, &env(&[("CONFAB_WS_READ_BUFER_BYTES", "1")])).unwrap_err();
+        let err =
+            Config::from_layers(None, &env(&[("CONFAB_WS_READ_BUFER_BYTES", "1")])).unwrap_err();
         assert!(err.to_string().contains("read_bufer_bytes"), "{err}");
     }
 
     #[test]
     fn bad_value_names_the_key() {
-        let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_LISTEN", "nowhere")])).unwrap_err();
+        let err =
+            Config::from_layers(None, &env(&[("CONFAB_SERVER_LISTEN", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("server.listen"), "{err}");
         let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_SHARDS", "many")])).unwrap_err();
         assert!(err.to_string().contains("shards"), "{err}");
-        let err = Config::from_layers(None, &env(&[("CONFAB_AUTH_ALGORITHMS", "[\"none\"]")])).unwrap_err();
+        let err = Config::from_layers(None, &env(&[("CONFAB_AUTH_ALGORITHMS", "[\"none\"]")]))
+            .unwrap_err();
         assert!(err.to_string().contains("auth.algorithms"), "{err}");
     }
 }

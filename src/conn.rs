@@ -47,7 +47,11 @@ pub struct Conn {
 pub enum Phase {
     Head(Vec<u8>),
     HttpWait,
-    HttpWrite { buf: Vec<u8>, pos: usize, then: AfterWrite },
+    HttpWrite {
+        buf: Vec<u8>,
+        pos: usize,
+        then: AfterWrite,
+    },
     Ws(Box<Ws>),
     Done,
 }
@@ -127,7 +131,10 @@ pub struct Ws {
 
 impl Sub {
     pub fn live() -> Sub {
-        Sub::Live { last_seq: 0, finals: Vec::new() }
+        Sub::Live {
+            last_seq: 0,
+            finals: Vec::new(),
+        }
     }
 
     pub fn is_live(&self) -> bool {
@@ -182,7 +189,16 @@ impl Ws {
 
 impl Conn {
     pub fn new(gen: u32, io: Transport, peer: SocketAddr, head_deadline: Instant) -> Conn {
-        Conn { gen, io, phase: Phase::Head(Vec::new()), peer, head_deadline, armed: None, pending: false, dirty: false }
+        Conn {
+            gen,
+            io,
+            phase: Phase::Head(Vec::new()),
+            peer,
+            head_deadline,
+            armed: None,
+            pending: false,
+            dirty: false,
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -32,7 +32,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(conversation_id: Arc<str>, message_id: i64, seq: i64, user_id: String) -> Arc<Generation> {
+    pub fn new(
+        conversation_id: Arc<str>,
+        message_id: i64,
+        seq: i64,
+        user_id: String,
+    ) -> Arc<Generation> {
         Arc::new(Generation {
             conversation_id,
             message_id,
@@ -55,7 +60,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&self, g: Arc<Generation>) {
-        self.map.lock().entry(g.conversation_id.clone()).or_default().push(g);
+        self.map
+            .lock()
+            .entry(g.conversation_id.clone())
+            .or_default()
+            .push(g);
     }
 
     pub fn remove(&self, conv: &str, message_id: i64) {

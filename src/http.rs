@@ -34,14 +34,22 @@ impl HeadError {
     pub fn response(&self) -> Response {
         match self {
             HeadError::Malformed(m) => Response::error(400, ErrorCode::BadRequest, m),
-            HeadError::HeadTooLarge => Response::error(431, ErrorCode::BadRequest, "request head too large"),
-            HeadError::BodyTooLarge => Response::error(413, ErrorCode::MessageTooLarge, "request body too large"),
+            HeadError::HeadTooLarge => {
+                Response::error(431, ErrorCode::BadRequest, "request head too large")
+            }
+            HeadError::BodyTooLarge => {
+                Response::error(413, ErrorCode::MessageTooLarge, "request body too large")
+            }
         }
     }
 }
 
 /// Try to parse a complete request from `buf`. `Ok(None)` = need more bytes.
-pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option<Request>, HeadError> {
+pub fn parse_request(
+    buf: &[u8],
+    max_head: usize,
+    max_body: usize,
+) -> Result<Option<Request>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -70,11 +78,15 @@ pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Result<Opt
         hs.push((h.name.to_ascii_lowercase(), v));
     }
     if hs.iter().any(|(k, _)| k == "transfer-encoding") {
-        return Err(HeadError::Malformed("chunked request bodies are not supported; send Content-Length".into()));
+        return Err(HeadError::Malformed(
+            "chunked request bodies are not supported; send Content-Length".into(),
+        ));
     }
     let content_length = match hs.iter().find(|(k, _)| k == "content-length") {
         None => 0,
-        Some((_, v)) => v.parse::<usize>().map_err(|_| HeadError::Malformed("bad Content-Length".into()))?,
+        Some((_, v)) => v
+            .parse::<usize>()
+            .map_err(|_| HeadError::Malformed("bad Content-Length".into()))?,
     };
     if content_length > max_body {
         return Err(HeadError::BodyTooLarge);
@@ -94,7 +106,10 @@ pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Result<Opt
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Does a comma-separated header contain `token` (case-insensitive)?
@@ -112,7 +127,10 @@ impl Request {
     pub fn bearer(&self) -> Option<&str> {
         let v = self.header("authorization")?;
         let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty())
     }
 
     pub fn is_websocket_upgrade(&self) -> bool {
@@ -183,7 +201,12 @@ pub fn reason(status: u16) -> &'static str {
 
 impl Response {
     pub fn json(status: u16, body: String) -> Response {
-        Response { status, content_type: "application/json", headers: Vec::new(), body: body.into_bytes() }
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
     }
 
     pub fn json_value(status: u16, v: &serde_json::Value) -> Response {
@@ -191,11 +214,19 @@ impl Response {
     }
 
     pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-        Response { status, content_type, headers: Vec::new(), body: body.into() }
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
     }
 
     pub fn error(status: u16, code: ErrorCode, msg: &str) -> Response {
-        Response::json_value(status, &serde_json::json!({ "error": msg, "code": code.as_str() }))
+        Response::json_value(
+            status,
+            &serde_json::json!({ "error": msg, "code": code.as_str() }),
+        )
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -227,17 +258,32 @@ impl Response {
 /// The 101 answer to a valid WebSocket upgrade.
 pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<Vec<u8>, Response> {
     if req.method != "GET" {
-        return Err(Response::error(405, ErrorCode::BadRequest, "WebSocket upgrade needs GET").with_header("Allow", "GET"));
+        return Err(
+            Response::error(405, ErrorCode::BadRequest, "WebSocket upgrade needs GET")
+                .with_header("Allow", "GET"),
+        );
     }
     if !req.header_has_token("connection", "upgrade") {
-        return Err(Response::error(400, ErrorCode::BadRequest, "missing `Connection: Upgrade`"));
+        return Err(Response::error(
+            400,
+            ErrorCode::BadRequest,
+            "missing `Connection: Upgrade`",
+        ));
     }
     if req.header("sec-websocket-version") != Some("13") {
-        return Err(Response::error(426, ErrorCode::BadRequest, "unsupported WebSocket version (need 13)")
-            .with_header("Sec-WebSocket-Version", "13"));
+        return Err(Response::error(
+            426,
+            ErrorCode::BadRequest,
+            "unsupported WebSocket version (need 13)",
+        )
+        .with_header("Sec-WebSocket-Version", "13"));
     }
     let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()) else {
-        return Err(Response::error(400, ErrorCode::BadRequest, "missing Sec-WebSocket-Key"));
+        return Err(Response::error(
+            400,
+            ErrorCode::BadRequest,
+            "missing Sec-WebSocket-Key",
+        ));
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut s = format!(
@@ -260,7 +306,10 @@ mod tests {
     fn a_request_with_body_and_leftover_parses() {
         let raw = b"POST /v1/token?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nAuthorization: Bearer abc\r\n\r\n{}extra";
         let r = parse_request(raw, 8192, 1024).unwrap().unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_str()), ("POST", "/v1/token", "x=1"));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query.as_str()),
+            ("POST", "/v1/token", "x=1")
+        );
         assert_eq!(r.body, b"{}");
         assert_eq!(r.leftover, b"extra");
         assert_eq!(r.bearer(), Some("abc"));
@@ -268,17 +317,34 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_and_oversized_ones_fail() {
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", 8192, 0).unwrap().map(|r| r.path), None);
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHo", 8192, 0)
+                .unwrap()
+                .map(|r| r.path),
+            None
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(parse_request(big.as_bytes(), 8192, 0).unwrap_err(), HeadError::HeadTooLarge);
-        assert!(matches!(parse_request(b"\x16\x03\x01garbage\r\n\r\n", 8192, 0), Err(HeadError::Malformed(_))));
+        assert_eq!(
+            parse_request(big.as_bytes(), 8192, 0).unwrap_err(),
+            HeadError::HeadTooLarge
+        );
+        assert!(matches!(
+            parse_request(b"\x16\x03\x01garbage\r\n\r\n", 8192, 0),
+            Err(HeadError::Malformed(_))
+        ));
         let body = b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n";
-        assert_eq!(parse_request(body, 8192, 1000).unwrap_err(), HeadError::BodyTooLarge);
+        assert_eq!(
+            parse_request(body, 8192, 1000).unwrap_err(),
+            HeadError::BodyTooLarge
+        );
     }
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(query_param("a=1&room_name=My%20Room+x&t=%zz", "room_name").as_deref(), Some("My Room x"));
+        assert_eq!(
+            query_param("a=1&room_name=My%20Room+x&t=%zz", "room_name").as_deref(),
+            Some("My Room x")
+        );
         assert_eq!(query_param("t=%zz", "t").as_deref(), Some("%zz"));
         assert_eq!(query_param("t=%4", "t").as_deref(), Some("%4"));
         assert_eq!(query_param("a=1", "b"), None);

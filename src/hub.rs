@@ -95,14 +95,22 @@ impl Hub {
         out.clear();
         let map = self.topics[stripe_of(&self.hasher, conv)].read();
         if let Some(e) = map.get(conv) {
-            out.extend(e.by_shard.iter().enumerate().filter(|(_, n)| **n > 0).map(|(s, _)| s));
+            out.extend(
+                e.by_shard
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(s, _)| s),
+            );
         }
     }
 
     /// How many connections are subscribed to `conv` (all shards).
     pub fn topic_subscribers(&self, conv: &str) -> usize {
         let map = self.topics[stripe_of(&self.hasher, conv)].read();
-        map.get(conv).map(|e| e.by_shard.iter().map(|n| *n as usize).sum()).unwrap_or(0)
+        map.get(conv)
+            .map(|e| e.by_shard.iter().map(|n| *n as usize).sum())
+            .unwrap_or(0)
     }
 
     /// Send `ev` to every shard holding subscribers of its conversation (blocking send:
@@ -141,7 +149,9 @@ impl Hub {
     pub fn presence_add(&self, conv: &Arc<str>, user: &str, name: &str) -> bool {
         let mut map = self.presence[stripe_of(&self.hasher, &**conv)].lock();
         let room = map.entry(conv.clone()).or_default();
-        let e = room.entry(Arc::from(user)).or_insert_with(|| (name.to_string(), 0));
+        let e = room
+            .entry(Arc::from(user))
+            .or_insert_with(|| (name.to_string(), 0));
         e.1 += 1;
         e.1 == 1
     }
@@ -149,7 +159,9 @@ impl Hub {
     /// A connection of `user` left `conv`. True when it was the user's last one there.
     pub fn presence_remove(&self, conv: &str, user: &str) -> bool {
         let mut map = self.presence[stripe_of(&self.hasher, conv)].lock();
-        let Some(room) = map.get_mut(conv) else { return false };
+        let Some(room) = map.get_mut(conv) else {
+            return false;
+        };
         let last = match room.get_mut(user) {
             Some(e) => {
                 e.1 = e.1.saturating_sub(1);
@@ -169,14 +181,25 @@ impl Hub {
     /// Users online in a room: (id, name).
     pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();
-        map.get(conv).map(|r| r.iter().map(|(u, (n, _))| (u.to_string(), n.clone())).collect()).unwrap_or_default()
+        map.get(conv)
+            .map(|r| {
+                r.iter()
+                    .map(|(u, (n, _))| (u.to_string(), n.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // ------------------------------------------------------------ users
 
     /// Count a new WebSocket connection of `user`; refuse over `cap`.
     /// Returns how many connections the user has now (1 = this is the first).
-    pub fn user_connect(&self, user: &str, conn: ConnId, cap: u32) -> Result<usize, TooManyConnections> {
+    pub fn user_connect(
+        &self,
+        user: &str,
+        conn: ConnId,
+        cap: u32,
+    ) -> Result<usize, TooManyConnections> {
         let mut map = self.users[stripe_of(&self.hasher, user)].lock();
         let e = map.entry(Arc::from(user)).or_default();
         if e.conns.len() >= cap as usize {
@@ -204,6 +227,8 @@ impl Hub {
     }
 
     pub fn user_online(&self, user: &str) -> bool {
-        self.users[stripe_of(&self.hasher, user)].lock().contains_key(user)
+        self.users[stripe_of(&self.hasher, user)]
+            .lock()
+            .contains_key(user)
     }
 }

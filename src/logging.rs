@@ -33,7 +33,10 @@ impl log::Log for StderrLogger {
 
 /// Install the logger. `RUST_LOG` (a plain level such as `debug`) wins over the config.
 pub fn init(level: log::LevelFilter) {
-    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(level);
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(level);
     if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
         log::set_max_level(level);
     }

@@ -26,7 +26,14 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or("missing command")?;
-    let mut a = Args { cmd, config: None, sub: None, name: None, admin: false, ttl_s: None };
+    let mut a = Args {
+        cmd,
+        config: None,
+        sub: None,
+        name: None,
+        admin: false,
+        ttl_s: None,
+    };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match flag.as_str() {
@@ -34,7 +41,13 @@ fn parse_args() -> Result<Args, String> {
             "--sub" => a.sub = Some(value("--sub")?),
             "--name" => a.name = Some(value("--name")?),
             "--admin" => a.admin = true,
-            "--ttl-s" => a.ttl_s = Some(value("--ttl-s")?.parse().map_err(|_| "--ttl-s takes whole seconds")?),
+            "--ttl-s" => {
+                a.ttl_s = Some(
+                    value("--ttl-s")?
+                        .parse()
+                        .map_err(|_| "--ttl-s takes whole seconds")?,
+                )
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -90,7 +103,12 @@ fn token(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match auth.sign(sub, args.name.as_deref(), args.admin, args.ttl_s.unwrap_or(cfg.auth.token_ttl_s)) {
+    match auth.sign(
+        sub,
+        args.name.as_deref(),
+        args.admin,
+        args.ttl_s.unwrap_or(cfg.auth.token_ttl_s),
+    ) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
@@ -152,8 +170,14 @@ fn serve(args: &Args) -> ExitCode {
         }
     };
     let addr = server.addr;
-    let scheme = if server.ctx.tls.is_some() { "https" } else { "http" };
-    eprintln!("confab: serving on {scheme}://{addr}/  (WebSocket: /v1/ws, test page: /, health: /health)");
+    let scheme = if server.ctx.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!(
+        "confab: serving on {scheme}://{addr}/  (WebSocket: /v1/ws, test page: /, health: /health)"
+    );
     let sig = wait_for_signal(&set);
     log::info!("signal {sig}: shutting down");
     server.shutdown();

@@ -81,7 +81,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn close(&self, code: u16) {
-        let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
         self.closes[i].fetch_add(1, Relaxed);
     }
 
@@ -96,40 +99,155 @@ impl Metrics {
     pub fn prometheus(&self) -> String {
         let mut s = String::with_capacity(4096);
         let mut line = |name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(s, "# HELP confab_{name} {help}\n# TYPE confab_{name} {kind}\nconfab_{name} {v}");
+            let _ = writeln!(
+                s,
+                "# HELP confab_{name} {help}\n# TYPE confab_{name} {kind}\nconfab_{name} {v}"
+            );
         };
-        line("connections", "Open TCP connections (HTTP and WebSocket).", "gauge", self.connections.load(Relaxed).to_string());
-        line("ws_connections", "Open WebSocket connections.", "gauge", self.ws_connections.load(Relaxed).to_string());
-        line("connections_total", "Connections accepted.", "counter", self.connections_total.load(Relaxed).to_string());
-        line("connections_refused_total", "Connections refused at the connection cap.", "counter", self.connections_refused.load(Relaxed).to_string());
-        line("http_requests_total", "Plain HTTP requests served.", "counter", self.http_requests.load(Relaxed).to_string());
-        line("messages_in_total", "WebSocket messages received.", "counter", self.messages_in.load(Relaxed).to_string());
-        line("messages_out_total", "WebSocket messages sent.", "counter", self.messages_out.load(Relaxed).to_string());
-        line("bytes_in_total", "WebSocket payload bytes received.", "counter", self.bytes_in.load(Relaxed).to_string());
-        line("bytes_out_total", "WebSocket payload bytes sent.", "counter", self.bytes_out.load(Relaxed).to_string());
-        line("tokens_out_total", "Token events queued to connections.", "counter", self.tokens_out.load(Relaxed).to_string());
-        line("token_merges_total", "Token deltas merged into an earlier queued token for a slow reader.", "counter", self.token_merges.load(Relaxed).to_string());
-        line("store_commits_total", "Store write transactions committed.", "counter", self.store_commits.load(Relaxed).to_string());
-        line("store_writes_total", "Store writes committed.", "counter", self.store_writes.load(Relaxed).to_string());
-        line("store_failures_total", "Store operations that failed.", "counter", self.store_failures.load(Relaxed).to_string());
-        line("llm_queued", "Generations waiting for a worker.", "gauge", self.llm_queued.load(Relaxed).to_string());
-        line("llm_running", "Generations running.", "gauge", self.llm_running.load(Relaxed).to_string());
-        line("llm_completed_total", "Generations finished.", "counter", self.llm_completed.load(Relaxed).to_string());
-        line("llm_failed_total", "Generations that ended in an error.", "counter", self.llm_failed.load(Relaxed).to_string());
-        line("inbox_dropped_total", "Ephemeral events dropped because a shard inbox was full.", "counter", self.inbox_dropped.load(Relaxed).to_string());
+        line(
+            "connections",
+            "Open TCP connections (HTTP and WebSocket).",
+            "gauge",
+            self.connections.load(Relaxed).to_string(),
+        );
+        line(
+            "ws_connections",
+            "Open WebSocket connections.",
+            "gauge",
+            self.ws_connections.load(Relaxed).to_string(),
+        );
+        line(
+            "connections_total",
+            "Connections accepted.",
+            "counter",
+            self.connections_total.load(Relaxed).to_string(),
+        );
+        line(
+            "connections_refused_total",
+            "Connections refused at the connection cap.",
+            "counter",
+            self.connections_refused.load(Relaxed).to_string(),
+        );
+        line(
+            "http_requests_total",
+            "Plain HTTP requests served.",
+            "counter",
+            self.http_requests.load(Relaxed).to_string(),
+        );
+        line(
+            "messages_in_total",
+            "WebSocket messages received.",
+            "counter",
+            self.messages_in.load(Relaxed).to_string(),
+        );
+        line(
+            "messages_out_total",
+            "WebSocket messages sent.",
+            "counter",
+            self.messages_out.load(Relaxed).to_string(),
+        );
+        line(
+            "bytes_in_total",
+            "WebSocket payload bytes received.",
+            "counter",
+            self.bytes_in.load(Relaxed).to_string(),
+        );
+        line(
+            "bytes_out_total",
+            "WebSocket payload bytes sent.",
+            "counter",
+            self.bytes_out.load(Relaxed).to_string(),
+        );
+        line(
+            "tokens_out_total",
+            "Token events queued to connections.",
+            "counter",
+            self.tokens_out.load(Relaxed).to_string(),
+        );
+        line(
+            "token_merges_total",
+            "Token deltas merged into an earlier queued token for a slow reader.",
+            "counter",
+            self.token_merges.load(Relaxed).to_string(),
+        );
+        line(
+            "store_commits_total",
+            "Store write transactions committed.",
+            "counter",
+            self.store_commits.load(Relaxed).to_string(),
+        );
+        line(
+            "store_writes_total",
+            "Store writes committed.",
+            "counter",
+            self.store_writes.load(Relaxed).to_string(),
+        );
+        line(
+            "store_failures_total",
+            "Store operations that failed.",
+            "counter",
+            self.store_failures.load(Relaxed).to_string(),
+        );
+        line(
+            "llm_queued",
+            "Generations waiting for a worker.",
+            "gauge",
+            self.llm_queued.load(Relaxed).to_string(),
+        );
+        line(
+            "llm_running",
+            "Generations running.",
+            "gauge",
+            self.llm_running.load(Relaxed).to_string(),
+        );
+        line(
+            "llm_completed_total",
+            "Generations finished.",
+            "counter",
+            self.llm_completed.load(Relaxed).to_string(),
+        );
+        line(
+            "llm_failed_total",
+            "Generations that ended in an error.",
+            "counter",
+            self.llm_failed.load(Relaxed).to_string(),
+        );
+        line(
+            "inbox_dropped_total",
+            "Ephemeral events dropped because a shard inbox was full.",
+            "counter",
+            self.inbox_dropped.load(Relaxed).to_string(),
+        );
         let _ = writeln!(s, "# HELP confab_closes_total WebSocket closes by close code.\n# TYPE confab_closes_total counter");
         for (i, c) in CLOSE_CODES.iter().enumerate() {
-            let _ = writeln!(s, "confab_closes_total{{code=\"{c}\"}} {}", self.closes[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "confab_closes_total{{code=\"{c}\"}} {}",
+                self.closes[i].load(Relaxed)
+            );
         }
-        let _ = writeln!(s, "confab_closes_total{{code=\"other\"}} {}", self.closes[CLOSE_CODES.len()].load(Relaxed));
+        let _ = writeln!(
+            s,
+            "confab_closes_total{{code=\"other\"}} {}",
+            self.closes[CLOSE_CODES.len()].load(Relaxed)
+        );
         let _ = writeln!(s, "# HELP confab_errors_total Error events sent, by code.\n# TYPE confab_errors_total counter");
         for code in ErrorCode::ALL {
-            let _ = writeln!(s, "confab_errors_total{{code=\"{}\"}} {}", code.as_str(), self.errors[code.index()].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "confab_errors_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                self.errors[code.index()].load(Relaxed)
+            );
         }
         let h = self.commit_latency_us.lock();
         let _ = writeln!(s, "# HELP confab_commit_latency_us Store queue-to-commit latency, microseconds.\n# TYPE confab_commit_latency_us summary");
         for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(s, "confab_commit_latency_us{{quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+            let _ = writeln!(
+                s,
+                "confab_commit_latency_us{{quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
         }
         let _ = writeln!(s, "confab_commit_latency_us_count {}", h.len());
         let _ = writeln!(s, "# HELP confab_uptime_seconds Seconds since start.\n# TYPE confab_uptime_seconds gauge\nconfab_uptime_seconds {}", self.uptime_s());

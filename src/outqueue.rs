@@ -79,7 +79,11 @@ pub enum Pushed {
 
 impl OutQueue {
     pub fn new(cap: usize) -> OutQueue {
-        OutQueue { items: VecDeque::new(), bytes: 0, cap }
+        OutQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+            cap,
+        }
     }
 
     pub fn push(&mut self, item: OutItem) -> Result<Pushed, Overflow> {
@@ -89,7 +93,11 @@ impl OutQueue {
                     back.text.push_str(&t.text);
                     back.count += t.count;
                     self.bytes += t.text.len();
-                    return if self.bytes > self.cap { Err(Overflow) } else { Ok(Pushed::Merged) };
+                    return if self.bytes > self.cap {
+                        Err(Overflow)
+                    } else {
+                        Ok(Pushed::Merged)
+                    };
                 }
             }
         }
@@ -137,7 +145,13 @@ mod tests {
     use super::*;
 
     fn tok(m: i64, index: u64, text: &str) -> OutItem {
-        OutItem::Token(TokenItem { conversation_id: Arc::from("c"), message_id: m, index, count: 1, text: text.into() })
+        OutItem::Token(TokenItem {
+            conversation_id: Arc::from("c"),
+            message_id: m,
+            index,
+            count: 1,
+            text: text.into(),
+        })
     }
 
     #[test]
@@ -146,9 +160,15 @@ mod tests {
         assert_eq!(q.push(tok(1, 0, "Hel")), Ok(Pushed::Queued));
         assert_eq!(q.push(tok(1, 1, "lo")), Ok(Pushed::Merged));
         assert_eq!(q.push(tok(2, 0, "x")), Ok(Pushed::Queued));
-        assert_eq!(q.push(tok(1, 2, "!")), Ok(Pushed::Queued), "not adjacent in the queue: order is kept");
+        assert_eq!(
+            q.push(tok(1, 2, "!")),
+            Ok(Pushed::Queued),
+            "not adjacent in the queue: order is kept"
+        );
         match q.pop() {
-            Some(OutItem::Token(t)) => assert_eq!((t.index, t.count, t.text.as_str()), (0, 2, "Hello")),
+            Some(OutItem::Token(t)) => {
+                assert_eq!((t.index, t.count, t.text.as_str()), (0, 2, "Hello"))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(q.len(), 2);
@@ -157,8 +177,12 @@ mod tests {
     #[test]
     fn the_byte_cap_reports_overflow_and_pop_releases_bytes() {
         let mut q = OutQueue::new(300);
-        q.push(OutItem::Frame(Utf8Bytes::from("a".repeat(100)))).unwrap();
-        assert_eq!(q.push(OutItem::Frame(Utf8Bytes::from("b".repeat(100)))), Err(Overflow));
+        q.push(OutItem::Frame(Utf8Bytes::from("a".repeat(100))))
+            .unwrap();
+        assert_eq!(
+            q.push(OutItem::Frame(Utf8Bytes::from("b".repeat(100)))),
+            Err(Overflow)
+        );
         q.pop();
         q.pop();
         assert_eq!(q.bytes(), 0);

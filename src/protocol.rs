@@ -159,23 +159,59 @@ impl RoomType {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Upload {
-    Init { file_name: String, file_size: u64, mime_type: String, conversation_id: Option<String> },
-    Chunk { file_id: String, chunk_index: u32, total_chunks: u32, chunk_data: String },
-    Finalize { file_id: String, checksum: String },
+    Init {
+        file_name: String,
+        file_size: u64,
+        mime_type: String,
+        conversation_id: Option<String>,
+    },
+    Chunk {
+        file_id: String,
+        chunk_index: u32,
+        total_chunks: u32,
+        chunk_data: String,
+    },
+    Finalize {
+        file_id: String,
+        checksum: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     Ping,
     Chat(ChatRequest),
-    Stop { conversation_id: String },
-    Subscribe { conversation_id: String, after_seq: i64 },
-    Unsubscribe { conversation_id: String },
-    JoinRoom { room_id: String, room_name: Option<String>, room_type: Option<RoomType>, after_seq: Option<i64> },
-    LeaveRoom { room_id: String },
-    Typing { room_id: Option<String>, conversation_id: Option<String>, is_typing: bool },
-    Read { conversation_id: String, seq: i64 },
+    Stop {
+        conversation_id: String,
+    },
+    Subscribe {
+        conversation_id: String,
+        after_seq: i64,
+    },
+    Unsubscribe {
+        conversation_id: String,
+    },
+    JoinRoom {
+        room_id: String,
+        room_name: Option<String>,
+        room_type: Option<RoomType>,
+        after_seq: Option<i64>,
+    },
+    LeaveRoom {
+        room_id: String,
+    },
+    Typing {
+        room_id: Option<String>,
+        conversation_id: Option<String>,
+        is_typing: bool,
+    },
+    Read {
+        conversation_id: String,
+        seq: i64,
+    },
     FileUpload(Upload),
 }
 
@@ -212,7 +248,10 @@ pub struct DecodeError {
 }
 
 fn fail<T>(id: &Option<String>, reason: impl Into<String>) -> Result<T, DecodeError> {
-    Err(DecodeError { id: id.clone(), reason: reason.into() })
+    Err(DecodeError {
+        id: id.clone(),
+        reason: reason.into(),
+    })
 }
 
 struct Fields<'a, 'v> {
@@ -279,7 +318,10 @@ impl<'a, 'v> Fields<'a, 'v> {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) => Ok(Some(n)),
-                None => fail(&self.id, format!("field `{k}` must be a non-negative integer")),
+                None => fail(
+                    &self.id,
+                    format!("field `{k}` must be a non-negative integer"),
+                ),
             },
         }
     }
@@ -311,7 +353,10 @@ pub struct Decoder {
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder { buf: Vec::with_capacity(4096), buffers: simd_json::Buffers::default() }
+        Decoder {
+            buf: Vec::with_capacity(4096),
+            buffers: simd_json::Buffers::default(),
+        }
     }
 }
 
@@ -319,10 +364,11 @@ impl Decoder {
     pub fn decode(&mut self, text: &str) -> Result<Incoming, DecodeError> {
         self.buf.clear();
         self.buf.extend_from_slice(text.as_bytes());
-        let value = match simd_json::to_borrowed_value_with_buffers(&mut self.buf, &mut self.buffers) {
-            Ok(v) => v,
-            Err(e) => return fail(&None, format!("not valid JSON: {e}")),
-        };
+        let value =
+            match simd_json::to_borrowed_value_with_buffers(&mut self.buf, &mut self.buffers) {
+                Ok(v) => v,
+                Err(e) => return fail(&None, format!("not valid JSON: {e}")),
+            };
         let Some(obj) = value.as_object() else {
             return fail(&None, "a message must be a JSON object");
         };
@@ -333,7 +379,12 @@ impl Decoder {
             Some(v) => match (v.as_str(), v.as_i64()) {
                 (Some(s), _) if s.len() <= MAX_CLIENT_ID => Some(s.to_string()),
                 (None, Some(n)) => Some(n.to_string()),
-                (Some(_), _) => return fail(&None, format!("field `id` is longer than {MAX_CLIENT_ID} characters")),
+                (Some(_), _) => {
+                    return fail(
+                        &None,
+                        format!("field `id` is longer than {MAX_CLIENT_ID} characters"),
+                    )
+                }
                 _ => return fail(&None, "field `id` must be a string"),
             },
         };
@@ -344,7 +395,9 @@ impl Decoder {
             None => return fail(&f.id, "missing field `type`"),
         };
         let msg = match ty {
-            "auth" => ClientMsg::Auth { token: f.str("token")? },
+            "auth" => ClientMsg::Auth {
+                token: f.str("token")?,
+            },
             "ping" => ClientMsg::Ping,
             "chat" | "message" => ClientMsg::Chat(ChatRequest {
                 message: f.str("message")?,
@@ -355,17 +408,23 @@ impl Decoder {
                 system_prompt: f.opt_str("system_prompt")?,
                 temperature: f.opt_f64("temperature")?,
                 max_tokens: match f.opt_u64("max_tokens")? {
-                    Some(n) if n > u32::MAX as u64 => return fail(&f.id, "field `max_tokens` is too large"),
+                    Some(n) if n > u32::MAX as u64 => {
+                        return fail(&f.id, "field `max_tokens` is too large")
+                    }
                     n => n.map(|n| n as u32),
                 },
                 ai: f.opt_bool("ai")?,
             }),
-            "stop" => ClientMsg::Stop { conversation_id: f.ident("conversation_id")? },
+            "stop" => ClientMsg::Stop {
+                conversation_id: f.ident("conversation_id")?,
+            },
             "subscribe" => ClientMsg::Subscribe {
                 conversation_id: f.ident("conversation_id")?,
                 after_seq: f.opt_i64("after_seq")?.unwrap_or(0).max(0),
             },
-            "unsubscribe" => ClientMsg::Unsubscribe { conversation_id: f.ident("conversation_id")? },
+            "unsubscribe" => ClientMsg::Unsubscribe {
+                conversation_id: f.ident("conversation_id")?,
+            },
             "join_room" => ClientMsg::JoinRoom {
                 room_id: f.ident("room_id")?,
                 room_name: f.opt_str("room_name")?,
@@ -373,19 +432,30 @@ impl Decoder {
                     None => None,
                     Some(t) => match RoomType::parse(&t) {
                         Some(rt) => Some(rt),
-                        None => return fail(&f.id, "field `room_type` must be private, shared or group"),
+                        None => {
+                            return fail(
+                                &f.id,
+                                "field `room_type` must be private, shared or group",
+                            )
+                        }
                     },
                 },
                 after_seq: f.opt_i64("after_seq")?.map(|n| n.max(0)),
             },
-            "leave_room" => ClientMsg::LeaveRoom { room_id: f.ident("room_id")? },
+            "leave_room" => ClientMsg::LeaveRoom {
+                room_id: f.ident("room_id")?,
+            },
             "typing" => {
                 let room_id = f.opt_ident("room_id")?;
                 let conversation_id = f.opt_ident("conversation_id")?;
                 if room_id.is_none() && conversation_id.is_none() {
                     return fail(&f.id, "typing needs `room_id` or `conversation_id`");
                 }
-                ClientMsg::Typing { room_id, conversation_id, is_typing: f.opt_bool("is_typing")?.unwrap_or(true) }
+                ClientMsg::Typing {
+                    room_id,
+                    conversation_id,
+                    is_typing: f.opt_bool("is_typing")?.unwrap_or(true),
+                }
             }
             "read" => ClientMsg::Read {
                 conversation_id: f.ident("conversation_id")?,
@@ -398,17 +468,26 @@ impl Decoder {
             "file_upload" => ClientMsg::FileUpload(match f.str("upload_type")?.as_str() {
                 "init" => Upload::Init {
                     file_name: f.str("file_name")?,
-                    file_size: f.opt_u64("file_size")?.ok_or_else(|| DecodeError { id: f.id.clone(), reason: "missing field `file_size`".into() })?,
-                    mime_type: f.opt_str("mime_type")?.unwrap_or_else(|| "application/octet-stream".into()),
+                    file_size: f.opt_u64("file_size")?.ok_or_else(|| DecodeError {
+                        id: f.id.clone(),
+                        reason: "missing field `file_size`".into(),
+                    })?,
+                    mime_type: f
+                        .opt_str("mime_type")?
+                        .unwrap_or_else(|| "application/octet-stream".into()),
                     conversation_id: f.opt_ident("conversation_id")?,
                 },
                 "chunk" => Upload::Chunk {
                     file_id: f.ident("file_id")?,
                     chunk_index: f.opt_u64("chunk_index")?.unwrap_or(0).min(u32::MAX as u64) as u32,
-                    total_chunks: f.opt_u64("total_chunks")?.unwrap_or(0).min(u32::MAX as u64) as u32,
+                    total_chunks: f.opt_u64("total_chunks")?.unwrap_or(0).min(u32::MAX as u64)
+                        as u32,
                     chunk_data: f.str("chunk_data")?,
                 },
-                "finalize" => Upload::Finalize { file_id: f.ident("file_id")?, checksum: f.str("checksum")? },
+                "finalize" => Upload::Finalize {
+                    file_id: f.ident("file_id")?,
+                    checksum: f.str("checksum")?,
+                },
                 _ => return fail(&f.id, "field `upload_type` must be init, chunk or finalize"),
             }),
             other => {
@@ -639,7 +718,12 @@ pub enum Event {
 
 impl Event {
     pub fn error(code: ErrorCode, error: impl Into<String>, id: Option<String>) -> Event {
-        Event::Error { code, error: error.into(), id, retry_after: None }
+        Event::Error {
+            code,
+            error: error.into(),
+            id,
+            retry_after: None,
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -668,7 +752,12 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
 }
 
 pub fn now_ms() -> i64 {
@@ -714,11 +803,18 @@ mod tests {
         let e = decode(r#"{"type":"bogus","id":"x"}"#).unwrap_err();
         assert_eq!(e.id.as_deref(), Some("x"));
         assert!(e.reason.contains("unknown message type"));
-        let e = decode(r#"{"type":"read","id":"r","conversation_id":"c","seq":"nope"}"#).unwrap_err();
+        let e =
+            decode(r#"{"type":"read","id":"r","conversation_id":"c","seq":"nope"}"#).unwrap_err();
         assert!(e.reason.contains("`seq`"), "{}", e.reason);
         assert_eq!(e.id.as_deref(), Some("r"));
-        assert!(decode(r#"{"type":"subscribe"}"#).unwrap_err().reason.contains("conversation_id"));
-        assert!(decode(r#"{"id":"no-type"}"#).unwrap_err().reason.contains("type"));
+        assert!(decode(r#"{"type":"subscribe"}"#)
+            .unwrap_err()
+            .reason
+            .contains("conversation_id"));
+        assert!(decode(r#"{"id":"no-type"}"#)
+            .unwrap_err()
+            .reason
+            .contains("type"));
         let deep = "[".repeat(10_000);
         assert!(decode(&deep).is_err());
     }
@@ -727,10 +823,23 @@ mod tests {
     fn events_encode_with_their_type_tag() {
         let e = Event::error(ErrorCode::RateLimit, "slow down", Some("7".into()));
         let s = e.encode();
-        assert!(s.starts_with(r#"{"type":"error","code":"RATE_LIMIT""#), "{s}");
+        assert!(
+            s.starts_with(r#"{"type":"error","code":"RATE_LIMIT""#),
+            "{s}"
+        );
         assert!(s.contains(r#""id":"7""#));
-        let t = Event::Token { conversation_id: "c".into(), message_id: 3, index: 0, token: "\"q\"".into(), count: None }.encode();
-        assert_eq!(t, r#"{"type":"token","conversation_id":"c","message_id":3,"index":0,"token":"\"q\""}"#);
+        let t = Event::Token {
+            conversation_id: "c".into(),
+            message_id: 3,
+            index: 0,
+            token: "\"q\"".into(),
+            count: None,
+        }
+        .encode();
+        assert_eq!(
+            t,
+            r#"{"type":"token","conversation_id":"c","message_id":3,"index":0,"token":"\"q\""}"#
+        );
     }
 
     #[test]

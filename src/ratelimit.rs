@@ -20,12 +20,18 @@ pub struct RateWindow {
 pub enum Verdict {
     Allowed,
     /// Refused; try again after this many seconds.
-    Limited { retry_after_s: f64 },
+    Limited {
+        retry_after_s: f64,
+    },
 }
 
 impl RateWindow {
     pub fn new(now: Instant) -> RateWindow {
-        RateWindow { window_start: now, prev: 0, cur: 0 }
+        RateWindow {
+            window_start: now,
+            prev: 0,
+            cur: 0,
+        }
     }
 
     pub fn check(&mut self, now: Instant, window: Duration, max: u32) -> Verdict {
@@ -36,7 +42,10 @@ impl RateWindow {
             self.cur = 0;
             self.window_start += window * windows;
         }
-        let into = now.saturating_duration_since(self.window_start).as_secs_f64() / window.as_secs_f64();
+        let into = now
+            .saturating_duration_since(self.window_start)
+            .as_secs_f64()
+            / window.as_secs_f64();
         let weighted = self.prev as f64 * (1.0 - into) + self.cur as f64;
         if weighted + 1.0 <= max as f64 {
             self.cur += 1;
@@ -51,7 +60,9 @@ impl RateWindow {
                 (1.0 - into) * window.as_secs_f64()
             };
             let to_end = (1.0 - into) * window.as_secs_f64();
-            Verdict::Limited { retry_after_s: (retry.min(to_end).max(0.001) * 1000.0).ceil() / 1000.0 }
+            Verdict::Limited {
+                retry_after_s: (retry.min(to_end).max(0.001) * 1000.0).ceil() / 1000.0,
+            }
         }
     }
 }
@@ -69,7 +80,9 @@ mod tests {
             assert_eq!(r.check(now, w, 5), Verdict::Allowed);
         }
         match r.check(now, w, 5) {
-            Verdict::Limited { retry_after_s } => assert!(retry_after_s > 0.0 && retry_after_s <= 1.0),
+            Verdict::Limited { retry_after_s } => {
+                assert!(retry_after_s > 0.0 && retry_after_s <= 1.0)
+            }
             v => panic!("{v:?}"),
         }
         // Half a window later the previous burst still counts for half: 2 more fit.

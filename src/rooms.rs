@@ -18,15 +18,35 @@ use crate::session::{send_error, send_error_retry};
 use crate::shard::{ConnId, Shard, TopicKind};
 use crate::store::{writer, StoreError, WriteJob};
 
-fn publish_presence(ctx: &ServerCtx, room_id: &str, conv: &Arc<str>, user: &User, status: &'static str) {
-    let ev = Event::Presence { room_id: room_id.to_string(), user_id: user.id.clone(), username: user.name.clone(), status };
+fn publish_presence(
+    ctx: &ServerCtx,
+    room_id: &str,
+    conv: &Arc<str>,
+    user: &User,
+    status: &'static str,
+) {
+    let ev = Event::Presence {
+        room_id: room_id.to_string(),
+        user_id: user.id.clone(),
+        username: user.name.clone(),
+        status,
+    };
     let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
     te.exclude_user = Some(Arc::from(user.id.as_str()));
     ctx.hub.publish_nonblocking(&ctx.shards, te);
 }
 
-pub fn join(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, req: AutoJoin, after_seq: Option<i64>) {
-    let Some(conn_id) = shard.conn_id(slot) else { return };
+pub fn join(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    id: Option<String>,
+    req: AutoJoin,
+    after_seq: Option<i64>,
+) {
+    let Some(conn_id) = shard.conn_id(slot) else {
+        return;
+    };
     let ctx = shard.ctx.clone();
     let create_allowed = ctx.cfg.rooms.create_on_join;
     let u = user.clone();
@@ -35,16 +55,30 @@ pub fn join(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>
     let job = WriteJob {
         enqueued: std::time::Instant::now(),
         op: Box::new(move |db, st| {
-            let (room, created) = writer::join_room(db, st, &u.id, &u.name, u.admin, &req.room_id, req.room_name.as_deref(), req.room_type, create_allowed, &new_conv)?;
+            let (room, created) = writer::join_room(
+                db,
+                st,
+                &u.id,
+                &u.name,
+                u.admin,
+                &req.room_id,
+                req.room_name.as_deref(),
+                req.room_type,
+                create_allowed,
+                &new_conv,
+            )?;
             Ok(Box::new(move |ctx: &ServerCtx| {
                 let _ = created;
-                run_on(ctx, conn_id, move |shard, slot| joined(shard, slot, &u, id, room, after_seq));
+                run_on(ctx, conn_id, move |shard, slot| {
+                    joined(shard, slot, &u, id, room, after_seq)
+                });
             }))
         }),
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
             let (code, msg) = e.client_error();
             ctx.metrics.error(code);
-            ctx.shards.send_event(conn_id, &Event::error(code, msg, id_fail));
+            ctx.shards
+                .send_event(conn_id, &Event::error(code, msg, id_fail));
         }),
     };
     if ctx.store.try_write(job).is_err() {
@@ -53,17 +87,32 @@ pub fn join(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>
 }
 
 /// On the shard, after the join committed.
-fn joined(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, room: writer::RoomRow, after_seq: Option<i64>) {
+fn joined(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    id: Option<String>,
+    room: writer::RoomRow,
+    after_seq: Option<i64>,
+) {
     let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
     let room_key: Arc<str> = Arc::from(room.room_id.as_str());
     let already = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
     };
     if !already && shard.ctx.hub.presence_add(&conv, &user.id, &user.name) {
         publish_presence(&shard.ctx, &room.room_id, &conv, user, "joined");
     }
-    let participants = shard.ctx.hub.presence_list(&conv).into_iter().map(|(user_id, username)| Participant { user_id, username }).collect();
+    let participants = shard
+        .ctx
+        .hub
+        .presence_list(&conv)
+        .into_iter()
+        .map(|(user_id, username)| Participant { user_id, username })
+        .collect();
     shard.send(
         slot,
         &Event::RoomJoined {
@@ -79,7 +128,11 @@ fn joined(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, 
     );
     // Replay what was missed (or nothing: from the seq at join time), then live events.
     let from = after_seq.unwrap_or(room.last_seq);
-    let already_live = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| ws.subs.contains_key(&conv));
+    let already_live = shard
+        .conns
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .is_some_and(|ws| ws.subs.contains_key(&conv));
     if !already_live || after_seq.is_some() {
         subscribe(shard, slot, user, None, conv, from);
     }
@@ -87,9 +140,17 @@ fn joined(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, 
 
 pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, room_id: &str) {
     let conv = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         let Some(conv) = ws.rooms.remove(room_id) else {
-            return send_error(shard, slot, ErrorCode::NotFound, &format!("not in room {room_id} on this connection"), id);
+            return send_error(
+                shard,
+                slot,
+                ErrorCode::NotFound,
+                &format!("not in room {room_id} on this connection"),
+                id,
+            );
         };
         ws.subs.remove(&conv);
         let was_typing = ws.typing.remove(&conv).is_some();
@@ -97,16 +158,37 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
     };
     let (conv, was_typing) = conv;
     if was_typing {
-        crate::chat::publish_typing_as(&shard.ctx, &conv, Some(room_id.to_string()), &user.id, &user.name, false, true);
+        crate::chat::publish_typing_as(
+            &shard.ctx,
+            &conv,
+            Some(room_id.to_string()),
+            &user.id,
+            &user.name,
+            false,
+            true,
+        );
     }
     shard.topic_local_remove(&conv, slot);
     if shard.ctx.hub.presence_remove(&conv, &user.id) {
         publish_presence(&shard.ctx, room_id, &conv, user, "left");
     }
-    shard.send(slot, &Event::RoomLeft { id, room_id: room_id.to_string(), reason: None });
+    shard.send(
+        slot,
+        &Event::RoomLeft {
+            id,
+            room_id: room_id.to_string(),
+            reason: None,
+        },
+    );
 }
 
-pub fn on_disconnect(shard: &mut Shard, _id: ConnId, user: &Arc<User>, _left: usize, rooms: Vec<(Arc<str>, Arc<str>)>) {
+pub fn on_disconnect(
+    shard: &mut Shard,
+    _id: ConnId,
+    user: &Arc<User>,
+    _left: usize,
+    rooms: Vec<(Arc<str>, Arc<str>)>,
+) {
     for (room_id, conv) in rooms {
         if shard.ctx.hub.presence_remove(&conv, &user.id) {
             publish_presence(&shard.ctx, &room_id, &conv, user, "left");

@@ -25,7 +25,8 @@ fn respond(shard: &mut Shard, slot: usize, r: Response) {
 }
 
 fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
-    ctx.shards.send(conn.shard as usize, ShardMsg::Http(conn, resp));
+    ctx.shards
+        .send(conn.shard as usize, ShardMsg::Http(conn, resp));
 }
 
 fn store_error(e: &StoreError) -> Response {
@@ -44,9 +45,16 @@ fn room_json(r: &RoomRow) -> serde_json::Value {
 fn write_then_reply(
     shard: &mut Shard,
     slot: usize,
-    op: impl FnOnce(&rusqlite::Connection, &mut writer::WriterState) -> Result<Box<dyn FnOnce(&ServerCtx) -> Response + Send>, StoreError> + Send + 'static,
+    op: impl FnOnce(
+            &rusqlite::Connection,
+            &mut writer::WriterState,
+        ) -> Result<Box<dyn FnOnce(&ServerCtx) -> Response + Send>, StoreError>
+        + Send
+        + 'static,
 ) {
-    let Some(conn) = shard.conn_id(slot) else { return };
+    let Some(conn) = shard.conn_id(slot) else {
+        return;
+    };
     shard.http_wait(slot);
     let job = WriteJob {
         enqueued: std::time::Instant::now(),
@@ -60,7 +68,12 @@ fn write_then_reply(
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| reply(ctx, conn, store_error(e))),
     };
     if shard.ctx.store.try_write(job).is_err() {
-        respond(shard, slot, Response::error(503, ErrorCode::Busy, "the store is busy").with_header("Retry-After", "1"));
+        respond(
+            shard,
+            slot,
+            Response::error(503, ErrorCode::Busy, "the store is busy")
+                .with_header("Retry-After", "1"),
+        );
     }
 }
 
@@ -70,7 +83,11 @@ fn body_json(req: &Request) -> Result<serde_json::Value, Response> {
     }
     match serde_json::from_slice(&req.body) {
         Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-        _ => Err(Response::error(400, ErrorCode::BadRequest, "body must be a JSON object")),
+        _ => Err(Response::error(
+            400,
+            ErrorCode::BadRequest,
+            "body must be a JSON object",
+        )),
     }
 }
 
@@ -101,20 +118,36 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             return true;
         }
     };
-    let parts: Vec<String> = path.trim_start_matches("/v1/rooms").split('/').filter(|p| !p.is_empty()).map(crate::http::percent_decode).collect();
+    let parts: Vec<String> = path
+        .trim_start_matches("/v1/rooms")
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(crate::http::percent_decode)
+        .collect();
     match (method, is_broadcast, parts.as_slice()) {
         ("POST", true, _) => broadcast(shard, slot, &user, &body),
         ("POST", false, []) => create(shard, slot, &user, &body),
         ("GET", false, [room]) => show(shard, slot, &user, room.clone()),
         ("DELETE", false, [room]) => delete(shard, slot, &user, room.clone()),
         ("POST", false, [room, m]) if m == "members" => {
-            let Some(member) = body.get("user_id").and_then(|v| v.as_str()).filter(|s| valid_id(s)).map(str::to_string) else {
-                respond(shard, slot, Response::error(400, ErrorCode::BadRequest, "field `user_id` is required"));
+            let Some(member) = body
+                .get("user_id")
+                .and_then(|v| v.as_str())
+                .filter(|s| valid_id(s))
+                .map(str::to_string)
+            else {
+                respond(
+                    shard,
+                    slot,
+                    Response::error(400, ErrorCode::BadRequest, "field `user_id` is required"),
+                );
                 return true;
             };
             members(shard, slot, &user, room.clone(), member, true)
         }
-        ("DELETE", false, [room, m, member]) if m == "members" => members(shard, slot, &user, room.clone(), member.clone(), false),
+        ("DELETE", false, [room, m, member]) if m == "members" => {
+            members(shard, slot, &user, room.clone(), member.clone(), false)
+        }
         _ => return false,
     }
     true
@@ -123,20 +156,60 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
 fn create(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::Value) {
     let room_id = match body.get("room_id").and_then(|v| v.as_str()) {
         Some(r) if valid_id(r) => r.to_string(),
-        Some(_) => return respond(shard, slot, Response::error(400, ErrorCode::BadRequest, "`room_id` must be 1 to 128 characters without '/'")),
+        Some(_) => {
+            return respond(
+                shard,
+                slot,
+                Response::error(
+                    400,
+                    ErrorCode::BadRequest,
+                    "`room_id` must be 1 to 128 characters without '/'",
+                ),
+            )
+        }
         None => format!("r_{}", &new_conversation_id()[2..14]),
     };
     let room_type = match body.get("room_type").and_then(|v| v.as_str()) {
         None => RoomType::Shared,
         Some(t) => match RoomType::parse(t) {
             Some(t) => t,
-            None => return respond(shard, slot, Response::error(400, ErrorCode::BadRequest, "`room_type` must be private, shared or group")),
+            None => {
+                return respond(
+                    shard,
+                    slot,
+                    Response::error(
+                        400,
+                        ErrorCode::BadRequest,
+                        "`room_type` must be private, shared or group",
+                    ),
+                )
+            }
         },
     };
-    let room_name = body.get("room_name").and_then(|v| v.as_str()).unwrap_or(&room_id).chars().take(200).collect::<String>();
-    let members: Vec<String> = body.get("members").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|m| m.as_str()).filter(|m| valid_id(m)).map(str::to_string).collect()).unwrap_or_default();
+    let room_name = body
+        .get("room_name")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&room_id)
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let members: Vec<String> = body
+        .get("members")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str())
+                .filter(|m| valid_id(m))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     if members.len() as u32 > shard.ctx.cfg.rooms.max_members {
-        return respond(shard, slot, Response::error(400, ErrorCode::BadRequest, "too many members"));
+        return respond(
+            shard,
+            slot,
+            Response::error(400, ErrorCode::BadRequest, "too many members"),
+        );
     }
     let ai = body.get("ai").and_then(|v| v.as_bool()).unwrap_or(false);
     let user = user.clone();
@@ -145,31 +218,60 @@ fn create(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::V
         let room = writer::create_room(
             db,
             st,
-            &writer::NewRoom { room_id: &room_id, room_name: &room_name, room_type, owner: &user.id, owner_name: &user.name, members: &members, ai, conversation_id: &conv },
+            &writer::NewRoom {
+                room_id: &room_id,
+                room_name: &room_name,
+                room_type,
+                owner: &user.id,
+                owner_name: &user.name,
+                members: &members,
+                ai,
+                conversation_id: &conv,
+            },
         )?;
         let mut v = room_json(&room);
         let mut all = vec![user.id.clone()];
         all.extend(members.into_iter().filter(|m| *m != user.id));
         v["members"] = json!(all);
-        Ok(Box::new(move |_ctx: &ServerCtx| Response::json_value(201, &v)))
+        Ok(Box::new(move |_ctx: &ServerCtx| {
+            Response::json_value(201, &v)
+        }))
     });
 }
 
 fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
-    let Some(conn) = shard.conn_id(slot) else { return };
+    let Some(conn) = shard.conn_id(slot) else {
+        return;
+    };
     shard.http_wait(slot);
     let user = user.clone();
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
         let r = (|| -> Result<Response, StoreError> {
             let Some(room) = writer::room_by_id(db, &room_id)? else {
-                return Ok(Response::error(404, ErrorCode::NotFound, &format!("no room {room_id}")));
+                return Ok(Response::error(
+                    404,
+                    ErrorCode::NotFound,
+                    &format!("no room {room_id}"),
+                ));
             };
             let member = writer::is_member(db, &room.conversation_id, &user.id)?;
             if !member && !user.admin && room.room_type != RoomType::Shared {
-                return Ok(Response::error(403, ErrorCode::Forbidden, "not a member of this room"));
+                return Ok(Response::error(
+                    403,
+                    ErrorCode::Forbidden,
+                    "not a member of this room",
+                ));
             }
-            let members: Vec<_> = crate::store::read::members(db, &room.conversation_id)?.into_iter().map(|(id, name)| json!({"user_id": id, "username": name})).collect();
-            let online: Vec<_> = ctx.hub.presence_list(&room.conversation_id).into_iter().map(|(id, name)| json!({"user_id": id, "username": name})).collect();
+            let members: Vec<_> = crate::store::read::members(db, &room.conversation_id)?
+                .into_iter()
+                .map(|(id, name)| json!({"user_id": id, "username": name}))
+                .collect();
+            let online: Vec<_> = ctx
+                .hub
+                .presence_list(&room.conversation_id)
+                .into_iter()
+                .map(|(id, name)| json!({"user_id": id, "username": name}))
+                .collect();
             let mut v = room_json(&room);
             v["members"] = json!(members);
             v["online"] = json!(online);
@@ -178,7 +280,11 @@ fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
         reply(ctx, conn, r.unwrap_or_else(|e| store_error(&e)));
     });
     if shard.ctx.store.try_read(job).is_err() {
-        respond(shard, slot, Response::error(503, ErrorCode::Busy, "the store is busy"));
+        respond(
+            shard,
+            slot,
+            Response::error(503, ErrorCode::Busy, "the store is busy"),
+        );
     }
 }
 
@@ -186,39 +292,81 @@ fn delete(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
     let user = user.clone();
     write_then_reply(shard, slot, move |db, st| {
         let Some(room) = writer::room_by_id(db, &room_id)? else {
-            return Err(StoreError::refused(ErrorCode::NotFound, format!("no room {room_id}")));
+            return Err(StoreError::refused(
+                ErrorCode::NotFound,
+                format!("no room {room_id}"),
+            ));
         };
         if room.owner != user.id && !user.admin {
-            return Err(StoreError::refused(ErrorCode::Forbidden, "only the room's owner or an admin can delete it"));
+            return Err(StoreError::refused(
+                ErrorCode::Forbidden,
+                "only the room's owner or an admin can delete it",
+            ));
         }
         writer::delete_room(db, st.now_ms, &room.conversation_id)?;
         Ok(Box::new(move |ctx: &ServerCtx| {
             let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-            let ev = Event::RoomLeft { id: None, room_id: room.room_id.clone(), reason: Some("deleted") };
-            ctx.hub.publish(&ctx.shards, topic_event(&conv, TopicKind::RoomClosed { room_id: Arc::from(room.room_id.as_str()) }, &ev));
+            let ev = Event::RoomLeft {
+                id: None,
+                room_id: room.room_id.clone(),
+                reason: Some("deleted"),
+            };
+            ctx.hub.publish(
+                &ctx.shards,
+                topic_event(
+                    &conv,
+                    TopicKind::RoomClosed {
+                        room_id: Arc::from(room.room_id.as_str()),
+                    },
+                    &ev,
+                ),
+            );
             Response::json_value(200, &json!({"deleted": true, "room_id": room.room_id}))
         }))
     });
 }
 
-fn members(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String, member: String, add: bool) {
+fn members(
+    shard: &mut Shard,
+    slot: usize,
+    user: &Arc<User>,
+    room_id: String,
+    member: String,
+    add: bool,
+) {
     let user = user.clone();
     let max = shard.ctx.cfg.rooms.max_members as i64;
     write_then_reply(shard, slot, move |db, st| {
         let Some(room) = writer::room_by_id(db, &room_id)? else {
-            return Err(StoreError::refused(ErrorCode::NotFound, format!("no room {room_id}")));
+            return Err(StoreError::refused(
+                ErrorCode::NotFound,
+                format!("no room {room_id}"),
+            ));
         };
         if room.owner != user.id && !user.admin {
-            return Err(StoreError::refused(ErrorCode::Forbidden, "only the room's owner or an admin can change its members"));
+            return Err(StoreError::refused(
+                ErrorCode::Forbidden,
+                "only the room's owner or an admin can change its members",
+            ));
         }
         if add {
-            let n: i64 = db.query_row("SELECT COUNT(*) FROM members WHERE conversation_id = ?1", [&room.conversation_id], |r| r.get(0))?;
+            let n: i64 = db.query_row(
+                "SELECT COUNT(*) FROM members WHERE conversation_id = ?1",
+                [&room.conversation_id],
+                |r| r.get(0),
+            )?;
             if n >= max {
-                return Err(StoreError::refused(ErrorCode::BadRequest, "the room is full"));
+                return Err(StoreError::refused(
+                    ErrorCode::BadRequest,
+                    "the room is full",
+                ));
             }
             writer::add_member(db, st.now_ms, &room.conversation_id, &member)?;
         } else if !writer::remove_member(db, &room.conversation_id, &member)? {
-            return Err(StoreError::refused(ErrorCode::NotFound, "not a member (or the owner)"));
+            return Err(StoreError::refused(
+                ErrorCode::NotFound,
+                "not a member (or the owner)",
+            ));
         }
         Ok(Box::new(move |ctx: &ServerCtx| {
             if !add {
@@ -228,36 +376,85 @@ fn members(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String, me
                     run_on(ctx, c, move |shard, slot| kick(shard, slot, &rid, &conv));
                 }
             }
-            Response::json_value(200, &json!({"room_id": room.room_id, "user_id": member, "member": add}))
+            Response::json_value(
+                200,
+                &json!({"room_id": room.room_id, "user_id": member, "member": add}),
+            )
         }))
     });
 }
 
 fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
-    let in_room = shard.conns.get_mut(slot).and_then(|c| c.ws()).is_some_and(|ws| ws.rooms.contains_key(room_id));
+    let in_room = shard
+        .conns
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .is_some_and(|ws| ws.rooms.contains_key(room_id));
     if !in_room {
         return;
     }
     let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
     crate::session::room_closed_locally(shard, slot, Arc::from(room_id), Arc::from(conv));
     if let Some(u) = user {
-        if !shard.ctx.hub.presence_list(conv).iter().any(|(id, _)| *id == u.id) {
-            let ev = Event::Presence { room_id: room_id.to_string(), user_id: u.id.clone(), username: u.name.clone(), status: "left" };
-            shard.ctx.hub.publish_nonblocking(&shard.ctx.shards, topic_event(&Arc::from(conv), TopicKind::Ephemeral, &ev));
+        if !shard
+            .ctx
+            .hub
+            .presence_list(conv)
+            .iter()
+            .any(|(id, _)| *id == u.id)
+        {
+            let ev = Event::Presence {
+                room_id: room_id.to_string(),
+                user_id: u.id.clone(),
+                username: u.name.clone(),
+                status: "left",
+            };
+            shard.ctx.hub.publish_nonblocking(
+                &shard.ctx.shards,
+                topic_event(&Arc::from(conv), TopicKind::Ephemeral, &ev),
+            );
         }
     }
-    shard.send(slot, &Event::RoomLeft { id: None, room_id: room_id.to_string(), reason: Some("removed") });
+    shard.send(
+        slot,
+        &Event::RoomLeft {
+            id: None,
+            room_id: room_id.to_string(),
+            reason: Some("removed"),
+        },
+    );
 }
 
 fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::Value) {
     if !user.admin {
-        return respond(shard, slot, Response::error(403, ErrorCode::Forbidden, "admin scope required"));
+        return respond(
+            shard,
+            slot,
+            Response::error(403, ErrorCode::Forbidden, "admin scope required"),
+        );
     }
-    let Some(message) = body.get("message").and_then(|v| v.as_str()).filter(|m| !m.trim().is_empty()).map(str::to_string) else {
-        return respond(shard, slot, Response::error(400, ErrorCode::BadRequest, "field `message` is required"));
+    let Some(message) = body
+        .get("message")
+        .and_then(|v| v.as_str())
+        .filter(|m| !m.trim().is_empty())
+        .map(str::to_string)
+    else {
+        return respond(
+            shard,
+            slot,
+            Response::error(400, ErrorCode::BadRequest, "field `message` is required"),
+        );
     };
-    let room_id = body.get("room_id").and_then(|v| v.as_str()).map(str::to_string);
-    let ev = Event::System { room_id: room_id.clone(), message, from: user.name.clone(), timestamp: now_rfc3339() };
+    let room_id = body
+        .get("room_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let ev = Event::System {
+        room_id: room_id.clone(),
+        message,
+        from: user.name.clone(),
+        timestamp: now_rfc3339(),
+    };
     match room_id {
         None => {
             // Everyone connected: one message per shard, each writes to its own connections.
@@ -265,27 +462,50 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
             for s in 0..shard.ctx.shards.len() {
                 shard.ctx.shards.try_send(s, ShardMsg::All(frame.clone()));
             }
-            let n = shard.ctx.metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed);
-            respond(shard, slot, Response::json_value(200, &json!({"sent": true, "scope": "all", "connections": n})));
+            let n = shard
+                .ctx
+                .metrics
+                .ws_connections
+                .load(std::sync::atomic::Ordering::Relaxed);
+            respond(
+                shard,
+                slot,
+                Response::json_value(
+                    200,
+                    &json!({"sent": true, "scope": "all", "connections": n}),
+                ),
+            );
         }
         Some(rid) => {
-            let Some(conn) = shard.conn_id(slot) else { return };
+            let Some(conn) = shard.conn_id(slot) else {
+                return;
+            };
             shard.http_wait(slot);
             let job: crate::store::ReadJob = Box::new(move |db, ctx| {
                 let r = match writer::room_by_id(db, &rid) {
                     Ok(Some(room)) => {
                         let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-                        ctx.hub.publish(&ctx.shards, topic_event(&conv, TopicKind::Ephemeral, &ev));
+                        ctx.hub
+                            .publish(&ctx.shards, topic_event(&conv, TopicKind::Ephemeral, &ev));
                         let n = ctx.hub.topic_subscribers(&conv);
-                        Response::json_value(200, &json!({"sent": true, "scope": "room", "room_id": rid, "connections": n}))
+                        Response::json_value(
+                            200,
+                            &json!({"sent": true, "scope": "room", "room_id": rid, "connections": n}),
+                        )
                     }
-                    Ok(None) => Response::error(404, ErrorCode::NotFound, &format!("no room {rid}")),
+                    Ok(None) => {
+                        Response::error(404, ErrorCode::NotFound, &format!("no room {rid}"))
+                    }
                     Err(e) => store_error(&e),
                 };
                 reply(ctx, conn, r);
             });
             if shard.ctx.store.try_read(job).is_err() {
-                respond(shard, slot, Response::error(503, ErrorCode::Busy, "the store is busy"));
+                respond(
+                    shard,
+                    slot,
+                    Response::error(503, ErrorCode::Busy, "the store is busy"),
+                );
             }
         }
     }

@@ -27,14 +27,26 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
     if req.method == "OPTIONS" {
         let r = Response::text(204, "text/plain", Vec::new())
             .with_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
-            .with_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            .with_header(
+                "Access-Control-Allow-Headers",
+                "Authorization, Content-Type",
+            )
             .with_header("Access-Control-Max-Age", "600");
         return respond(shard, slot, r);
     }
     if path == "/v1/ws" || ctx.cfg.server.echo_path.as_deref() == Some(path) {
-        let kind = if path == "/v1/ws" { WsKind::Native } else { WsKind::Echo };
+        let kind = if path == "/v1/ws" {
+            WsKind::Native
+        } else {
+            WsKind::Echo
+        };
         if !req.is_websocket_upgrade() {
-            let r = Response::error(426, ErrorCode::BadRequest, "this endpoint speaks WebSocket only").with_header("Upgrade", "websocket");
+            let r = Response::error(
+                426,
+                ErrorCode::BadRequest,
+                "this endpoint speaks WebSocket only",
+            )
+            .with_header("Upgrade", "websocket");
             return respond(shard, slot, r);
         }
         return upgrade(shard, slot, req, kind);
@@ -51,8 +63,12 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             });
             Response::json_value(if unhealthy { 503 } else { 200 }, &body)
         }
-        ("GET", "/metrics") => Response::text(200, "text/plain; version=0.0.4", ctx.metrics.prometheus()),
-        ("GET", "/") | ("GET", "/index.html") => Response::text(200, "text/html; charset=utf-8", INDEX_HTML),
+        ("GET", "/metrics") => {
+            Response::text(200, "text/plain; version=0.0.4", ctx.metrics.prometheus())
+        }
+        ("GET", "/") | ("GET", "/index.html") => {
+            Response::text(200, "text/html; charset=utf-8", INDEX_HTML)
+        }
         ("GET", "/favicon.ico") => Response::text(204, "image/x-icon", Vec::new()),
         ("POST", "/v1/token") => mint_token(shard, &req),
         _ => match crate::api::route(shard, slot, &req) {
@@ -62,8 +78,17 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
                     return;
                 }
                 match allowed_methods(path) {
-                    Some(allow) => Response::error(405, ErrorCode::BadRequest, &format!("method {method} not allowed on {path}")).with_header("Allow", allow),
-                    None => Response::error(404, ErrorCode::NotFound, &format!("no such path: {}", truncate(path, 100))),
+                    Some(allow) => Response::error(
+                        405,
+                        ErrorCode::BadRequest,
+                        &format!("method {method} not allowed on {path}"),
+                    )
+                    .with_header("Allow", allow),
+                    None => Response::error(
+                        404,
+                        ErrorCode::NotFound,
+                        &format!("no such path: {}", truncate(path, 100)),
+                    ),
                 }
             }
         },
@@ -81,7 +106,9 @@ fn truncate(s: &str, n: usize) -> &str {
 /// Known paths and their methods (for 405 vs 404).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/health" | "/metrics" | "/" | "/index.html" | "/v1/stats" | "/v1/conversations" => Some("GET"),
+        "/health" | "/metrics" | "/" | "/index.html" | "/v1/stats" | "/v1/conversations" => {
+            Some("GET")
+        }
         "/v1/token" | "/v1/broadcast" => Some("POST"),
         "/v1/rooms" => Some("POST"),
         p if p.starts_with("/v1/rooms/") => Some("GET, DELETE"),
@@ -94,7 +121,11 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 /// The user named by a request's bearer token.
 pub fn bearer_user(shard: &Shard, req: &Request) -> Result<User, Response> {
     let Some(token) = req.bearer() else {
-        return Err(Response::error(401, ErrorCode::AuthRequired, "missing Authorization: Bearer <JWT>"));
+        return Err(Response::error(
+            401,
+            ErrorCode::AuthRequired,
+            "missing Authorization: Bearer <JWT>",
+        ));
     };
     shard.ctx.auth.verify(token).map_err(|e| match e {
         AuthError::Expired => Response::error(401, ErrorCode::AuthFailed, "token expired"),
@@ -122,7 +153,11 @@ fn mint_token(shard: &mut Shard, req: &Request) -> Response {
         }
     } else if ctx.cfg.auth.dev_tokens && ctx.loopback {
         let Some(sub) = str_field("sub").filter(|s| !s.is_empty() && s.len() <= 128) else {
-            return Response::error(400, ErrorCode::BadRequest, "field `sub` (1 to 128 characters) is required");
+            return Response::error(
+                400,
+                ErrorCode::BadRequest,
+                "field `sub` (1 to 128 characters) is required",
+            );
         };
         let admin = body.get("admin").and_then(|v| v.as_bool()).unwrap_or(false);
         (sub, str_field("name"), admin)
@@ -130,7 +165,10 @@ fn mint_token(shard: &mut Shard, req: &Request) -> Response {
         return Response::error(401, ErrorCode::AuthRequired, "missing Authorization: Bearer <JWT> (dev tokens are off or the listener is not loopback)");
     };
     match ctx.auth.sign(&sub, name.as_deref(), admin, ttl) {
-        Ok(token) => Response::json_value(200, &json!({ "token": token, "expires_in": ttl, "user": { "id": sub, "name": name.unwrap_or_else(|| sub.clone()) } })),
+        Ok(token) => Response::json_value(
+            200,
+            &json!({ "token": token, "expires_in": ttl, "user": { "id": sub, "name": name.unwrap_or_else(|| sub.clone()) } }),
+        ),
         Err(e) => Response::error(500, ErrorCode::Internal, &e.to_string()),
     }
 }
@@ -145,14 +183,21 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
         .flat_map(|(_, v)| v.split(',').map(|p| p.trim().to_string()))
         .filter(|p| !p.is_empty())
         .collect();
-    let subprotocol = offered.iter().find(|p| *p == crate::protocol::PROTOCOL).cloned();
+    let subprotocol = offered
+        .iter()
+        .find(|p| *p == crate::protocol::PROTOCOL)
+        .cloned();
     let mut user = None;
     if kind == WsKind::Native {
         let token = req
             .query_param("token")
             .filter(|t| !t.is_empty())
             .or_else(|| req.bearer().map(str::to_string))
-            .or_else(|| offered.iter().find_map(|p| p.strip_prefix("bearer.").map(str::to_string)));
+            .or_else(|| {
+                offered
+                    .iter()
+                    .find_map(|p| p.strip_prefix("bearer.").map(str::to_string))
+            });
         if let Some(token) = token {
             match ctx.auth.verify(&token) {
                 Ok(u) => user = Some(Arc::new(u)),
@@ -162,26 +207,54 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
                         AuthError::Expired => "token expired".to_string(),
                         AuthError::Invalid(m) => m,
                     };
-                    return respond(shard, slot, Response::error(401, ErrorCode::AuthFailed, &msg));
+                    return respond(
+                        shard,
+                        slot,
+                        Response::error(401, ErrorCode::AuthFailed, &msg),
+                    );
                 }
             }
         }
     }
-    let auto_join = req.query_param("room_id").filter(|r| !r.is_empty() && r.len() <= 128).map(|room_id| AutoJoin {
-        room_id,
-        room_type: req.query_param("room_type").and_then(|t| RoomType::parse(&t)),
-        room_name: req.query_param("room_name").filter(|n| !n.is_empty()),
-    });
+    let auto_join = req
+        .query_param("room_id")
+        .filter(|r| !r.is_empty() && r.len() <= 128)
+        .map(|room_id| AutoJoin {
+            room_id,
+            room_type: req
+                .query_param("room_type")
+                .and_then(|t| RoomType::parse(&t)),
+            room_name: req.query_param("room_name").filter(|n| !n.is_empty()),
+        });
     let bytes = match http::switching_protocols(&req, subprotocol.as_deref()) {
         Ok(b) => b,
         Err(r) => return respond(shard, slot, r),
     };
     if let Some(u) = &user {
-        let Some(id) = shard.conn_id(slot) else { return };
-        if ctx.hub.user_connect(&u.id, id, ctx.cfg.server.max_connections_per_user).is_err() {
-            return respond(shard, slot, Response::error(429, ErrorCode::RateLimit, "too many connections for this user"));
+        let Some(id) = shard.conn_id(slot) else {
+            return;
+        };
+        if ctx
+            .hub
+            .user_connect(&u.id, id, ctx.cfg.server.max_connections_per_user)
+            .is_err()
+        {
+            return respond(
+                shard,
+                slot,
+                Response::error(
+                    429,
+                    ErrorCode::RateLimit,
+                    "too many connections for this user",
+                ),
+            );
         }
     }
-    let up = Upgrade { kind, user, leftover: req.leftover, auto_join };
+    let up = Upgrade {
+        kind,
+        user,
+        leftover: req.leftover,
+        auto_join,
+    };
     shard.start_http_write(slot, bytes, AfterWrite::Upgrade(Box::new(up)));
 }

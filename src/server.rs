@@ -96,7 +96,13 @@ pub fn ws_config(cfg: &Config, max_message: usize, out_cap: usize) -> WebSocketC
     // writable plus one frame; this cap is a backstop, not the back-pressure mechanism.
     c.max_write_buffer_size = out_cap + cfg.ws.write_buffer_bytes + max_message + 1024;
     c.max_message_size = Some(max_message);
-    c.max_frame_size = Some(max_message.min(cfg.ws.max_frame_bytes.max(max_message.min(cfg.ws.max_frame_bytes))));
+    c.max_frame_size = Some(
+        max_message.min(
+            cfg.ws
+                .max_frame_bytes
+                .max(max_message.min(cfg.ws.max_frame_bytes)),
+        ),
+    );
     c.accept_unmasked_frames = false;
     c
 }
@@ -111,16 +117,24 @@ impl ServerHandle {
         // process default set before first use; a second call is a harmless error.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-        std::fs::create_dir_all(&cfg.store.data_dir)
-            .map_err(|source| StartError::DataDir { path: cfg.store.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&cfg.store.data_dir).map_err(|source| StartError::DataDir {
+            path: cfg.store.data_dir.display().to_string(),
+            source,
+        })?;
         let auth = Authenticator::from_config(&cfg.auth, &cfg.store.data_dir)?;
         let tls = match &cfg.tls {
             None => None,
-            Some(files) => Some(crate::transport::load_tls_config(&files.cert_file, &files.key_file).map_err(StartError::Tls)?),
+            Some(files) => Some(
+                crate::transport::load_tls_config(&files.cert_file, &files.key_file)
+                    .map_err(StartError::Tls)?,
+            ),
         };
         let metrics = Arc::new(Metrics::default());
 
-        let std_listener = bind(cfg.server.listen).map_err(|source| StartError::Listen { addr: cfg.server.listen, source })?;
+        let std_listener = bind(cfg.server.listen).map_err(|source| StartError::Listen {
+            addr: cfg.server.listen,
+            source,
+        })?;
         let addr = std_listener.local_addr()?;
 
         let n = cfg.server.shards;
@@ -157,25 +171,39 @@ impl ServerHandle {
         threads.extend(crate::llm::start_workers(&ctx)?);
         for (i, (poll, rx)) in parts.into_iter().enumerate() {
             let shard = Shard::new(i, poll, rx, ctx.clone());
-            threads.push(std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || shard.run())?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || shard.run())?,
+            );
         }
 
         let stop = Arc::new(AtomicBool::new(false));
         let poll = Poll::new()?;
         let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPT_WAKER)?);
         let mut listener = TcpListener::from_std(std_listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let acceptor = {
             let ctx = ctx.clone();
             let stop = stop.clone();
-            std::thread::Builder::new().name("acceptor".into()).spawn(move || accept_loop(poll, listener, ctx, stop))?
+            std::thread::Builder::new()
+                .name("acceptor".into())
+                .spawn(move || accept_loop(poll, listener, ctx, stop))?
         };
         info!(
             "listening on {}://{addr} with {n} shards (data dir {})",
             if ctx.tls.is_some() { "https" } else { "http" },
             ctx.cfg.store.data_dir.display()
         );
-        Ok(ServerHandle { addr, ctx, stop, acceptor_waker, threads, acceptor: Some(acceptor) })
+        Ok(ServerHandle {
+            addr,
+            ctx,
+            stop,
+            acceptor_waker,
+            threads,
+            acceptor: Some(acceptor),
+        })
     }
 
     /// Stop accepting, close every WebSocket with 1001, let in-flight writes commit,
@@ -188,8 +216,9 @@ impl ServerHandle {
         // Shards first (they stop producing work), then generations (they finish or are
         // cut at the shutdown deadline), then the store (it commits what it was given).
         let threads = std::mem::take(&mut self.threads);
-        let (shards, others): (Vec<_>, Vec<_>) =
-            threads.into_iter().partition(|t| t.thread().name().is_some_and(|n| n.starts_with("shard-")));
+        let (shards, others): (Vec<_>, Vec<_>) = threads
+            .into_iter()
+            .partition(|t| t.thread().name().is_some_and(|n| n.starts_with("shard-")));
         for t in shards {
             let _ = t.join();
         }
@@ -221,7 +250,11 @@ impl Drop for ServerHandle {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<StdListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
@@ -235,7 +268,8 @@ fn accept_loop(mut poll: Poll, listener: TcpListener, ctx: Arc<ServerCtx>, stop:
     let mut events = Events::with_capacity(64);
     let mut rr = 0usize;
     let max = ctx.cfg.server.max_connections as i64;
-    let busy = Response::error(503, ErrorCode::Busy, "server at its connection limit").with_header("Retry-After", "1");
+    let busy = Response::error(503, ErrorCode::Busy, "server at its connection limit")
+        .with_header("Retry-After", "1");
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {

@@ -21,9 +21,24 @@ pub fn send_error(shard: &mut Shard, slot: usize, code: ErrorCode, msg: &str, id
     shard.send(slot, &Event::error(code, msg, id));
 }
 
-pub fn send_error_retry(shard: &mut Shard, slot: usize, code: ErrorCode, msg: &str, id: Option<String>, retry_after: f64) {
+pub fn send_error_retry(
+    shard: &mut Shard,
+    slot: usize,
+    code: ErrorCode,
+    msg: &str,
+    id: Option<String>,
+    retry_after: f64,
+) {
     shard.ctx.metrics.error(code);
-    shard.send(slot, &Event::Error { code, error: msg.into(), id, retry_after: Some(retry_after) });
+    shard.send(
+        slot,
+        &Event::Error {
+            code,
+            error: msg.into(),
+            id,
+            retry_after: Some(retry_after),
+        },
+    );
 }
 
 /// A text frame arrived on a native connection.
@@ -33,7 +48,9 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     let max = shard.ctx.cfg.limits.rate_max_messages;
     let strikes_max = shard.ctx.cfg.limits.rate_strikes;
     let verdict = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         let v = ws.rate.check(now, window, max);
         if let Verdict::Limited { .. } = v {
             if now.duration_since(ws.strikes_window) > window {
@@ -46,11 +63,24 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     };
     if let (Verdict::Limited { retry_after_s }, strikes) = verdict {
         if strikes > strikes_max {
-            send_error(shard, slot, ErrorCode::RateLimit, "rate limit exceeded repeatedly", None);
+            send_error(
+                shard,
+                slot,
+                ErrorCode::RateLimit,
+                "rate limit exceeded repeatedly",
+                None,
+            );
             shard.close_ws(slot, close::POLICY, "rate limit abuse");
         } else {
             let id = shard.decoder.decode(text).ok().and_then(|m| m.id);
-            send_error_retry(shard, slot, ErrorCode::RateLimit, "too many messages", id, retry_after_s);
+            send_error_retry(
+                shard,
+                slot,
+                ErrorCode::RateLimit,
+                "too many messages",
+                id,
+                retry_after_s,
+            );
         }
         return;
     }
@@ -65,10 +95,22 @@ fn dispatch(shard: &mut Shard, slot: usize, inc: Incoming) {
     let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
     match msg {
         ClientMsg::Auth { token } => on_auth_message(shard, slot, &token, id),
-        ClientMsg::Ping => shard.send(slot, &Event::Pong { id, server_time: crate::protocol::now_rfc3339() }),
+        ClientMsg::Ping => shard.send(
+            slot,
+            &Event::Pong {
+                id,
+                server_time: crate::protocol::now_rfc3339(),
+            },
+        ),
         other => {
             let Some(user) = user else {
-                send_error(shard, slot, ErrorCode::AuthRequired, "authenticate first: send {\"type\":\"auth\",\"token\":\"…\"}", id);
+                send_error(
+                    shard,
+                    slot,
+                    ErrorCode::AuthRequired,
+                    "authenticate first: send {\"type\":\"auth\",\"token\":\"…\"}",
+                    id,
+                );
                 return;
             };
             crate::chat::dispatch(shard, slot, &user, id, other);
@@ -88,19 +130,46 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                     if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
                         ws.user = Some(user.clone());
                     }
-                    shard.send(slot, &Event::AuthSuccess { message: "token refreshed", user: UserInfo { id: user.id.clone(), name: user.name.clone() } });
+                    shard.send(
+                        slot,
+                        &Event::AuthSuccess {
+                            message: "token refreshed",
+                            user: UserInfo {
+                                id: user.id.clone(),
+                                name: user.name.clone(),
+                            },
+                        },
+                    );
                 }
                 Some(_) => {
                     shard.ctx.metrics.error(ErrorCode::AuthFailed);
-                    shard.send(slot, &Event::AuthError { message: "a connection cannot change user".into(), code: ErrorCode::AuthFailed });
+                    shard.send(
+                        slot,
+                        &Event::AuthError {
+                            message: "a connection cannot change user".into(),
+                            code: ErrorCode::AuthFailed,
+                        },
+                    );
                     shard.close_ws(slot, close::POLICY, "user changed");
                 }
                 None => {
-                    let Some(conn_id) = shard.conn_id(slot) else { return };
+                    let Some(conn_id) = shard.conn_id(slot) else {
+                        return;
+                    };
                     let cap = shard.ctx.cfg.server.max_connections_per_user;
                     if shard.ctx.hub.user_connect(&user.id, conn_id, cap).is_err() {
-                        send_error(shard, slot, ErrorCode::RateLimit, "too many connections for this user", id);
-                        shard.close_ws(slot, close::OVERLOADED, "too many connections for this user");
+                        send_error(
+                            shard,
+                            slot,
+                            ErrorCode::RateLimit,
+                            "too many connections for this user",
+                            id,
+                        );
+                        shard.close_ws(
+                            slot,
+                            close::OVERLOADED,
+                            "too many connections for this user",
+                        );
                         return;
                     }
                     on_authenticated(shard, slot, Arc::new(user), true, None);
@@ -114,7 +183,13 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
             };
             debug!("[s{} c{slot}] auth message refused: {message}", shard.idx);
             shard.ctx.metrics.error(ErrorCode::AuthFailed);
-            shard.send(slot, &Event::AuthError { message, code: ErrorCode::AuthFailed });
+            shard.send(
+                slot,
+                &Event::AuthError {
+                    message,
+                    code: ErrorCode::AuthFailed,
+                },
+            );
             shard.close_ws(slot, close::POLICY, "authentication failed");
         }
     }
@@ -131,26 +206,53 @@ fn set_expiry(shard: &mut Shard, slot: usize, user: &User) {
 }
 
 /// The connection now has a user (the user is already counted in the hub).
-pub fn on_authenticated(shard: &mut Shard, slot: usize, user: Arc<User>, via_message: bool, auto_join: Option<AutoJoin>) {
-    let Some(conn_id) = shard.conn_id(slot) else { return };
+pub fn on_authenticated(
+    shard: &mut Shard,
+    slot: usize,
+    user: Arc<User>,
+    via_message: bool,
+    auto_join: Option<AutoJoin>,
+) {
+    let Some(conn_id) = shard.conn_id(slot) else {
+        return;
+    };
     {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
         ws.user = Some(user.clone());
         ws.auth_deadline = None;
     }
     set_expiry(shard, slot, &user);
-    let info = UserInfo { id: user.id.clone(), name: user.name.clone() };
+    let info = UserInfo {
+        id: user.id.clone(),
+        name: user.name.clone(),
+    };
     if via_message {
-        shard.send(slot, &Event::AuthSuccess { message: "Authentication successful", user: info.clone() });
+        shard.send(
+            slot,
+            &Event::AuthSuccess {
+                message: "Authentication successful",
+                user: info.clone(),
+            },
+        );
     }
     crate::chat::on_connected(shard, slot, conn_id, &user, auto_join);
 }
 
 /// The first event of every authenticated connection.
-pub fn connected_event(shard: &Shard, conn_id: ConnId, user: &User, rooms: Vec<crate::protocol::RoomSummary>) -> Event {
+pub fn connected_event(
+    shard: &Shard,
+    conn_id: ConnId,
+    user: &User,
+    rooms: Vec<crate::protocol::RoomSummary>,
+) -> Event {
     Event::Connected {
         connection_id: conn_id.to_string(),
-        user: UserInfo { id: user.id.clone(), name: user.name.clone() },
+        user: UserInfo {
+            id: user.id.clone(),
+            name: user.name.clone(),
+        },
         server_time: crate::protocol::now_rfc3339(),
         protocol: crate::protocol::PROTOCOL,
         heartbeat_interval: shard.ctx.cfg.ws.heartbeat_interval.as_secs().max(1),
@@ -159,7 +261,13 @@ pub fn connected_event(shard: &Shard, conn_id: ConnId, user: &User, rooms: Vec<c
 }
 
 /// A native connection went away: forget it everywhere else.
-pub fn on_disconnect(shard: &mut Shard, id: ConnId, user: &Arc<User>, rooms: Vec<(Arc<str>, Arc<str>)>, typing: Vec<Arc<str>>) {
+pub fn on_disconnect(
+    shard: &mut Shard,
+    id: ConnId,
+    user: &Arc<User>,
+    rooms: Vec<(Arc<str>, Arc<str>)>,
+    typing: Vec<Arc<str>>,
+) {
     let left = shard.ctx.hub.user_disconnect(&user.id, id);
     crate::chat::on_disconnect(shard, id, user, left, rooms, typing);
 }
@@ -167,8 +275,15 @@ pub fn on_disconnect(shard: &mut Shard, id: ConnId, user: &Arc<User>, rooms: Vec
 /// Typing indicators that were not refreshed expire.
 pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
     let expired: Vec<Arc<str>> = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else { return };
-        let e: Vec<Arc<str>> = ws.typing.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
+        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            return;
+        };
+        let e: Vec<Arc<str>> = ws
+            .typing
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in &e {
             ws.typing.remove(k);
         }

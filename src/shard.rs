@@ -72,7 +72,11 @@ pub enum TopicKind {
     /// A stored message changed (streaming status, final content).
     Updated { message_id: i64 },
     /// A token delta of a streaming reply.
-    Token { message_id: i64, index: u64, text: Arc<str> },
+    Token {
+        message_id: i64,
+        index: u64,
+        text: Arc<str>,
+    },
     /// The end of a streaming reply.
     Complete { message_id: i64 },
     /// Typing, presence, receipts, room notices: not part of the log.
@@ -148,7 +152,9 @@ impl Shards {
     /// Blocking send: only for threads that are not shards (workers, the store writer).
     /// A full inbox applies back-pressure to the sender.
     pub fn send(&self, shard: usize, msg: ShardMsg) {
-        let Some(h) = self.handles.get(shard) else { return };
+        let Some(h) = self.handles.get(shard) else {
+            return;
+        };
         if h.tx.send(msg).is_ok() {
             self.wake(h);
         }
@@ -157,7 +163,9 @@ impl Shards {
     /// Never blocks: a full inbox drops the message (counted). For shard threads and
     /// ephemeral events.
     pub fn try_send(&self, shard: usize, msg: ShardMsg) -> bool {
-        let Some(h) = self.handles.get(shard) else { return false };
+        let Some(h) = self.handles.get(shard) else {
+            return false;
+        };
         match h.tx.try_send(msg) {
             Ok(()) => {
                 self.wake(h);
@@ -187,7 +195,15 @@ pub fn shard_parts() -> io::Result<(ShardHandle, Poll, Receiver<ShardMsg>)> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
-    Ok((ShardHandle { tx, waker, notified: AtomicBool::new(false) }, poll, rx))
+    Ok((
+        ShardHandle {
+            tx,
+            waker,
+            notified: AtomicBool::new(false),
+        },
+        poll,
+        rx,
+    ))
 }
 
 pub struct Shard {
@@ -236,7 +252,11 @@ impl Shard {
     }
 
     pub fn conn_id(&self, slot: usize) -> Option<ConnId> {
-        self.conns.get(slot).map(|c| ConnId { shard: self.idx as u16, slot: slot as u32, gen: c.gen })
+        self.conns.get(slot).map(|c| ConnId {
+            shard: self.idx as u16,
+            slot: slot as u32,
+            gen: c.gen,
+        })
     }
 
     /// The slot of `id` if it still names a live connection of this shard.
@@ -258,7 +278,10 @@ impl Shard {
             } else {
                 let t = self.timers.timeout(now);
                 match self.shutdown_at {
-                    Some(_) => Some(t.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50))),
+                    Some(_) => Some(
+                        t.unwrap_or(Duration::from_millis(50))
+                            .min(Duration::from_millis(50)),
+                    ),
                     None => t,
                 }
             };
@@ -301,7 +324,10 @@ impl Shard {
         for slot in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
             self.remove(slot, close::GOING_AWAY);
         }
-        info!("shard {} stopped ({} connections dropped at the deadline)", self.idx, left);
+        info!(
+            "shard {} stopped ({} connections dropped at the deadline)",
+            self.idx, left
+        );
     }
 
     // ------------------------------------------------------------ inbox
@@ -363,7 +389,11 @@ impl Shard {
         }
         self.shutdown_at = Some(Instant::now() + self.ctx.cfg.server.shutdown_timeout);
         let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        info!("shard {}: shutting down, closing {} connections", self.idx, slots.len());
+        info!(
+            "shard {}: shutting down, closing {} connections",
+            self.idx,
+            slots.len()
+        );
         for slot in slots {
             match self.conns[slot].phase {
                 Phase::Ws(_) => self.close_ws(slot, close::GOING_AWAY, "server shutting down"),
@@ -407,7 +437,11 @@ impl Shard {
         // Edge-triggered, both directions, once: a writable edge only fires after the
         // socket was full, so this costs no wakeups in steady state and saves an
         // epoll_ctl per blocked write.
-        if let Err(e) = self.poll.registry().register(conn.io.socket_mut(), Token(slot + CONN_OFFSET), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            conn.io.socket_mut(),
+            Token(slot + CONN_OFFSET),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!("shard {}: register {peer}: {e}", self.idx);
             self.conns.remove(slot);
             self.uncount();
@@ -424,11 +458,16 @@ impl Shard {
         loop {
             guard += 1;
             if guard > LOOP_GUARD {
-                warn!("[s{} c{slot}] probable infinite loop bug: closing the connection", self.idx);
+                warn!(
+                    "[s{} c{slot}] probable infinite loop bug: closing the connection",
+                    self.idx
+                );
                 self.remove(slot, close::INTERNAL);
                 return;
             }
-            let Some(conn) = self.conns.get_mut(slot) else { return };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
             let r = match &mut conn.phase {
                 Phase::Head(_) if readable => self.read_head(slot),
                 Phase::Head(_) | Phase::HttpWait => Io::Blocked,
@@ -462,7 +501,9 @@ impl Shard {
         let max_head = self.ctx.cfg.server.max_header_bytes;
         let max_body = self.ctx.cfg.server.max_body_bytes;
         let conn = &mut self.conns[slot];
-        let Phase::Head(buf) = &mut conn.phase else { return Io::Blocked };
+        let Phase::Head(buf) = &mut conn.phase else {
+            return Io::Blocked;
+        };
         let mut chunk = [0u8; 4096];
         loop {
             match conn.io.read(&mut chunk) {
@@ -501,7 +542,11 @@ impl Shard {
     /// Answer a request: write `bytes`, then close or upgrade.
     pub fn start_http_write(&mut self, slot: usize, bytes: Vec<u8>, then: AfterWrite) {
         if let Some(c) = self.conns.get_mut(slot) {
-            c.phase = Phase::HttpWrite { buf: bytes, pos: 0, then };
+            c.phase = Phase::HttpWrite {
+                buf: bytes,
+                pos: 0,
+                then,
+            };
             // Written on the next drive (right away when called from a drive; else the
             // connection goes on the pending list).
             if !c.pending {
@@ -519,7 +564,9 @@ impl Shard {
 
     fn write_http(&mut self, slot: usize) -> Io {
         let conn = &mut self.conns[slot];
-        let Phase::HttpWrite { buf, pos, .. } = &mut conn.phase else { return Io::Blocked };
+        let Phase::HttpWrite { buf, pos, .. } = &mut conn.phase else {
+            return Io::Blocked;
+        };
         while *pos < buf.len() {
             match conn.io.write(&buf[*pos..]) {
                 Ok(0) => return Io::Closed,
@@ -534,7 +581,9 @@ impl Shard {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
             Err(_) => return Io::Closed,
         }
-        let Phase::HttpWrite { then, .. } = std::mem::replace(&mut conn.phase, Phase::Done) else { return Io::Closed };
+        let Phase::HttpWrite { then, .. } = std::mem::replace(&mut conn.phase, Phase::Done) else {
+            return Io::Closed;
+        };
         match then {
             AfterWrite::Close => {
                 conn.io.send_close_notify();
@@ -597,8 +646,12 @@ impl Shard {
                 return Io::Blocked;
             }
             let (res, closing, kind) = {
-                let Some(conn) = self.conns.get_mut(slot) else { return Io::Blocked };
-                let Phase::Ws(ws) = &mut conn.phase else { return Io::Blocked };
+                let Some(conn) = self.conns.get_mut(slot) else {
+                    return Io::Blocked;
+                };
+                let Phase::Ws(ws) = &mut conn.phase else {
+                    return Io::Blocked;
+                };
                 let r = ws.ctx.read(&mut conn.io);
                 if r.is_ok() {
                     ws.pong_deadline = None; // any frame proves the peer alive
@@ -649,7 +702,8 @@ impl Shard {
                     return Io::Blocked;
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
                     self.remove(slot, close::NORMAL);
                     return Io::Blocked;
                 }
@@ -682,7 +736,9 @@ impl Shard {
     fn echo_binary(&mut self, slot: usize, b: tungstenite::Bytes) {
         let full = {
             let conn = &mut self.conns[slot];
-            let Phase::Ws(ws) = &mut conn.phase else { return };
+            let Phase::Ws(ws) = &mut conn.phase else {
+                return;
+            };
             match ws.ctx.write(&mut conn.io, Message::Binary(b)) {
                 Ok(()) => false,
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -703,8 +759,12 @@ impl Shard {
     /// Write queued events until the queue is empty or the socket is full.
     fn flush_ws(&mut self, slot: usize) -> Io {
         let metrics = &self.ctx.metrics;
-        let Some(conn) = self.conns.get_mut(slot) else { return Io::Closed };
-        let Phase::Ws(ws) = &mut conn.phase else { return Io::Blocked };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Io::Closed;
+        };
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return Io::Blocked;
+        };
         if ws.blocked {
             return Io::Blocked;
         }
@@ -760,7 +820,9 @@ impl Shard {
 
     fn flush_dirty(&mut self) {
         for slot in std::mem::take(&mut self.dirty) {
-            let Some(c) = self.conns.get_mut(slot) else { continue };
+            let Some(c) = self.conns.get_mut(slot) else {
+                continue;
+            };
             c.dirty = false;
             if let Io::Closed = self.flush_ws(slot) {
                 let code = match self.conns.get(slot).map(|c| &c.phase) {
@@ -776,8 +838,12 @@ impl Shard {
 
     /// Queue an event for a connection; a slow consumer over its cap is closed with 1013.
     pub fn queue(&mut self, slot: usize, item: OutItem) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
-        let Phase::Ws(ws) = &mut conn.phase else { return };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
         if ws.closing() {
             return;
         }
@@ -793,9 +859,17 @@ impl Shard {
                 self.ctx.metrics.token_merges.fetch_add(1, Relaxed);
             }
             Err(Overflow) => {
-                info!("[s{} c{slot}] slow consumer: {} bytes queued, closing 1013", self.idx, ws.out.bytes());
+                info!(
+                    "[s{} c{slot}] slow consumer: {} bytes queued, closing 1013",
+                    self.idx,
+                    ws.out.bytes()
+                );
                 ws.out.clear();
-                self.close_ws(slot, close::OVERLOADED, "slow consumer: outbound queue over its cap");
+                self.close_ws(
+                    slot,
+                    close::OVERLOADED,
+                    "slow consumer: outbound queue over its cap",
+                );
                 return;
             }
         }
@@ -809,7 +883,9 @@ impl Shard {
     /// Start the close handshake: what is queued still goes out first (except for a slow
     /// consumer, whose queue was dropped), then the close frame.
     pub fn close_ws(&mut self, slot: usize, code: u16, reason: &str) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         let Phase::Ws(ws) = &mut conn.phase else {
             self.remove(slot, code);
             return;
@@ -830,7 +906,10 @@ impl Shard {
             }
         }
         ws.out.clear();
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_string().into(),
+        };
         let _ = ws.ctx.close(&mut conn.io, Some(frame));
         ws.close_deadline = Some(Instant::now() + Duration::from_secs(2));
         ws.blocked = false;
@@ -842,11 +921,21 @@ impl Shard {
 
     /// Drop a connection and everything that refers to it.
     pub fn remove(&mut self, slot: usize, code: u16) {
-        let Some(mut conn) = self.conns.try_remove(slot) else { return };
+        let Some(mut conn) = self.conns.try_remove(slot) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(conn.io.socket_mut());
         self.uncount();
-        let id = ConnId { shard: self.idx as u16, slot: slot as u32, gen: conn.gen };
-        if let Phase::HttpWrite { then: AfterWrite::Upgrade(up), .. } = &conn.phase {
+        let id = ConnId {
+            shard: self.idx as u16,
+            slot: slot as u32,
+            gen: conn.gen,
+        };
+        if let Phase::HttpWrite {
+            then: AfterWrite::Upgrade(up),
+            ..
+        } = &conn.phase
+        {
             // Counted at upgrade time; the 101 never finished.
             if let Some(u) = &up.user {
                 self.ctx.hub.user_disconnect(&u.id, id);
@@ -859,7 +948,11 @@ impl Shard {
                 self.ctx.metrics.close(code);
             }
             let subs: Vec<Arc<str>> = ws.subs.keys().cloned().collect();
-            let rooms: Vec<(Arc<str>, Arc<str>)> = ws.rooms.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+            let rooms: Vec<(Arc<str>, Arc<str>)> = ws
+                .rooms
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect();
             let typing: Vec<Arc<str>> = ws.typing.keys().cloned().collect();
             let user = ws.user.clone();
             for conv in subs {
@@ -885,7 +978,9 @@ impl Shard {
     }
 
     pub fn topic_local_remove(&mut self, conv: &str, slot: usize) {
-        let Some(list) = self.topics.get_mut(conv) else { return };
+        let Some(list) = self.topics.get_mut(conv) else {
+            return;
+        };
         let before = list.len();
         list.retain(|s| *s != slot);
         if list.len() < before {
@@ -898,7 +993,9 @@ impl Shard {
 
     fn deliver_topic(&mut self, ev: Arc<TopicEvent>) {
         let idx = self.idx;
-        let Some(list) = self.topics.get(&ev.conversation_id) else { return };
+        let Some(list) = self.topics.get(&ev.conversation_id) else {
+            return;
+        };
         let slots = list.clone();
         for slot in slots {
             enum Then {
@@ -907,11 +1004,16 @@ impl Shard {
                 Overloaded,
             }
             let then = {
-                let Some(conn) = self.conns.get_mut(slot) else { continue };
+                let Some(conn) = self.conns.get_mut(slot) else {
+                    continue;
+                };
                 let gen = conn.gen;
-                let Phase::Ws(ws) = &mut conn.phase else { continue };
-                let excluded = ev.exclude.is_some_and(|x| x.shard as usize == idx && x.slot as usize == slot && x.gen == gen)
-                    || matches!((&ws.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
+                let Phase::Ws(ws) = &mut conn.phase else {
+                    continue;
+                };
+                let excluded = ev.exclude.is_some_and(|x| {
+                    x.shard as usize == idx && x.slot as usize == slot && x.gen == gen
+                }) || matches!((&ws.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
                 match ws.subs.get_mut(&ev.conversation_id) {
                     _ if excluded => Then::Skip,
                     Some(Sub::Pending { buffered }) => {
@@ -930,7 +1032,9 @@ impl Shard {
                             *last_seq = *seq;
                             Then::Deliver
                         }
-                        TopicKind::Token { message_id, .. } | TopicKind::Updated { message_id } | TopicKind::Complete { message_id }
+                        TopicKind::Token { message_id, .. }
+                        | TopicKind::Updated { message_id }
+                        | TopicKind::Complete { message_id }
                             if finals.contains(message_id) =>
                         {
                             Then::Skip
@@ -942,10 +1046,17 @@ impl Shard {
             };
             match then {
                 Then::Skip => {}
-                Then::Overloaded => self.close_ws(slot, close::OVERLOADED, "too many events during replay"),
+                Then::Overloaded => {
+                    self.close_ws(slot, close::OVERLOADED, "too many events during replay")
+                }
                 Then::Deliver => {
                     if let TopicKind::RoomClosed { room_id } = &ev.kind {
-                        crate::session::room_closed_locally(self, slot, room_id.clone(), ev.conversation_id.clone());
+                        crate::session::room_closed_locally(
+                            self,
+                            slot,
+                            room_id.clone(),
+                            ev.conversation_id.clone(),
+                        );
                     }
                     self.queue(slot, topic_item(&ev));
                 }
@@ -957,8 +1068,12 @@ impl Shard {
 
     /// Make sure the timer heap holds this connection's earliest deadline.
     pub fn rearm(&mut self, slot: usize) {
-        let Some(c) = self.conns.get_mut(slot) else { return };
-        let Some(next) = c.next_deadline() else { return };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Some(next) = c.next_deadline() else {
+            return;
+        };
         if c.armed.is_none_or(|a| next < a) {
             c.armed = Some(next);
             self.timers.arm(next, slot, c.gen);
@@ -968,7 +1083,9 @@ impl Shard {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(e) = self.timers.pop_due(now) {
-            let Some(c) = self.conns.get_mut(e.slot) else { continue };
+            let Some(c) = self.conns.get_mut(e.slot) else {
+                continue;
+            };
             if c.gen != e.gen || c.armed != Some(e.at) {
                 continue; // stale entry
             }
@@ -992,8 +1109,15 @@ impl Shard {
             Heartbeat { event: bool },
         }
         let then = {
-            let Some(conn) = self.conns.get_mut(slot) else { return };
-            let Conn { io, phase, head_deadline, .. } = conn;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let Conn {
+                io,
+                phase,
+                head_deadline,
+                ..
+            } = conn;
             match phase {
                 Phase::Head(buf) if now >= *head_deadline => {
                     if buf.is_empty() {
@@ -1004,11 +1128,17 @@ impl Shard {
                     }
                 }
                 Phase::HttpWait | Phase::HttpWrite { .. } if now >= *head_deadline => Then::Remove,
-                Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } | Phase::Done => Then::Nothing,
+                Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } | Phase::Done => {
+                    Then::Nothing
+                }
                 Phase::Ws(ws) => {
                     if let Some(d) = ws.close_deadline {
                         // The peer never answered our close frame.
-                        if now >= d { Then::Remove } else { Then::Nothing }
+                        if now >= d {
+                            Then::Remove
+                        } else {
+                            Then::Nothing
+                        }
                     } else if ws.auth_deadline.is_some_and(|d| now >= d) {
                         ws.auth_deadline = None;
                         Then::AuthTimeout
@@ -1029,7 +1159,9 @@ impl Shard {
                             ws.pong_deadline = Some(now + pong);
                         }
                         let _ = ws.ctx.write(io, Message::Ping(Default::default()));
-                        Then::Heartbeat { event: ws.kind == WsKind::Native && ws.user.is_some() }
+                        Then::Heartbeat {
+                            event: ws.kind == WsKind::Native && ws.user.is_some(),
+                        }
                     } else {
                         Then::Nothing
                     }
@@ -1044,16 +1176,30 @@ impl Shard {
                 return;
             }
             Then::RequestTimeout => {
-                let r = Response::error(408, crate::protocol::ErrorCode::BadRequest, "request timeout");
+                let r = Response::error(
+                    408,
+                    crate::protocol::ErrorCode::BadRequest,
+                    "request timeout",
+                );
                 self.start_http_write(slot, r.to_bytes(), AfterWrite::Close);
             }
             Then::AuthTimeout => {
-                self.send(slot, &Event::AuthError { message: "no auth message in time".into(), code: crate::protocol::ErrorCode::AuthRequired });
+                self.send(
+                    slot,
+                    &Event::AuthError {
+                        message: "no auth message in time".into(),
+                        code: crate::protocol::ErrorCode::AuthRequired,
+                    },
+                );
                 self.close_ws(slot, close::POLICY, "authentication timeout");
                 return;
             }
             Then::WarnExpiry => {
-                let e = Event::error(crate::protocol::ErrorCode::TokenExpired, "token expired: send a fresh {\"type\":\"auth\"} to stay connected", None);
+                let e = Event::error(
+                    crate::protocol::ErrorCode::TokenExpired,
+                    "token expired: send a fresh {\"type\":\"auth\"} to stay connected",
+                    None,
+                );
                 self.send(slot, &e);
             }
             Then::CloseExpired => {
@@ -1062,7 +1208,12 @@ impl Shard {
             }
             Then::Heartbeat { event } => {
                 if event {
-                    self.send(slot, &Event::Heartbeat { server_time: crate::protocol::now_rfc3339() });
+                    self.send(
+                        slot,
+                        &Event::Heartbeat {
+                            server_time: crate::protocol::now_rfc3339(),
+                        },
+                    );
                 }
                 self.mark_dirty(slot);
             }
@@ -1074,7 +1225,11 @@ impl Shard {
 /// The queue item for one subscriber: token events stay mergeable, the rest are shared.
 pub fn topic_item(ev: &TopicEvent) -> OutItem {
     match &ev.kind {
-        TopicKind::Token { message_id, index, text } => OutItem::Token(TokenItem {
+        TopicKind::Token {
+            message_id,
+            index,
+            text,
+        } => OutItem::Token(TokenItem {
             conversation_id: ev.conversation_id.clone(),
             message_id: *message_id,
             index: *index,

@@ -29,7 +29,9 @@ impl Timers {
 
     /// Time until the next entry, or `None` when there is none.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        self.heap.peek().map(|Reverse(e)| e.at.saturating_duration_since(now))
+        self.heap
+            .peek()
+            .map(|Reverse(e)| e.at.saturating_duration_since(now))
     }
 
     /// Pop one entry that is due at `now`.

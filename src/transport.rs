@@ -25,7 +25,11 @@ pub struct TlsStream {
 impl Transport {
     pub fn tls(sock: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Transport> {
         let tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Transport::Tls(Box::new(TlsStream { sock, tls, eof: false })))
+        Ok(Transport::Tls(Box::new(TlsStream {
+            sock,
+            tls,
+            eof: false,
+        })))
     }
 
     pub fn socket(&self) -> &TcpStream {
@@ -154,14 +158,22 @@ impl Write for Transport {
 }
 
 /// Build the rustls server config from PEM files (TLS 1.2 and 1.3, aws-lc-rs provider).
-pub fn load_tls_config(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs_pem = std::fs::read(cert_file).map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
-    let key_pem = std::fs::read(key_file).map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?;
+pub fn load_tls_config(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs_pem = std::fs::read(cert_file)
+        .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
+    let key_pem =
+        std::fs::read(key_file).map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &certs_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
     if certs.is_empty() {
-        return Err(format!("tls.cert_file {}: no certificate found", cert_file.display()));
+        return Err(format!(
+            "tls.cert_file {}: no certificate found",
+            cert_file.display()
+        ));
     }
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?

@@ -15,16 +15,33 @@ fn the_test_page_streams_resumes_after_a_reload_and_stops() {
     let required = std::env::var("CONFAB_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let have_node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    let ready = have_node && Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
+    let have_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ready = have_node
+        && Path::new(&chromium).exists()
+        && dir.join("node_modules/playwright-core").exists();
     if !ready {
-        assert!(!required, "browser test required but node, {chromium} or tests/browser/node_modules is missing");
+        assert!(
+            !required,
+            "browser test required but node, {chromium} or tests/browser/node_modules is missing"
+        );
         eprintln!("SKIPPED: browser test needs node, {chromium} and `npm install` in tests/browser (CI installs them)");
         return;
     }
     let s = TestServer::start("browser", |c| c.llm.demo_tokens_per_s = 15.0);
-    let out = Command::new("node").arg(dir.join("page.test.js")).arg(format!("http://{}/", s.addr)).env("CHROMIUM", &chromium).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("node")
+        .arg(dir.join("page.test.js"))
+        .arg(format!("http://{}/", s.addr))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("browser test passed"), "{text}");
 }

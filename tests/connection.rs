@@ -25,13 +25,17 @@ fn each_auth_path_reaches_connected() {
 
     // Authorization header.
     let mut req = s.url("/v1/ws").into_client_request().unwrap();
-    req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     let mut c = Client::connect_req(req).unwrap();
     c.recv_type("connected");
 
     // Subprotocol list: the server selects confab.v1.
     let mut req = s.url("/v1/ws").into_client_request().unwrap();
-    req.headers_mut().insert("Sec-WebSocket-Protocol", format!("confab.v1, bearer.{t}").parse().unwrap());
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("confab.v1, bearer.{t}").parse().unwrap(),
+    );
     let mut c = Client::connect_req(req).unwrap();
     c.recv_type("connected");
 
@@ -50,13 +54,38 @@ fn bad_expired_none_and_wrong_key_tokens_are_refused_with_401() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let now = confab::auth::now_s();
-    let none = format!("{}.{}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#), b64.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now + 100)));
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now + 100))
+    );
     let claims = json!({"sub": "u", "exp": now - 5});
-    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"test-secret")).unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap();
     let claims = json!({"sub": "u", "exp": now + 100});
-    let wrong_key = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"other")).unwrap();
-    let no_exp = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"sub": "u"}), &jsonwebtoken::EncodingKey::from_secret(b"test-secret")).unwrap();
-    for bad in ["garbage", none.as_str(), expired.as_str(), wrong_key.as_str(), no_exp.as_str()] {
+    let wrong_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"other"),
+    )
+    .unwrap();
+    let no_exp = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "u"}),
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap();
+    for bad in [
+        "garbage",
+        none.as_str(),
+        expired.as_str(),
+        wrong_key.as_str(),
+        no_exp.as_str(),
+    ] {
         let (status, body) = upgrade_status(&s.url(&format!("/v1/ws?token={bad}")));
         assert_eq!(status, 401, "token {bad}");
         assert_eq!(body["code"], "AUTH_FAILED", "{body}");
@@ -75,11 +104,16 @@ fn a_bad_auth_message_gets_auth_error_and_close_1008() {
 
 #[test]
 fn messages_before_auth_get_auth_required_and_a_silent_client_is_closed_1008() {
-    let s = TestServer::start("auth-silent", |c| c.auth.auth_timeout = Duration::from_millis(300));
+    let s = TestServer::start("auth-silent", |c| {
+        c.auth.auth_timeout = Duration::from_millis(300)
+    });
     let mut c = Client::connect(&s.url("/v1/ws")).unwrap();
     c.send(json!({"type": "chat", "id": "x", "message": "hi"}));
     let e = c.recv();
-    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("AUTH_REQUIRED"), Some("x")));
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("AUTH_REQUIRED"), Some("x"))
+    );
     assert_eq!(c.expect_close(), 1008);
 }
 
@@ -93,7 +127,10 @@ fn malformed_input_is_bad_request_and_the_connection_stays_usable() {
         ("\"just a string\"", None),
         (r#"{"type":"no_such_type","id":"q1"}"#, Some("q1")),
         (r#"{"type":"subscribe","id":"q2"}"#, Some("q2")),
-        (r#"{"type":"read","id":"q3","conversation_id":"c","seq":"x"}"#, Some("q3")),
+        (
+            r#"{"type":"read","id":"q3","conversation_id":"c","seq":"x"}"#,
+            Some("q3"),
+        ),
         (r#"{"id":"q4"}"#, Some("q4")),
     ] {
         c.send_text(text);
@@ -106,7 +143,10 @@ fn malformed_input_is_bad_request_and_the_connection_stays_usable() {
     assert_eq!(c.recv()["code"], "BAD_REQUEST");
     c.send(json!({"type": "ping", "id": "p"}));
     let p = c.recv();
-    assert_eq!((p["type"].as_str(), p["id"].as_str()), (Some("pong"), Some("p")));
+    assert_eq!(
+        (p["type"].as_str(), p["id"].as_str()),
+        (Some("pong"), Some("p"))
+    );
     assert!(p["server_time"].as_str().unwrap().ends_with('Z'));
 }
 
@@ -117,7 +157,10 @@ fn an_oversized_message_is_closed_with_1009() {
         c.ws.max_frame_bytes = 1024;
     });
     let mut c = s.client("big");
-    c.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4000)));
+    c.send_text(&format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(4000)
+    ));
     assert_eq!(c.expect_close(), 1009);
 }
 
@@ -135,7 +178,10 @@ fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
     sock.connect(&s.addr.into()).unwrap();
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let req = s.url(&format!("/v1/ws?token={t}")).into_client_request().unwrap();
+    let req = s
+        .url(&format!("/v1/ws?token={t}"))
+        .into_client_request()
+        .unwrap();
     let (mut ws, _) = tungstenite::client(req, stream).unwrap();
     let before = rss_kib();
     // Every ping makes the server queue a pong; we never read them.
@@ -149,7 +195,9 @@ fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
         if sent > 2_000_000 {
             break false;
         }
-        if sent % 20000 == 0 && s.ctx().metrics.closes[8].load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if sent % 20000 == 0
+            && s.ctx().metrics.closes[8].load(std::sync::atomic::Ordering::Relaxed) > 0
+        {
             break true;
         }
     };
@@ -223,7 +271,13 @@ fn two_thousand_concurrent_connections_are_each_answered() {
         c.recv_type("connected");
         clients.push(c);
     }
-    assert_eq!(s.ctx().metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed), 2000);
+    assert_eq!(
+        s.ctx()
+            .metrics
+            .ws_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2000
+    );
     for (i, c) in clients.iter_mut().enumerate() {
         c.send(json!({"type": "ping", "id": i.to_string()}));
     }
@@ -232,7 +286,12 @@ fn two_thousand_concurrent_connections_are_each_answered() {
         assert_eq!(p["id"], i.to_string());
     }
     // Both shards carry load.
-    let loads: Vec<usize> = s.ctx().shard_load.iter().map(|l| l.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let loads: Vec<usize> = s
+        .ctx()
+        .shard_load
+        .iter()
+        .map(|l| l.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
     assert!(loads.iter().all(|l| *l >= 900), "{loads:?}");
 }
 
@@ -268,10 +327,15 @@ fn garbage_and_oversized_http_heads_get_4xx() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let mut sock = TcpStream::connect(s.addr).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = sock.write_all(format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)).as_bytes());
+    let _ = sock
+        .write_all(format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)).as_bytes());
     let mut out = Vec::new();
     let _ = sock.read_to_end(&mut out);
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[test]
@@ -364,7 +428,12 @@ fn the_echo_path_echoes_text_and_binary_without_auth() {
 #[test]
 fn dev_tokens_are_minted_on_loopback_and_bearer_tokens_exchanged() {
     let s = TestServer::start("dev-token", |_| {});
-    let (st, body) = s.http("POST", "/v1/token", None, Some(&json!({"sub": "dev", "name": "Dev"})));
+    let (st, body) = s.http(
+        "POST",
+        "/v1/token",
+        None,
+        Some(&json!({"sub": "dev", "name": "Dev"})),
+    );
     assert_eq!(st, 200, "{body}");
     let tok = body["token"].as_str().unwrap().to_string();
     assert!(body["expires_in"].as_u64().unwrap() > 0);

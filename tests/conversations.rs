@@ -33,10 +33,23 @@ fn a_chat_is_acked_after_commit_with_conversation_message_and_seq() {
     assert!(a1["message_id"].as_i64().unwrap() > 0);
     assert!(a1["timestamp"].as_str().unwrap().ends_with('Z'));
     let a2 = chat(&mut c, "m2", Some(&conv), "second");
-    assert_eq!((a2["conversation_id"].as_str(), a2["seq"].as_i64()), (Some(conv.as_str()), Some(2)));
-    let (st, h) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("ann")), None);
+    assert_eq!(
+        (a2["conversation_id"].as_str(), a2["seq"].as_i64()),
+        (Some(conv.as_str()), Some(2))
+    );
+    let (st, h) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&s.token("ann")),
+        None,
+    );
     assert_eq!(st, 200, "{h}");
-    let texts: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["first", "second"]);
 }
 
@@ -55,7 +68,12 @@ fn a_retried_chat_id_returns_the_original_ack_and_stores_nothing_twice() {
     let mut c2 = s.client("ivy");
     let d = chat(&mut c2, "same-id", Some(&conv), "hello");
     assert_eq!(d["message_id"], a["message_id"]);
-    let (_, h) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("ivy")), None);
+    let (_, h) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&s.token("ivy")),
+        None,
+    );
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
     // Another user's same id is a different message.
     let mut other = s.client("jay");
@@ -67,18 +85,31 @@ fn a_retried_chat_id_returns_the_original_ack_and_stores_nothing_twice() {
 fn empty_forbidden_and_unknown_conversations_are_errors() {
     let s = TestServer::start("chat-errors", |_| {});
     let mut a = s.client("owner");
-    let conv = chat(&mut a, "x", None, "mine")["conversation_id"].as_str().unwrap().to_string();
+    let conv = chat(&mut a, "x", None, "mine")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     a.send(json!({"type": "chat", "id": "e", "message": "  \n "}));
     assert_eq!(a.recv_type("error")["code"], "EMPTY_MESSAGE");
     let mut b = s.client("intruder");
-    b.send(json!({"type": "chat", "id": "f", "message": "hi", "conversation_id": conv, "ai": false}));
+    b.send(
+        json!({"type": "chat", "id": "f", "message": "hi", "conversation_id": conv, "ai": false}),
+    );
     let e = b.recv_type("error");
-    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("FORBIDDEN"), Some("f")));
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("FORBIDDEN"), Some("f"))
+    );
     b.send(json!({"type": "chat", "id": "g", "message": "hi", "conversation_id": "c_nope", "ai": false}));
     assert_eq!(b.recv_type("error")["code"], "NOT_FOUND");
     b.send(json!({"type": "subscribe", "id": "h", "conversation_id": conv}));
     assert_eq!(b.recv_type("error")["code"], "FORBIDDEN");
-    let (st, _) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("intruder")), None);
+    let (st, _) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&s.token("intruder")),
+        None,
+    );
     assert_eq!(st, 403);
     // The intruder never saw the owner's messages.
     a.send(json!({"type": "chat", "id": "y", "message": "private", "conversation_id": conv, "ai": false}));
@@ -90,27 +121,58 @@ fn empty_forbidden_and_unknown_conversations_are_errors() {
 fn a_second_connection_on_another_shard_replays_then_follows_live() {
     let s = TestServer::start("sync", |c| c.server.shards = 2);
     let mut tab1 = s.client("sam");
-    let conv = chat(&mut tab1, "1", None, "one")["conversation_id"].as_str().unwrap().to_string();
+    let conv = chat(&mut tab1, "1", None, "one")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     chat(&mut tab1, "2", Some(&conv), "two");
     let mut tab2 = s.client("sam");
     tab2.send(json!({"type": "subscribe", "id": "s", "conversation_id": conv, "after_seq": 0}));
     let r1 = tab2.recv();
     let r2 = tab2.recv();
-    assert_eq!((r1["type"].as_str(), r1["replayed"].as_bool(), r1["message"]["seq"].as_i64()), (Some("message_added"), Some(true), Some(1)));
+    assert_eq!(
+        (
+            r1["type"].as_str(),
+            r1["replayed"].as_bool(),
+            r1["message"]["seq"].as_i64()
+        ),
+        (Some("message_added"), Some(true), Some(1))
+    );
     assert_eq!(r2["message"]["content"], "two");
     let sub = tab2.recv();
-    assert_eq!((sub["type"].as_str(), sub["last_seq"].as_i64(), sub["id"].as_str()), (Some("subscribed"), Some(2), Some("s")));
+    assert_eq!(
+        (
+            sub["type"].as_str(),
+            sub["last_seq"].as_i64(),
+            sub["id"].as_str()
+        ),
+        (Some("subscribed"), Some(2), Some("s"))
+    );
     // Live: a message from tab1 reaches tab2 (tab1 itself gets only its ack).
     chat(&mut tab1, "3", Some(&conv), "three");
     let live = tab2.recv_type("message_added");
-    assert_eq!((live["message"]["seq"].as_i64(), live["message"]["content"].as_str()), (Some(3), Some("three")));
+    assert_eq!(
+        (
+            live["message"]["seq"].as_i64(),
+            live["message"]["content"].as_str()
+        ),
+        (Some(3), Some("three"))
+    );
     assert!(live.get("replayed").is_none());
-    assert!(tab1.try_recv(Duration::from_millis(200)).is_none(), "the sender gets its ack, not its own message_added");
+    assert!(
+        tab1.try_recv(Duration::from_millis(200)).is_none(),
+        "the sender gets its ack, not its own message_added"
+    );
     // And back: tab2 writes, tab1 (auto-subscribed as the sender) sees it.
     chat(&mut tab2, "4", Some(&conv), "four");
     assert_eq!(tab1.recv_type("message_added")["message"]["seq"], 4);
     // Both shards were used.
-    let loads: Vec<usize> = s.ctx().shard_load.iter().map(|l| l.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let loads: Vec<usize> = s
+        .ctx()
+        .shard_load
+        .iter()
+        .map(|l| l.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
     assert_eq!(loads, vec![1, 1]);
 }
 
@@ -118,7 +180,10 @@ fn a_second_connection_on_another_shard_replays_then_follows_live() {
 fn a_reconnecting_client_gets_exactly_the_messages_it_missed() {
     let s = TestServer::start("resume", |_| {});
     let mut writer = s.client("rita");
-    let conv = chat(&mut writer, "0", None, "m1")["conversation_id"].as_str().unwrap().to_string();
+    let conv = chat(&mut writer, "0", None, "m1")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut reader = s.client("rita");
     reader.send(json!({"type": "subscribe", "conversation_id": conv}));
     reader.recv_type("subscribed");
@@ -127,7 +192,11 @@ fn a_reconnecting_client_gets_exactly_the_messages_it_missed() {
     }
     let mut seen = Vec::new();
     for _ in 2..=4 {
-        seen.push(reader.recv_type("message_added")["message"]["seq"].as_i64().unwrap());
+        seen.push(
+            reader.recv_type("message_added")["message"]["seq"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     let last_seen = *seen.last().unwrap();
     drop(reader); // offline
@@ -160,7 +229,12 @@ fn the_conversation_list_is_most_recent_first_with_paging_and_previews() {
     let mut convs = Vec::new();
     for i in 0..5 {
         let long = format!("conversation {i} {}", "x".repeat(150));
-        convs.push(chat(&mut c, &format!("c{i}"), None, &long)["conversation_id"].as_str().unwrap().to_string());
+        convs.push(
+            chat(&mut c, &format!("c{i}"), None, &long)["conversation_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
         std::thread::sleep(Duration::from_millis(3));
     }
     chat(&mut c, "again", Some(&convs[1]), "bump");
@@ -175,9 +249,22 @@ fn the_conversation_list_is_most_recent_first_with_paging_and_previews() {
     assert!(list[0]["created_at"].is_string() && list[0]["last_updated"].is_string());
     assert_eq!(list[1]["id"], convs[4].as_str());
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, page2) = s.http("GET", &format!("/v1/conversations?limit=10&cursor={cursor}"), Some(&t), None);
-    let ids: Vec<&str> = page2["conversations"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [convs[3].as_str(), convs[2].as_str(), convs[0].as_str()]);
+    let (_, page2) = s.http(
+        "GET",
+        &format!("/v1/conversations?limit=10&cursor={cursor}"),
+        Some(&t),
+        None,
+    );
+    let ids: Vec<&str> = page2["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [convs[3].as_str(), convs[2].as_str(), convs[0].as_str()]
+    );
     assert!(page2["next_cursor"].is_null());
     let (st, _) = s.http("GET", "/v1/conversations", None, None);
     assert_eq!(st, 401);
@@ -189,21 +276,54 @@ fn the_conversation_list_is_most_recent_first_with_paging_and_previews() {
 fn history_pages_backwards_by_seq() {
     let s = TestServer::start("history", |_| {});
     let mut c = s.client("hal");
-    let conv = chat(&mut c, "0", None, "m1")["conversation_id"].as_str().unwrap().to_string();
+    let conv = chat(&mut c, "0", None, "m1")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for i in 2..=7 {
         chat(&mut c, &i.to_string(), Some(&conv), &format!("m{i}"));
     }
     let t = s.token("hal");
-    let (_, p) = s.http("GET", &format!("/v1/conversations/{conv}/messages?limit=3"), Some(&t), None);
-    let seqs: Vec<i64> = p["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    let (_, p) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages?limit=3"),
+        Some(&t),
+        None,
+    );
+    let seqs: Vec<i64> = p["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [5, 6, 7]);
     assert_eq!(p["has_more"], true);
-    let (_, p) = s.http("GET", &format!("/v1/conversations/{conv}/messages?limit=3&before_seq=5"), Some(&t), None);
-    let seqs: Vec<i64> = p["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    let (_, p) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages?limit=3&before_seq=5"),
+        Some(&t),
+        None,
+    );
+    let seqs: Vec<i64> = p["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [2, 3, 4]);
-    let (st, _) = s.http("GET", &format!("/v1/conversations/{conv}/messages?limit=x"), Some(&t), None);
+    let (st, _) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages?limit=x"),
+        Some(&t),
+        None,
+    );
     assert_eq!(st, 400);
-    let (st, _) = s.http("GET", "/v1/conversations/c_missing/messages", Some(&t), None);
+    let (st, _) = s.http(
+        "GET",
+        "/v1/conversations/c_missing/messages",
+        Some(&t),
+        None,
+    );
     assert_eq!(st, 404);
 }
 
@@ -236,7 +356,10 @@ fn every_acked_message_survives_kill_9_exactly_once() {
     let sign = |sub: &str| {
         let mut cfg = confab::Config::defaults();
         cfg.auth.jwt_secret = Some("kill-secret".into());
-        confab::auth::Authenticator::from_config(&cfg.auth, &dir).unwrap().sign(sub, None, false, 600).unwrap()
+        confab::auth::Authenticator::from_config(&cfg.auth, &dir)
+            .unwrap()
+            .sign(sub, None, false, 600)
+            .unwrap()
     };
     // message_id -> (user, conversation)
     let acked: Arc<Mutex<HashMap<i64, (String, String)>>> = Arc::default();
@@ -289,7 +412,9 @@ fn every_acked_message_survives_kill_9_exactly_once() {
 
     // The database is intact…
     let db = rusqlite::Connection::open(dir.join("confab.db")).unwrap();
-    let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
     drop(db);
 
@@ -297,13 +422,23 @@ fn every_acked_message_survives_kill_9_exactly_once() {
     let (mut child, addr) = spawn(&dir);
     let mut by_conv: HashMap<String, (String, HashSet<i64>)> = HashMap::new();
     for (mid, (user, conv)) in &acked {
-        by_conv.entry(conv.clone()).or_insert_with(|| (user.clone(), HashSet::new())).1.insert(*mid);
+        by_conv
+            .entry(conv.clone())
+            .or_insert_with(|| (user.clone(), HashSet::new()))
+            .1
+            .insert(*mid);
     }
     for (conv, (user, mids)) in by_conv {
         let mut found: HashMap<i64, usize> = HashMap::new();
         let mut before = i64::MAX;
         loop {
-            let (st, page) = http_request(addr, "GET", &format!("/v1/conversations/{conv}/messages?limit=200&before_seq={before}"), Some(&sign(&user)), None);
+            let (st, page) = http_request(
+                addr,
+                "GET",
+                &format!("/v1/conversations/{conv}/messages?limit=200&before_seq={before}"),
+                Some(&sign(&user)),
+                None,
+            );
             assert_eq!(st, 200, "{page}");
             let msgs = page["messages"].as_array().unwrap();
             if msgs.is_empty() {

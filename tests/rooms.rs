@@ -38,17 +38,39 @@ fn presence_is_per_user_not_per_tab() {
     let s = TestServer::start("presence", |c| c.server.shards = 2);
     let mut a1 = s.client("alice");
     let mut a2 = s.client("alice");
-    let j = join(&mut a1, "lobby", json!({"room_name": "Lobby", "room_type": "shared"}));
-    assert_eq!((j["room_name"].as_str(), j["room_type"].as_str()), (Some("Lobby"), Some("shared")));
+    let j = join(
+        &mut a1,
+        "lobby",
+        json!({"room_name": "Lobby", "room_type": "shared"}),
+    );
+    assert_eq!(
+        (j["room_name"].as_str(), j["room_type"].as_str()),
+        (Some("Lobby"), Some("shared"))
+    );
     join(&mut a2, "lobby", json!({}));
     let mut b1 = s.client("bob");
     let mut b2 = s.client("bob");
     let jb = join(&mut b1, "lobby", json!({}));
-    let online: Vec<&str> = jb["participants"].as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap()).collect();
-    assert!(online.contains(&"alice") && online.contains(&"bob"), "{online:?}");
+    let online: Vec<&str> = jb["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        online.contains(&"alice") && online.contains(&"bob"),
+        "{online:?}"
+    );
     for a in [&mut a1, &mut a2] {
         let p = a.recv_type("presence");
-        assert_eq!((p["user_id"].as_str(), p["status"].as_str(), p["username"].as_str()), (Some("bob"), Some("joined"), Some("User bob")));
+        assert_eq!(
+            (
+                p["user_id"].as_str(),
+                p["status"].as_str(),
+                p["username"].as_str()
+            ),
+            (Some("bob"), Some("joined"), Some("User bob"))
+        );
     }
     // Bob's second tab: no new presence. Bob's first tab leaves: still none.
     join(&mut b2, "lobby", json!({}));
@@ -59,14 +81,19 @@ fn presence_is_per_user_not_per_tab() {
     drop(b2);
     for a in [&mut a1, &mut a2] {
         let p = a.recv_type("presence");
-        assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some("bob"), Some("left")));
+        assert_eq!(
+            (p["user_id"].as_str(), p["status"].as_str()),
+            (Some("bob"), Some("left"))
+        );
     }
     assert!(drain(&mut a2, "presence", Duration::from_millis(200)).is_empty());
 }
 
 #[test]
 fn typing_reaches_the_others_only_and_expires() {
-    let s = TestServer::start("typing", |c| c.rooms.typing_timeout = Duration::from_millis(300));
+    let s = TestServer::start("typing", |c| {
+        c.rooms.typing_timeout = Duration::from_millis(300)
+    });
     let mut a = s.client("tara");
     let mut b = s.client("ben");
     join(&mut a, "t", json!({}));
@@ -74,10 +101,20 @@ fn typing_reaches_the_others_only_and_expires() {
     a.recv_type("presence");
     a.send(json!({"type": "typing", "room_id": "t", "is_typing": true}));
     let t = b.recv_type("typing");
-    assert_eq!((t["user_id"].as_str(), t["is_typing"].as_bool(), t["room_id"].as_str()), (Some("tara"), Some(true), Some("t")));
+    assert_eq!(
+        (
+            t["user_id"].as_str(),
+            t["is_typing"].as_bool(),
+            t["room_id"].as_str()
+        ),
+        (Some("tara"), Some(true), Some("t"))
+    );
     let t = b.recv_type("typing");
     assert_eq!(t["is_typing"], false, "expired without a refresh");
-    assert!(drain(&mut a, "typing", Duration::from_millis(200)).is_empty(), "no echo to the typist");
+    assert!(
+        drain(&mut a, "typing", Duration::from_millis(200)).is_empty(),
+        "no echo to the typist"
+    );
     // Typing where you are not is refused.
     a.send(json!({"type": "typing", "room_id": "elsewhere", "is_typing": true}));
     assert_eq!(a.recv_type("error")["code"], "FORBIDDEN");
@@ -99,15 +136,30 @@ fn room_chat_reaches_every_member_connection_exactly_once_with_a_delivery_count(
     cs[0].send(json!({"type": "chat", "id": "hi", "room_id": "hall", "message": "hello hall"}));
     let ack = cs[0].recv_type("ack");
     let dc = cs[0].recv_type("delivery_confirmation");
-    assert_eq!((dc["message_id"].clone(), dc["recipients"].as_u64(), dc["status"].as_str()), (ack["message_id"].clone(), Some(5), Some("delivered")));
+    assert_eq!(
+        (
+            dc["message_id"].clone(),
+            dc["recipients"].as_u64(),
+            dc["status"].as_str()
+        ),
+        (ack["message_id"].clone(), Some(5), Some("delivered"))
+    );
     for (i, c) in cs.iter_mut().enumerate().skip(1) {
         let got = drain(c, "message_added", Duration::from_millis(300));
         assert_eq!(got.len(), 1, "connection {i}");
-        assert_eq!((got[0]["message"]["content"].as_str(), got[0]["room_id"].as_str()), (Some("hello hall"), Some("hall")));
+        assert_eq!(
+            (
+                got[0]["message"]["content"].as_str(),
+                got[0]["room_id"].as_str()
+            ),
+            (Some("hello hall"), Some("hall"))
+        );
     }
     assert!(drain(&mut cs[0], "message_added", Duration::from_millis(200)).is_empty());
     // In a room the AI answers only when asked, and then to everyone.
-    cs[2].send(json!({"type": "chat", "id": "ai", "room_id": "hall", "message": "bot?", "ai": true}));
+    cs[2].send(
+        json!({"type": "chat", "id": "ai", "room_id": "hall", "message": "bot?", "ai": true}),
+    );
     for c in cs.iter_mut() {
         let done = c.recv_type("complete");
         assert!(done["response"].as_str().unwrap().contains("demo model"));
@@ -119,7 +171,10 @@ fn read_receipts_move_forward_only_and_reach_the_other_members() {
     let s = TestServer::start("receipts", |_| {});
     let mut a = s.client("ria");
     let mut b = s.client("rob");
-    let conv = join(&mut a, "r", json!({}))["conversation_id"].as_str().unwrap().to_string();
+    let conv = join(&mut a, "r", json!({}))["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     join(&mut b, "r", json!({}));
     for i in 0..3 {
         a.send(json!({"type": "chat", "id": i.to_string(), "room_id": "r", "message": format!("m{i}")}));
@@ -127,12 +182,19 @@ fn read_receipts_move_forward_only_and_reach_the_other_members() {
     }
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 2}));
     let r = a.recv_type("receipt");
-    assert_eq!((r["user_id"].as_str(), r["seq"].as_i64()), (Some("rob"), Some(2)));
+    assert_eq!(
+        (r["user_id"].as_str(), r["seq"].as_i64()),
+        (Some("rob"), Some(2))
+    );
     assert!(r["read_at"].is_string());
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 1}));
     assert_eq!(a.recv_type("receipt")["seq"], 2, "never back");
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 99}));
-    assert_eq!(a.recv_type("receipt")["seq"], 3, "never past the last message");
+    assert_eq!(
+        a.recv_type("receipt")["seq"],
+        3,
+        "never past the last message"
+    );
     // Same marker on Rob's other device.
     let b2 = s.client("rob");
     let (_, list) = s.http("GET", "/v1/conversations", Some(&s.token("rob")), None);
@@ -159,7 +221,14 @@ fn an_offline_member_sees_unread_counts_on_connect_and_catches_up_on_join() {
     let mut b = Client::connect(&s.url(&format!("/v1/ws?token={}", s.token("dan")))).unwrap();
     let connected = b.recv_type("connected");
     let room = &connected["rooms"][0];
-    assert_eq!((room["room_id"].as_str(), room["last_seq"].as_i64(), room["unread"].as_i64()), (Some("c"), Some(3), Some(3)));
+    assert_eq!(
+        (
+            room["room_id"].as_str(),
+            room["last_seq"].as_i64(),
+            room["unread"].as_i64()
+        ),
+        (Some("c"), Some(3), Some(3))
+    );
     b.send(json!({"type": "join_room", "room_id": "c", "after_seq": seen_seq}));
     b.recv_type("room_joined");
     let mut missed = Vec::new();
@@ -181,7 +250,12 @@ fn group_membership_is_enforced_and_the_owner_manages_it() {
     let (st, room) = s.http("POST", "/v1/rooms", Some(&owner), Some(&json!({"room_id": "g1", "room_name": "Team", "room_type": "group", "members": ["hank"]})));
     assert_eq!(st, 201, "{room}");
     assert_eq!(room["members"], json!(["gina", "hank"]));
-    let (st, _) = s.http("POST", "/v1/rooms", Some(&owner), Some(&json!({"room_id": "g1"})));
+    let (st, _) = s.http(
+        "POST",
+        "/v1/rooms",
+        Some(&owner),
+        Some(&json!({"room_id": "g1"})),
+    );
     assert_eq!(st, 400, "duplicate room id");
     let mut carol = s.client("carol");
     carol.send(json!({"type": "join_room", "room_id": "g1"}));
@@ -190,15 +264,28 @@ fn group_membership_is_enforced_and_the_owner_manages_it() {
     assert_eq!(carol.recv_type("error")["code"], "FORBIDDEN");
     let (st, _) = s.http("GET", "/v1/rooms/g1", Some(&s.token("carol")), None);
     assert_eq!(st, 403);
-    let (st, _) = s.http("POST", "/v1/rooms/g1/members", Some(&s.token("carol")), Some(&json!({"user_id": "carol"})));
+    let (st, _) = s.http(
+        "POST",
+        "/v1/rooms/g1/members",
+        Some(&s.token("carol")),
+        Some(&json!({"user_id": "carol"})),
+    );
     assert_eq!(st, 403, "only the owner adds members");
     let mut hank = s.client("hank");
     join(&mut hank, "g1", json!({}));
     let (st, info) = s.http("GET", "/v1/rooms/g1", Some(&owner), None);
     assert_eq!(st, 200);
-    assert_eq!(info["online"], json!([{"user_id": "hank", "username": "User hank"}]));
+    assert_eq!(
+        info["online"],
+        json!([{"user_id": "hank", "username": "User hank"}])
+    );
     assert_eq!(info["members"].as_array().unwrap().len(), 2);
-    let (st, _) = s.http("POST", "/v1/rooms/g1/members", Some(&owner), Some(&json!({"user_id": "carol"})));
+    let (st, _) = s.http(
+        "POST",
+        "/v1/rooms/g1/members",
+        Some(&owner),
+        Some(&json!({"user_id": "carol"})),
+    );
     assert_eq!(st, 200);
     join(&mut carol, "g1", json!({}));
     // Removing Hank takes him out of the room on his live connection too.
@@ -227,7 +314,10 @@ fn deleting_a_room_tells_its_members_and_closes_it() {
     assert_eq!(st, 200);
     for c in [&mut a, &mut b] {
         let l = c.recv_type("room_left");
-        assert_eq!((l["room_id"].as_str(), l["reason"].as_str()), (Some("gone"), Some("deleted")));
+        assert_eq!(
+            (l["room_id"].as_str(), l["reason"].as_str()),
+            (Some("gone"), Some("deleted"))
+        );
     }
     b.send(json!({"type": "chat", "room_id": "gone", "message": "hello?"}));
     assert_eq!(b.recv_type("error")["code"], "FORBIDDEN");
@@ -241,25 +331,53 @@ fn an_admin_broadcast_reaches_a_room_or_everyone() {
     let mut a = s.client("x1");
     let mut b = s.client("x2");
     join(&mut a, "news", json!({}));
-    let (st, _) = s.http("POST", "/v1/broadcast", Some(&s.token("x1")), Some(&json!({"message": "hi"})));
+    let (st, _) = s.http(
+        "POST",
+        "/v1/broadcast",
+        Some(&s.token("x1")),
+        Some(&json!({"message": "hi"})),
+    );
     assert_eq!(st, 403);
     let admin = s.admin_token("root");
-    let (st, r) = s.http("POST", "/v1/broadcast", Some(&admin), Some(&json!({"message": "room only", "room_id": "news"})));
+    let (st, r) = s.http(
+        "POST",
+        "/v1/broadcast",
+        Some(&admin),
+        Some(&json!({"message": "room only", "room_id": "news"})),
+    );
     assert_eq!(st, 200, "{r}");
     assert_eq!(a.recv_type("system")["message"], "room only");
-    let (st, _) = s.http("POST", "/v1/broadcast", Some(&admin), Some(&json!({"message": "everyone"})));
+    let (st, _) = s.http(
+        "POST",
+        "/v1/broadcast",
+        Some(&admin),
+        Some(&json!({"message": "everyone"})),
+    );
     assert_eq!(st, 200);
     assert_eq!(a.recv_type("system")["message"], "everyone");
     let sys = b.recv_type("system");
-    assert_eq!((sys["message"].as_str(), sys["from"].as_str()), (Some("everyone"), Some("root")));
-    assert!(drain(&mut b, "system", Duration::from_millis(200)).is_empty(), "x2 is not in the room");
+    assert_eq!(
+        (sys["message"].as_str(), sys["from"].as_str()),
+        (Some("everyone"), Some("root"))
+    );
+    assert!(
+        drain(&mut b, "system", Duration::from_millis(200)).is_empty(),
+        "x2 is not in the room"
+    );
 }
 
 #[test]
 fn auto_join_on_connect_via_query() {
     let s = TestServer::start("auto-join", |_| {});
-    let mut c = Client::connect(&s.url(&format!("/v1/ws?token={}&room_id=auto&room_name=Auto%20Room&room_type=shared", s.token("zed")))).unwrap();
+    let mut c = Client::connect(&s.url(&format!(
+        "/v1/ws?token={}&room_id=auto&room_name=Auto%20Room&room_type=shared",
+        s.token("zed")
+    )))
+    .unwrap();
     c.recv_type("connected");
     let j = c.recv_type("room_joined");
-    assert_eq!((j["room_id"].as_str(), j["room_name"].as_str()), (Some("auto"), Some("Auto Room")));
+    assert_eq!(
+        (j["room_id"].as_str(), j["room_name"].as_str()),
+        (Some("auto"), Some("Auto Room"))
+    );
 }

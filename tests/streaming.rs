@@ -28,7 +28,10 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
         Some(c) => json!({"content": c}),
         None => json!({}),
     };
-    format!("data: {}\n\n", json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+    format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    )
 }
 
 fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
@@ -52,7 +55,10 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
     let model = req["model"].as_str().unwrap_or("").to_string();
     requests.lock().unwrap().push(req);
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-    let role = format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}));
+    let role = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
+    );
     let mut w = |t: &str| {
         let _ = s.write_all(t.as_bytes());
         let _ = s.flush();
@@ -86,7 +92,11 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
             drop(sock); // RST
         }
         "slow" | "flood" => {
-            let (n, pause) = if model == "slow" { (60, Duration::from_millis(25)) } else { (20_000, Duration::ZERO) };
+            let (n, pause) = if model == "slow" {
+                (60, Duration::from_millis(25))
+            } else {
+                (20_000, Duration::ZERO)
+            };
             w(head);
             w(&role);
             let mut buf = String::new();
@@ -110,7 +120,10 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             w(&chunk(None, Some("stop")));
-            w(&format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})));
+            w(&format!(
+                "data: {}\n\n",
+                json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})
+            ));
             w("data: [DONE]\n\n");
         }
     }
@@ -160,7 +173,14 @@ struct Reply {
 
 fn ask(c: &mut Client, id: &str, msg: Value) -> Reply {
     c.send(msg);
-    let mut r = Reply { ack: Value::Null, tokens: vec![], deltas: 0, steps: vec![], errors: vec![], complete: Value::Null };
+    let mut r = Reply {
+        ack: Value::Null,
+        tokens: vec![],
+        deltas: 0,
+        steps: vec![],
+        errors: vec![],
+        complete: Value::Null,
+    };
     loop {
         let ev = c.recv();
         match ev["type"].as_str().unwrap() {
@@ -170,9 +190,16 @@ fn ask(c: &mut Client, id: &str, msg: Value) -> Reply {
             }
             "progress" => r.steps.push(ev["step"].as_str().unwrap().to_string()),
             "token" => {
-                assert_eq!(ev["index"].as_u64().unwrap(), r.deltas, "indexes are contiguous");
+                assert_eq!(
+                    ev["index"].as_u64().unwrap(),
+                    r.deltas,
+                    "indexes are contiguous"
+                );
                 r.deltas += ev["count"].as_u64().unwrap_or(1);
-                r.tokens.push((ev["index"].as_u64().unwrap(), ev["token"].as_str().unwrap().to_string()))
+                r.tokens.push((
+                    ev["index"].as_u64().unwrap(),
+                    ev["token"].as_str().unwrap().to_string(),
+                ))
             }
             "error" => r.errors.push(ev),
             "complete" => {
@@ -189,7 +216,11 @@ fn tokens_equal_the_backends_deltas_in_order_and_usage_is_the_backends() {
     let b = Backend::start();
     let s = openai_server("openai-ok", &b);
     let mut c = s.client("olga");
-    let r = ask(&mut c, "q1", json!({"type": "chat", "id": "q1", "message": "Say hello", "model": "ok"}));
+    let r = ask(
+        &mut c,
+        "q1",
+        json!({"type": "chat", "id": "q1", "message": "Say hello", "model": "ok"}),
+    );
     assert_eq!(r.steps, ["queued", "loading_context", "generating"]);
     // Deltas that queue up within one event-loop turn may arrive merged (with `count`);
     // either way the text, the order and the number of deltas are the backend's.
@@ -198,34 +229,77 @@ fn tokens_equal_the_backends_deltas_in_order_and_usage_is_the_backends() {
     assert_eq!(r.deltas, DELTAS.len() as u64);
     if texts.len() == DELTAS.len() {
         assert_eq!(texts, DELTAS);
-        assert_eq!(r.tokens.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            r.tokens.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
     }
     let done = &r.complete;
     assert_eq!(done["response"], "Hello, world!");
     assert_eq!(done["finish_reason"], "stop");
     let m = &done["metadata"];
-    assert_eq!((m["prompt_tokens"].as_u64(), m["completion_tokens"].as_u64(), m["total_tokens"].as_u64()), (Some(11), Some(4), Some(15)));
+    assert_eq!(
+        (
+            m["prompt_tokens"].as_u64(),
+            m["completion_tokens"].as_u64(),
+            m["total_tokens"].as_u64()
+        ),
+        (Some(11), Some(4), Some(15))
+    );
     assert_eq!(m["model"], "ok");
     assert_eq!(m["agent"], "assistant");
-    assert!((m["cost_usd"].as_f64().unwrap() - (0.011 + 0.008)).abs() < 1e-9, "{m}");
+    assert!(
+        (m["cost_usd"].as_f64().unwrap() - (0.011 + 0.008)).abs() < 1e-9,
+        "{m}"
+    );
     assert!(m["first_token_ms"].as_u64().is_some() && m["response_time_ms"].as_u64().is_some());
     assert_eq!(done["seq"], 2);
     let req = b.requests.lock().unwrap()[0].clone();
     assert_eq!(req["stream"], true);
     assert_eq!(req["stream_options"]["include_usage"], true);
     assert_eq!(req["messages"][0]["role"], "system");
-    assert_eq!(req["messages"][1], json!({"role": "user", "content": "Say hello"}));
+    assert_eq!(
+        req["messages"][1],
+        json!({"role": "user", "content": "Say hello"})
+    );
 
     // The next turn sends the conversation so far as context; the reply is stored.
     let conv = r.ack["conversation_id"].as_str().unwrap().to_string();
-    ask(&mut c, "q2", json!({"type": "chat", "id": "q2", "message": "Again", "model": "ok", "conversation_id": conv}));
+    ask(
+        &mut c,
+        "q2",
+        json!({"type": "chat", "id": "q2", "message": "Again", "model": "ok", "conversation_id": conv}),
+    );
     let req = b.requests.lock().unwrap()[1].clone();
-    let roles: Vec<&str> = req["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     assert_eq!(req["messages"][2]["content"], "Hello, world!");
-    let (_, h) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("olga")), None);
-    let stored: Vec<(&str, &str)> = h["messages"].as_array().unwrap().iter().map(|m| (m["role"].as_str().unwrap(), m["status"].as_str().unwrap())).collect();
-    assert_eq!(stored, [("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "complete")]);
+    let (_, h) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&s.token("olga")),
+        None,
+    );
+    let stored: Vec<(&str, &str)> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("user", "complete"),
+            ("assistant", "complete"),
+            ("user", "complete"),
+            ("assistant", "complete")
+        ]
+    );
 }
 
 #[test]
@@ -239,7 +313,11 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
         ("stall", "waiting", "timed out"),
         ("reset", "one two", "mid-stream"),
     ] {
-        let r = ask(&mut c, model, json!({"type": "chat", "id": model, "message": "go", "model": model}));
+        let r = ask(
+            &mut c,
+            model,
+            json!({"type": "chat", "id": model, "message": "go", "model": model}),
+        );
         assert_eq!(r.complete["finish_reason"], "error", "{model}");
         assert_eq!(r.complete["response"], partial, "{model}");
         assert_eq!(r.errors.len(), 1, "{model}: {:?}", r.errors);
@@ -247,12 +325,25 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
         let text = r.errors[0]["error"].as_str().unwrap().to_lowercase();
         assert!(text.contains(needle), "{model}: {text}");
         let conv = r.ack["conversation_id"].as_str().unwrap();
-        let (_, h) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("eve")), None);
+        let (_, h) = s.http(
+            "GET",
+            &format!("/v1/conversations/{conv}/messages"),
+            Some(&s.token("eve")),
+            None,
+        );
         let asst = &h["messages"][1];
-        assert_eq!((asst["status"].as_str(), asst["content"].as_str()), (Some("error"), Some(partial)), "{model}");
+        assert_eq!(
+            (asst["status"].as_str(), asst["content"].as_str()),
+            (Some("error"), Some(partial)),
+            "{model}"
+        );
     }
     // Nothing listening at all.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let s2 = TestServer::start("openai-refused", move |c| {
         c.llm.provider = confab::config::ProviderKind::OpenAi;
         c.llm.base_url = format!("http://127.0.0.1:{dead}/v1");
@@ -261,21 +352,36 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
         }
     });
     let mut c = s2.client("eve");
-    let r = ask(&mut c, "r", json!({"type": "chat", "id": "r", "message": "go"}));
+    let r = ask(
+        &mut c,
+        "r",
+        json!({"type": "chat", "id": "r", "message": "go"}),
+    );
     assert_eq!(r.complete["finish_reason"], "error");
-    assert!(r.errors[0]["error"].as_str().unwrap().contains("reach"), "{:?}", r.errors);
+    assert!(
+        r.errors[0]["error"].as_str().unwrap().contains("reach"),
+        "{:?}",
+        r.errors
+    );
 }
 
 #[test]
 fn the_demo_provider_streams_with_no_network() {
     let s = TestServer::start("demo", |_| {});
     let mut c = s.client("dora");
-    let r = ask(&mut c, "d", json!({"type": "chat", "id": "d", "message": "What can you do?"}));
+    let r = ask(
+        &mut c,
+        "d",
+        json!({"type": "chat", "id": "d", "message": "What can you do?"}),
+    );
     let text: String = r.tokens.iter().map(|(_, t)| t.as_str()).collect();
     assert!(r.tokens.len() > 20);
     assert_eq!(text, r.complete["response"].as_str().unwrap());
     assert!(text.contains("demo model") && text.contains("What can you do?"));
-    assert_eq!(r.complete["metadata"]["completion_tokens"].as_u64(), Some(r.deltas));
+    assert_eq!(
+        r.complete["metadata"]["completion_tokens"].as_u64(),
+        Some(r.deltas)
+    );
 }
 
 #[test]
@@ -283,7 +389,10 @@ fn stop_from_another_connection_cancels_within_a_chunk() {
     let s = TestServer::start("stop", |c| c.llm.demo_tokens_per_s = 20.0);
     let mut a = s.client("stan");
     a.send(json!({"type": "chat", "id": "s", "message": "talk"}));
-    let conv = a.recv_type("ack")["conversation_id"].as_str().unwrap().to_string();
+    let conv = a.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     a.recv_type("token");
     a.recv_type("token");
     let mut b = s.client("stan");
@@ -296,7 +405,12 @@ fn stop_from_another_connection_cancels_within_a_chunk() {
     let mut other = s.client("mallory");
     other.send(json!({"type": "stop", "conversation_id": conv}));
     assert_eq!(other.recv_type("error")["code"], "NOT_FOUND");
-    let (_, h) = s.http("GET", &format!("/v1/conversations/{conv}/messages"), Some(&s.token("stan")), None);
+    let (_, h) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&s.token("stan")),
+        None,
+    );
     assert_eq!(h["messages"][1]["status"], "cancelled");
     assert_eq!(h["messages"][1]["content"], done["response"]);
 }
@@ -307,7 +421,10 @@ fn a_reply_survives_its_clients_disconnect_and_a_resume_mid_stream_rebuilds_the_
     let s = openai_server("resume-mid", &b);
     let mut a = s.client("rex");
     a.send(json!({"type": "chat", "id": "r", "message": "long one", "model": "slow"}));
-    let conv = a.recv_type("ack")["conversation_id"].as_str().unwrap().to_string();
+    let conv = a.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for _ in 0..5 {
         a.recv_type("token");
     }
@@ -360,7 +477,10 @@ fn a_full_generation_queue_answers_busy_with_retry_after() {
     c.recv_type("ack");
     c.send(json!({"type": "chat", "id": "3", "message": "c"}));
     let e = c.recv_type("error");
-    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("BUSY"), Some("3")));
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("BUSY"), Some("3"))
+    );
     assert!(e["retry_after"].as_f64().unwrap() > 0.0);
     // A chat that wants no AI reply is still accepted.
     c.send(json!({"type": "chat", "id": "4", "message": "d", "ai": false}));
@@ -377,27 +497,48 @@ fn a_slow_reader_gets_merged_token_events_with_the_same_text() {
     sock.connect(&s.addr.into()).unwrap();
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut ws, _) = tungstenite::client(s.url(&format!("/v1/ws?token={t}")).into_client_request().unwrap(), stream).unwrap();
-    ws.send(Message::text(json!({"type": "chat", "id": "m", "message": "flood me", "model": "flood"}).to_string())).unwrap();
+    let (mut ws, _) = tungstenite::client(
+        s.url(&format!("/v1/ws?token={t}"))
+            .into_client_request()
+            .unwrap(),
+        stream,
+    )
+    .unwrap();
+    ws.send(Message::text(
+        json!({"type": "chat", "id": "m", "message": "flood me", "model": "flood"}).to_string(),
+    ))
+    .unwrap();
     // Do not read until the whole reply was generated.
     let m = &s.ctx().metrics;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while m.llm_completed.load(Relaxed) < 1 {
-        assert!(std::time::Instant::now() < deadline, "generation did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generation did not finish"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut text = String::new();
     let mut events = 0;
     let mut next = 0u64;
     let done = loop {
-        let Message::Text(t) = ws.read().unwrap() else { continue };
+        let Message::Text(t) = ws.read().unwrap() else {
+            continue;
+        };
         let ev: Value = serde_json::from_str(&t).unwrap();
         match ev["type"].as_str().unwrap() {
             "token" => {
                 events += 1;
-                assert_eq!(ev["index"].as_u64().unwrap(), next, "merged events keep the first index");
+                assert_eq!(
+                    ev["index"].as_u64().unwrap(),
+                    next,
+                    "merged events keep the first index"
+                );
                 let tok = ev["token"].as_str().unwrap();
-                assert_eq!(ev["count"].as_u64().unwrap_or(1), tok.split_whitespace().count() as u64);
+                assert_eq!(
+                    ev["count"].as_u64().unwrap_or(1),
+                    tok.split_whitespace().count() as u64
+                );
                 next += ev["count"].as_u64().unwrap_or(1);
                 text.push_str(tok);
             }

@@ -20,19 +20,32 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
     std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
     let s = TestServer::start("tls", |c| {
-        c.tls = Some(confab::config::TlsFiles { cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") })
+        c.tls = Some(confab::config::TlsFiles {
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+        })
     });
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).unwrap();
-    let client_cfg = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    let client_cfg = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
 
     for _ in 0..3 {
         let sock = TcpStream::connect(s.addr).unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
-        let conn = rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap()).unwrap();
+        let conn =
+            rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap())
+                .unwrap();
         let tls = rustls::StreamOwned::new(conn, sock);
-        let url = format!("wss://localhost:{}/v1/ws?token={}", s.addr.port(), s.token("secure"));
+        let url = format!(
+            "wss://localhost:{}/v1/ws?token={}",
+            s.addr.port(),
+            s.token("secure")
+        );
         let (mut ws, _) = tungstenite::client(url.into_client_request().unwrap(), tls).unwrap();
         let mut connected = false;
         while let Ok(Message::Text(t)) = ws.read() {
@@ -45,7 +58,10 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
         assert!(connected);
         // A large message both ways exercises rustls buffering on the nonblocking socket.
         let pad = "p".repeat(50_000);
-        ws.send(Message::text(json!({"type": "ping", "id": "big", "pad": pad}).to_string())).unwrap();
+        ws.send(Message::text(
+            json!({"type": "ping", "id": "big", "pad": pad}).to_string(),
+        ))
+        .unwrap();
         match ws.read().unwrap() {
             Message::Text(t) => assert!(t.contains("\"pong\"") && t.contains("\"big\""), "{t}"),
             m => panic!("{m:?}"),
@@ -59,10 +75,15 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
     let conn = rustls::ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     use std::io::{Read, Write};
-    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out);
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -73,7 +94,10 @@ fn a_plain_client_on_a_tls_port_is_dropped_without_harm() {
     std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
     let s = TestServer::start("tls-plain", |c| {
-        c.tls = Some(confab::config::TlsFiles { cert_file: dir.join("c.pem"), key_file: dir.join("k.pem") })
+        c.tls = Some(confab::config::TlsFiles {
+            cert_file: dir.join("c.pem"),
+            key_file: dir.join("k.pem"),
+        })
     });
     assert!(Client::connect(&s.url("/v1/ws")).is_err());
     let (st, _) = s.http("GET", "/health", None, None);
@@ -82,7 +106,10 @@ fn a_plain_client_on_a_tls_port_is_dropped_without_harm() {
 }
 
 /// Start the real binary on an ephemeral port; returns the child and its address.
-pub fn spawn_binary(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
+pub fn spawn_binary(
+    data_dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, std::net::SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.arg("serve")
         .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
@@ -117,7 +144,10 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
         let tok = {
             let mut cfg = confab::Config::defaults();
             cfg.auth.jwt_secret = Some("bin-secret".into());
-            confab::auth::Authenticator::from_config(&cfg.auth, &dir).unwrap().sign(&format!("u{i}"), None, false, 60).unwrap()
+            confab::auth::Authenticator::from_config(&cfg.auth, &dir)
+                .unwrap()
+                .sign(&format!("u{i}"), None, false, 60)
+                .unwrap()
         };
         let mut c = Client::connect(&format!("ws://{addr}/v1/ws?token={tok}")).unwrap();
         c.recv_type("connected");
@@ -161,7 +191,11 @@ fn confab_token_and_confab_serve_agree_with_zero_setup() {
         .env("CONFAB_STORE_DATA_DIR", &dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.arg("serve")

@@ -46,8 +46,15 @@ pub struct Target {
 }
 
 pub fn resolve(host: &str, port: u16) -> Target {
-    let addr = (host, port).to_socket_addrs().ok().and_then(|mut a| a.next()).expect("resolvable --url host");
-    Target { addr, host: host.to_string() }
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("resolvable --url host");
+    Target {
+        addr,
+        host: host.to_string(),
+    }
 }
 
 fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
@@ -68,7 +75,14 @@ fn ws_config() -> WebSocketConfig {
 
 /// Run `ids` connections (each to `path_of(id)`) until `deadline` or the handler is done.
 /// `open_rate` limits new connections per second (0 = all at once).
-pub fn run(target: &Target, ids: Vec<(usize, String)>, handler: &mut dyn Handler, deadline: Instant, tick: Option<Duration>, open_rate: f64) {
+pub fn run(
+    target: &Target,
+    ids: Vec<(usize, String)>,
+    handler: &mut dyn Handler,
+    deadline: Instant,
+    tick: Option<Duration>,
+    open_rate: f64,
+) {
     let mut poll = Poll::new().expect("poll");
     let mut events = Events::with_capacity(1024);
     let mut clients: Vec<Client> = Vec::with_capacity(ids.len());
@@ -85,19 +99,35 @@ pub fn run(target: &Target, ids: Vec<(usize, String)>, handler: &mut dyn Handler
             break;
         }
         // Open more connections (paced).
-        let allowed = if open_rate > 0.0 { (now.duration_since(start).as_secs_f64() * open_rate) as usize + 1 } else { usize::MAX };
+        let allowed = if open_rate > 0.0 {
+            (now.duration_since(start).as_secs_f64() * open_rate) as usize + 1
+        } else {
+            usize::MAX
+        };
         while opened < allowed {
-            let Some((id, path)) = pending.pop_front() else { break };
+            let Some((id, path)) = pending.pop_front() else {
+                break;
+            };
             opened += 1;
             match TcpStream::connect(target.addr) {
                 Ok(mut sock) => {
                     let tok = Token(clients.len());
-                    if poll.registry().register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if poll
+                        .registry()
+                        .register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
                         handler.on_failed(id, "register");
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
-                    clients.push(Client { id, sock, phase: Phase::Connecting, request: upgrade_request(&target.host, &path), sent_request: false });
+                    clients.push(Client {
+                        id,
+                        sock,
+                        phase: Phase::Connecting,
+                        request: upgrade_request(&target.host, &path),
+                        sent_request: false,
+                    });
                 }
                 Err(e) => handler.on_failed(id, &e.to_string()),
             }
@@ -120,7 +150,9 @@ pub fn run(target: &Target, ids: Vec<(usize, String)>, handler: &mut dyn Handler
         }
         let _ = poll.poll(&mut events, Some(timeout));
         for ev in events.iter() {
-            let Some(c) = clients.get_mut(ev.token().0) else { continue };
+            let Some(c) = clients.get_mut(ev.token().0) else {
+                continue;
+            };
             drive(c, handler, &mut out, &mut buf);
         }
     }
@@ -151,7 +183,12 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                             c.phase = Phase::Dead;
                             h.on_failed(c.id, "short write of the upgrade request");
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => return,
+                        Err(e)
+                            if e.kind() == io::ErrorKind::WouldBlock
+                                || e.kind() == io::ErrorKind::NotConnected =>
+                        {
+                            return
+                        }
                         Err(e) => {
                             c.phase = Phase::Dead;
                             h.on_failed(c.id, &e.to_string());
@@ -170,13 +207,20 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                     acc.extend_from_slice(&buf[..n]);
                     if let Some(end) = acc.windows(4).position(|w| w == b"\r\n\r\n") {
                         if !acc.starts_with(b"HTTP/1.1 101") {
-                            let line = String::from_utf8_lossy(&acc[..acc.iter().position(|b| *b == b'\r').unwrap_or(acc.len())]).into_owned();
+                            let line = String::from_utf8_lossy(
+                                &acc[..acc.iter().position(|b| *b == b'\r').unwrap_or(acc.len())],
+                            )
+                            .into_owned();
                             c.phase = Phase::Dead;
                             h.on_failed(c.id, &line);
                             return;
                         }
                         let rest = acc[end + 4..].to_vec();
-                        c.phase = Phase::Open(Box::new(WebSocketContext::from_partially_read(rest, Role::Client, Some(ws_config()))));
+                        c.phase = Phase::Open(Box::new(WebSocketContext::from_partially_read(
+                            rest,
+                            Role::Client,
+                            Some(ws_config()),
+                        )));
                         out.clear();
                         h.on_open(c.id, out, std::time::Instant::now());
                         for m in out.drain(..) {
@@ -191,30 +235,28 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                     return;
                 }
             },
-            Phase::Open(ctx) => {
-                match ctx.read(&mut c.sock) {
-                    Ok(Message::Text(t)) => {
-                        out.clear();
-                        h.on_text(c.id, &t, out, Instant::now());
-                        for m in out.drain(..) {
-                            let _ = ctx.write(&mut c.sock, Message::text(m));
-                        }
-                        let _ = ctx.flush(&mut c.sock);
+            Phase::Open(ctx) => match ctx.read(&mut c.sock) {
+                Ok(Message::Text(t)) => {
+                    out.clear();
+                    h.on_text(c.id, &t, out, Instant::now());
+                    for m in out.drain(..) {
+                        let _ = ctx.write(&mut c.sock, Message::text(m));
                     }
-                    Ok(_) => {
-                        let _ = ctx.flush(&mut c.sock);
-                    }
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let _ = ctx.flush(&mut c.sock);
-                        return;
-                    }
-                    Err(e) => {
-                        c.phase = Phase::Dead;
-                        h.on_failed(c.id, &format!("closed: {e}"));
-                        return;
-                    }
+                    let _ = ctx.flush(&mut c.sock);
                 }
-            }
+                Ok(_) => {
+                    let _ = ctx.flush(&mut c.sock);
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = ctx.flush(&mut c.sock);
+                    return;
+                }
+                Err(e) => {
+                    c.phase = Phase::Dead;
+                    h.on_failed(c.id, &format!("closed: {e}"));
+                    return;
+                }
+            },
         }
     }
 }

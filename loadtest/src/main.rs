@@ -64,10 +64,17 @@ fn parse() -> Result<Opts, String> {
             "--url" => o.url = v()?,
             "--token" => o.token = Some(v()?),
             "--dev-tokens" => o.dev_tokens = true,
-            "--connections" | "-n" => o.connections = v()?.parse().map_err(|_| "--connections: a number")?,
-            "--duration-s" => o.duration = Duration::from_secs_f64(v()?.parse().map_err(|_| "--duration-s: a number")?),
+            "--connections" | "-n" => {
+                o.connections = v()?.parse().map_err(|_| "--connections: a number")?
+            }
+            "--duration-s" => {
+                o.duration =
+                    Duration::from_secs_f64(v()?.parse().map_err(|_| "--duration-s: a number")?)
+            }
             "--rate" => o.rate = v()?.parse().map_err(|_| "--rate: a number")?,
-            "--server-pid" => o.server_pid = Some(v()?.parse().map_err(|_| "--server-pid: a number")?),
+            "--server-pid" => {
+                o.server_pid = Some(v()?.parse().map_err(|_| "--server-pid: a number")?)
+            }
             "--path" => o.path = Some(v()?),
             "--threads" => o.threads = v()?.parse().map_err(|_| "--threads: a number")?,
             "--room" => o.room = v()?,
@@ -77,7 +84,10 @@ fn parse() -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let rest = o.url.strip_prefix("ws://").ok_or("--url must be ws://HOST:PORT[/path]")?;
+    let rest = o
+        .url
+        .strip_prefix("ws://")
+        .ok_or("--url must be ws://HOST:PORT[/path]")?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     let (h, p) = hostport.rsplit_once(':').ok_or("--url needs a port")?;
     o.host = h.to_string();
@@ -115,6 +125,9 @@ fn main() {
     if o.json {
         println!("{}", report);
     } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     }
 }

@@ -29,13 +29,21 @@ fn pct(h: &Histogram<u64>) -> Value {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Server process facts from /proc (RSS in KiB, CPU ticks).
 fn proc_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn proc_cpu_ticks(pid: u32) -> Option<u64> {
@@ -53,12 +61,20 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn start(pid: Option<u32>) -> CpuMeter {
-        CpuMeter { pid, ticks: pid.and_then(proc_cpu_ticks).unwrap_or(0), at: Instant::now() }
+        CpuMeter {
+            pid,
+            ticks: pid.and_then(proc_cpu_ticks).unwrap_or(0),
+            at: Instant::now(),
+        }
     }
     /// Server CPU use since start, in percent of one core.
     fn percent(&self) -> Value {
-        let Some(pid) = self.pid else { return Value::Null };
-        let Some(now) = proc_cpu_ticks(pid) else { return Value::Null };
+        let Some(pid) = self.pid else {
+            return Value::Null;
+        };
+        let Some(now) = proc_cpu_ticks(pid) else {
+            return Value::Null;
+        };
         let hz = 100.0; // USER_HZ on Linux
         let secs = self.at.elapsed().as_secs_f64();
         json!(((now - self.ticks) as f64 / hz / secs * 100.0 * 10.0).round() / 10.0)
@@ -81,26 +97,44 @@ fn tokens(o: &Opts, n: usize) -> Vec<String> {
 
 fn mint(o: &Opts, sub: &str) -> String {
     let body = json!({"sub": sub}).to_string();
-    let mut s = TcpStream::connect((o.host.as_str(), o.port)).expect("server reachable for /v1/token");
+    let mut s =
+        TcpStream::connect((o.host.as_str(), o.port)).expect("server reachable for /v1/token");
     let req = format!("POST /v1/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", o.host, body.len());
     s.write_all(req.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let json_body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     let v: Value = serde_json::from_str(json_body).unwrap_or(Value::Null);
-    v["token"].as_str().unwrap_or_else(|| panic!("POST /v1/token failed: {out}")).to_string()
+    v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("POST /v1/token failed: {out}"))
+        .to_string()
 }
 
 fn ws_path(token: &str, extra: &str) -> String {
     if token.is_empty() {
-        format!("/v1/ws{}", if extra.is_empty() { String::new() } else { format!("?{}", &extra[1..]) })
+        format!(
+            "/v1/ws{}",
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", &extra[1..])
+            }
+        )
     } else {
         format!("/v1/ws?token={token}{extra}")
     }
 }
 
 /// Split ids over threads and run one engine per thread with its own handler.
-fn run_threads<H: Handler + 'static>(o: &Opts, paths: Vec<String>, mut make: impl FnMut(usize) -> H, deadline: Instant, tick: Option<Duration>, open_rate: f64) -> Vec<H> {
+fn run_threads<H: Handler + 'static>(
+    o: &Opts,
+    paths: Vec<String>,
+    mut make: impl FnMut(usize) -> H,
+    deadline: Instant,
+    tick: Option<Duration>,
+    open_rate: f64,
+) -> Vec<H> {
     let target = Arc::new(engine::resolve(&o.host, o.port));
     let t = o.threads.min(paths.len().max(1));
     let mut groups: Vec<Vec<(usize, String)>> = vec![Vec::new(); t];
@@ -120,7 +154,10 @@ fn run_threads<H: Handler + 'static>(o: &Opts, paths: Vec<String>, mut make: imp
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("load thread")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("load thread"))
+        .collect()
 }
 
 fn merge(hs: impl Iterator<Item = Histogram<u64>>) -> Histogram<u64> {
@@ -147,25 +184,36 @@ impl Handler for HoldH {
         // A generic server says nothing on open: the open itself counts.
         if self.generic {
             self.connected.fetch_add(1, Relaxed);
-            let _ = self.connect.record(now.duration_since(self.t0).as_micros().max(1) as u64);
+            let _ = self
+                .connect
+                .record(now.duration_since(self.t0).as_micros().max(1) as u64);
         }
     }
     fn on_text(&mut self, _id: usize, text: &str, _out: &mut Vec<String>, now: Instant) {
         if !self.generic && text.contains("\"type\":\"connected\"") {
             self.connected.fetch_add(1, Relaxed);
-            let _ = self.connect.record(now.duration_since(self.t0).as_micros().max(1) as u64);
+            let _ = self
+                .connect
+                .record(now.duration_since(self.t0).as_micros().max(1) as u64);
         }
     }
     fn on_failed(&mut self, _id: usize, why: &str) {
         self.failed.fetch_add(1, Relaxed);
-        *self.errors.entry(why.chars().take(60).collect()).or_default() += 1;
+        *self
+            .errors
+            .entry(why.chars().take(60).collect())
+            .or_default() += 1;
     }
 }
 
 pub fn hold(o: &Opts) -> Value {
     let n = o.connections;
     let toks = tokens(o, n);
-    let paths: Vec<String> = if o.generic { vec![o.path.clone().unwrap_or_else(|| "/".into()); n] } else { toks.iter().map(|t| ws_path(t, "")).collect() };
+    let paths: Vec<String> = if o.generic {
+        vec![o.path.clone().unwrap_or_else(|| "/".into()); n]
+    } else {
+        toks.iter().map(|t| ws_path(t, "")).collect()
+    };
     let rss_before = o.server_pid.and_then(proc_rss_kib);
     let connected = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -182,7 +230,21 @@ pub fn hold(o: &Opts) -> Value {
         std::thread::sleep(Duration::from_millis(500));
         (open_s, pid.and_then(proc_rss_kib))
     });
-    let hs = run_threads(o, paths, |_| HoldH { generic: o.generic, connected: connected.clone(), failed: failed.clone(), t0, connect: hist(), errors: HashMap::new() }, deadline, None, 0.0);
+    let hs = run_threads(
+        o,
+        paths,
+        |_| HoldH {
+            generic: o.generic,
+            connected: connected.clone(),
+            failed: failed.clone(),
+            t0,
+            connect: hist(),
+            errors: HashMap::new(),
+        },
+        deadline,
+        None,
+        0.0,
+    );
     let (open_s, rss_after) = watcher.join().unwrap();
     let ok = connected.load(Relaxed);
     let mut errors: HashMap<String, u64> = HashMap::new();
@@ -192,7 +254,9 @@ pub fn hold(o: &Opts) -> Value {
         }
     }
     let per_conn = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if ok > 0 => json!(((a.saturating_sub(b)) as f64 * 1024.0 / ok as f64).round()),
+        (Some(b), Some(a)) if ok > 0 => {
+            json!(((a.saturating_sub(b)) as f64 * 1024.0 / ok as f64).round())
+        }
         _ => Value::Null,
     };
     json!({
@@ -225,7 +289,9 @@ impl Handler for EchoH {
     fn on_text(&mut self, id: usize, _text: &str, out: &mut Vec<String>, now: Instant) {
         if let Some(t) = self.sent_at.get(&id) {
             if now >= self.measure_from {
-                let _ = self.rtt.record(now.duration_since(*t).as_micros().max(1) as u64);
+                let _ = self
+                    .rtt
+                    .record(now.duration_since(*t).as_micros().max(1) as u64);
                 self.msgs += 1;
             }
         }
@@ -247,7 +313,21 @@ pub fn echo(o: &Opts) -> Value {
     let start = Instant::now();
     let measure_from = start + warm;
     let cpu = CpuMeter::start(o.server_pid);
-    let hs = run_threads(o, paths, |_| EchoH { sent_at: HashMap::new(), payload: payload.clone(), rtt: hist(), msgs: 0, failed: 0, measure_from }, start + warm + o.duration, None, 0.0);
+    let hs = run_threads(
+        o,
+        paths,
+        |_| EchoH {
+            sent_at: HashMap::new(),
+            payload: payload.clone(),
+            rtt: hist(),
+            msgs: 0,
+            failed: 0,
+            measure_from,
+        },
+        start + warm + o.duration,
+        None,
+        0.0,
+    );
     let msgs: u64 = hs.iter().map(|h| h.msgs).sum();
     let failed: u64 = hs.iter().map(|h| h.failed).sum();
     json!({
@@ -282,7 +362,12 @@ struct BcastH {
 impl BcastH {
     fn parse_ts(&self, text: &str) -> Option<u64> {
         if self.generic {
-            return text.trim().strip_prefix("ts:").unwrap_or(text.trim()).parse().ok();
+            return text
+                .trim()
+                .strip_prefix("ts:")
+                .unwrap_or(text.trim())
+                .parse()
+                .ok();
         }
         // Cheap on purpose: at 500k deliveries/s a full JSON parse per event would make
         // the harness, not the server, the bottleneck on a shared 2-core box.
@@ -335,7 +420,12 @@ impl Handler for BcastH {
             self.sent_local += 1;
             self.sent.fetch_add(1, Relaxed);
             let body = format!("ts:{}", now_ns());
-            let msg = if self.generic { body } else { json!({"type": "chat", "room_id": self.room, "message": body, "ai": false}).to_string() };
+            let msg = if self.generic {
+                body
+            } else {
+                json!({"type": "chat", "room_id": self.room, "message": body, "ai": false})
+                    .to_string()
+            };
             sends.push((0, msg));
         }
     }
@@ -353,7 +443,9 @@ pub fn broadcast(o: &Opts) -> Value {
     let paths: Vec<String> = if o.generic {
         vec![o.path.clone().unwrap_or_else(|| "/".into()); n]
     } else {
-        toks.iter().map(|t| ws_path(t, &format!("&room_id={}", o.room))).collect()
+        toks.iter()
+            .map(|t| ws_path(t, &format!("&room_id={}", o.room)))
+            .collect()
     };
     let joined = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -455,7 +547,9 @@ impl Handler for ChatH {
                 if s.first.is_none() {
                     s.first = Some(now);
                     if let Some(t) = s.sent {
-                        let _ = self.first_token.record(now.duration_since(t).as_micros().max(1) as u64);
+                        let _ = self
+                            .first_token
+                            .record(now.duration_since(t).as_micros().max(1) as u64);
                     }
                 }
             }
@@ -467,18 +561,27 @@ impl Handler for ChatH {
                     // least-delayed token (the best case we saw); every other token's lag
                     // behind that schedule is latency the server added.
                     let period = Duration::from_secs_f64(1.0 / self.rate);
-                    let anchor = s.arrivals.iter().map(|(i, t)| *t - period * (*i as u32)).min();
+                    let anchor = s
+                        .arrivals
+                        .iter()
+                        .map(|(i, t)| *t - period * (*i as u32))
+                        .min();
                     if let Some(anchor) = anchor {
                         for (i, t) in &s.arrivals {
                             let ideal = anchor + period * (*i as u32);
-                            let _ = self.lag.record(t.saturating_duration_since(ideal).as_micros().max(1) as u64);
+                            let _ =
+                                self.lag
+                                    .record(t.saturating_duration_since(ideal).as_micros().max(1)
+                                        as u64);
                         }
                     }
                     if v["response"].as_str() != Some(s.text.as_str()) {
                         self.mismatched += 1;
                     }
                     if let Some(t) = s.sent {
-                        let _ = self.completion.record(now.duration_since(t).as_micros().max(1) as u64);
+                        let _ = self
+                            .completion
+                            .record(now.duration_since(t).as_micros().max(1) as u64);
                     }
                 }
             }
@@ -501,7 +604,9 @@ pub fn chat(o: &Opts) -> Value {
     let t = o.threads.min(n.max(1));
     let start = Instant::now();
     let cpu = CpuMeter::start(o.server_pid);
-    let per_thread: Vec<usize> = (0..t).map(|k| (0..n).filter(|i| i % t == k).count()).collect();
+    let per_thread: Vec<usize> = (0..t)
+        .map(|k| (0..n).filter(|i| i % t == k).count())
+        .collect();
     let hs = run_threads(
         o,
         paths,
@@ -526,7 +631,14 @@ pub fn chat(o: &Opts) -> Value {
     let elapsed = start.elapsed().as_secs_f64();
     let rss = o.server_pid.and_then(proc_rss_kib);
     let sum = |f: fn(&ChatH) -> u64| hs.iter().map(f).sum::<u64>();
-    let (tokens, completed, reordered, mismatched, errors, failed) = (sum(|h| h.tokens), sum(|h| h.completed), sum(|h| h.reordered), sum(|h| h.mismatched), sum(|h| h.errors), sum(|h| h.failed));
+    let (tokens, completed, reordered, mismatched, errors, failed) = (
+        sum(|h| h.tokens),
+        sum(|h| h.completed),
+        sum(|h| h.reordered),
+        sum(|h| h.mismatched),
+        sum(|h| h.errors),
+        sum(|h| h.failed),
+    );
     let cpu_pct = cpu.percent();
     let mut ft = hist();
     let mut lag = hist();
@@ -553,7 +665,9 @@ fn connect_blocking(o: &Opts, path: &str) -> Result<Ws, String> {
     sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
     sock.set_nodelay(true).ok();
     let url = format!("ws://{}:{}{}", o.host, o.port, path);
-    tungstenite::client(url, sock).map(|(ws, _)| ws).map_err(|e| e.to_string())
+    tungstenite::client(url, sock)
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
 }
 
 fn read_until(ws: &mut Ws, ty: &str) -> Result<Value, String> {
@@ -585,7 +699,8 @@ pub fn churn(o: &Opts) -> Value {
     let cpu = CpuMeter::start(o.server_pid);
     std::thread::scope(|s| {
         for w in 0..workers {
-            let (stop, done, failed, lat) = (stop.clone(), done.clone(), failed.clone(), lat.clone());
+            let (stop, done, failed, lat) =
+                (stop.clone(), done.clone(), failed.clone(), lat.clone());
             let path = ws_path(&toks[w], "");
             s.spawn(move || {
                 let mut local = hist();
@@ -594,7 +709,8 @@ pub fn churn(o: &Opts) -> Value {
                     let r = (|| -> Result<(), String> {
                         let mut ws = connect_blocking(o, &path)?;
                         read_until(&mut ws, "connected")?;
-                        ws.send(tungstenite::Message::text(r#"{"type":"ping"}"#)).map_err(|e| e.to_string())?;
+                        ws.send(tungstenite::Message::text(r#"{"type":"ping"}"#))
+                            .map_err(|e| e.to_string())?;
                         read_until(&mut ws, "pong")?;
                         let _ = ws.close(None);
                         let _ = ws.flush();
@@ -731,12 +847,15 @@ impl Handler for WriteH {
         if text.contains("\"type\":\"ack\"") {
             if !self.conv.contains_key(&id) {
                 if let Ok(v) = serde_json::from_str::<Value>(text) {
-                    self.conv.insert(id, v["conversation_id"].as_str().unwrap_or("").to_string());
+                    self.conv
+                        .insert(id, v["conversation_id"].as_str().unwrap_or("").to_string());
                 }
             }
             if let Some(t) = self.sent_at.get(&id) {
                 if now >= self.measure_from {
-                    let _ = self.lat.record(now.duration_since(*t).as_micros().max(1) as u64);
+                    let _ = self
+                        .lat
+                        .record(now.duration_since(*t).as_micros().max(1) as u64);
                     self.acks += 1;
                 }
             }
@@ -764,7 +883,16 @@ pub fn write(o: &Opts) -> Value {
     let hs = run_threads(
         o,
         paths,
-        |_| WriteH { sent_at: HashMap::new(), conv: HashMap::new(), seq: HashMap::new(), lat: hist(), acks: 0, errors: 0, failed: 0, measure_from: start + warm },
+        |_| WriteH {
+            sent_at: HashMap::new(),
+            conv: HashMap::new(),
+            seq: HashMap::new(),
+            lat: hist(),
+            acks: 0,
+            errors: 0,
+            failed: 0,
+            measure_from: start + warm,
+        },
         start + warm + o.duration,
         None,
         0.0,

@@ -12,14 +12,20 @@ pub struct Demo {
 
 impl Demo {
     pub fn new(tokens_per_s: f64) -> Demo {
-        Demo { interval: Duration::from_secs_f64(1.0 / tokens_per_s) }
+        Demo {
+            interval: Duration::from_secs_f64(1.0 / tokens_per_s),
+        }
     }
 }
 
 /// The reply the demo model gives to `user_text` (deterministic).
 pub fn reply(user_text: &str, turns: usize) -> String {
     let said: String = user_text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let said: String = if said.chars().count() > 200 { said.chars().take(200).collect::<String>() + "…" } else { said };
+    let said: String = if said.chars().count() > 200 {
+        said.chars().take(200).collect::<String>() + "…"
+    } else {
+        said
+    };
     let words = said.split_whitespace().count();
     format!(
         "Hello! I am confab's built-in demo model: no AI backend is configured, so I answer offline. \
@@ -48,17 +54,38 @@ pub fn tokens(text: &str) -> Vec<String> {
 }
 
 impl Provider for Demo {
-    fn stream(&self, req: &ModelRequest, sink: &mut dyn FnMut(&str) -> bool) -> Result<StreamEnd, LlmError> {
-        let last_user = req.messages.iter().rev().find(|(r, _)| r == "user").map(|(_, c)| c.as_str()).unwrap_or("");
+    fn stream(
+        &self,
+        req: &ModelRequest,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<StreamEnd, LlmError> {
+        let last_user = req
+            .messages
+            .iter()
+            .rev()
+            .find(|(r, _)| r == "user")
+            .map(|(_, c)| c.as_str())
+            .unwrap_or("");
         let turns = req.messages.iter().filter(|(r, _)| r != "system").count();
         let toks = tokens(&reply(last_user, turns));
-        let prompt_tokens = req.messages.iter().map(|(_, c)| c.len() as u64).sum::<u64>().div_ceil(4);
+        let prompt_tokens = req
+            .messages
+            .iter()
+            .map(|(_, c)| c.len() as u64)
+            .sum::<u64>()
+            .div_ceil(4);
         let limit = req.max_tokens.max(1) as usize;
         let start = Instant::now();
         let mut sent = 0u64;
         for (i, t) in toks.iter().enumerate() {
             if i >= limit {
-                return Ok(StreamEnd { finish_reason: "length".into(), usage: Some(Usage { prompt_tokens, completion_tokens: sent }) });
+                return Ok(StreamEnd {
+                    finish_reason: "length".into(),
+                    usage: Some(Usage {
+                        prompt_tokens,
+                        completion_tokens: sent,
+                    }),
+                });
             }
             // Paced against the start time, so the rate holds whatever the sink costs.
             let due = start + self.interval * i as u32;
@@ -67,11 +94,23 @@ impl Provider for Demo {
                 std::thread::sleep(due - now);
             }
             if req.cancel.load(std::sync::atomic::Ordering::Relaxed) || !sink(t) {
-                return Ok(StreamEnd { finish_reason: "cancelled".into(), usage: Some(Usage { prompt_tokens, completion_tokens: sent }) });
+                return Ok(StreamEnd {
+                    finish_reason: "cancelled".into(),
+                    usage: Some(Usage {
+                        prompt_tokens,
+                        completion_tokens: sent,
+                    }),
+                });
             }
             sent += 1;
         }
-        Ok(StreamEnd { finish_reason: "stop".into(), usage: Some(Usage { prompt_tokens, completion_tokens: sent }) })
+        Ok(StreamEnd {
+            finish_reason: "stop".into(),
+            usage: Some(Usage {
+                prompt_tokens,
+                completion_tokens: sent,
+            }),
+        })
     }
 }
 

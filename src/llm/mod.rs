@@ -73,7 +73,11 @@ pub struct StreamEnd {
 
 /// A source of streamed replies. `sink` gets each delta and returns false to stop.
 pub trait Provider: Send + Sync {
-    fn stream(&self, req: &ModelRequest, sink: &mut dyn FnMut(&str) -> bool) -> Result<StreamEnd, LlmError>;
+    fn stream(
+        &self,
+        req: &ModelRequest,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<StreamEnd, LlmError>;
 }
 
 /// A held slot of generation capacity; released on drop.
@@ -143,8 +147,15 @@ impl Llm {
             if cur >= self.capacity || self.stopping.load(Relaxed) {
                 return None;
             }
-            match self.reserved.compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed) {
-                Ok(_) => return Some(Reservation { slots: self.reserved.clone() }),
+            match self
+                .reserved
+                .compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    return Some(Reservation {
+                        slots: self.reserved.clone(),
+                    })
+                }
                 Err(now) => cur = now,
             }
         }
@@ -182,7 +193,10 @@ pub fn plan(ctx: &ServerCtx, req: &ChatRequest) -> Result<Plan, String> {
     let name = req.agent.as_deref().unwrap_or(&cfg.default_agent);
     let Some(base) = ctx.cfg.agents.get(name) else {
         let known: Vec<&str> = ctx.cfg.agents.keys().map(String::as_str).collect();
-        return Err(format!("unknown agent {name:?} (known: {})", known.join(", ")));
+        return Err(format!(
+            "unknown agent {name:?} (known: {})",
+            known.join(", ")
+        ));
     };
     let mut agent = base.clone();
     if let Some(m) = &req.model {
@@ -199,13 +213,19 @@ pub fn plan(ctx: &ServerCtx, req: &ChatRequest) -> Result<Plan, String> {
     }
     if let Some(t) = req.temperature {
         if !(0.0..=cfg.temperature_max).contains(&t) {
-            return Err(format!("`temperature` must be between 0 and {}", cfg.temperature_max));
+            return Err(format!(
+                "`temperature` must be between 0 and {}",
+                cfg.temperature_max
+            ));
         }
         agent.temperature = t;
     }
     if let Some(n) = req.max_tokens {
         if n == 0 || n > cfg.max_tokens_limit {
-            return Err(format!("`max_tokens` must be between 1 and {}", cfg.max_tokens_limit));
+            return Err(format!(
+                "`max_tokens` must be between 1 and {}",
+                cfg.max_tokens_limit
+            ));
         }
         agent.max_tokens = n;
     }
@@ -213,19 +233,40 @@ pub fn plan(ctx: &ServerCtx, req: &ChatRequest) -> Result<Plan, String> {
 }
 
 fn progress(ctx: &ServerCtx, gen: &Generation, step: &'static str, message: &str, percent: u8) {
-    let ev = Event::Progress { conversation_id: gen.conversation_id.to_string(), message_id: gen.message_id, step, message: message.into(), percent };
-    ctx.hub.publish(&ctx.shards, topic_event(&gen.conversation_id, TopicKind::Ephemeral, &ev));
+    let ev = Event::Progress {
+        conversation_id: gen.conversation_id.to_string(),
+        message_id: gen.message_id,
+        step,
+        message: message.into(),
+        percent,
+    };
+    ctx.hub.publish(
+        &ctx.shards,
+        topic_event(&gen.conversation_id, TopicKind::Ephemeral, &ev),
+    );
 }
 
 /// Queue a reply (the reservation guarantees room in the queue).
 pub fn start(ctx: &ServerCtx, req: GenRequest, reservation: Reservation) {
     ctx.metrics.llm_queued.fetch_add(1, Relaxed);
     progress(ctx, &req.gen, "queued", "Waiting for a model worker", 0);
-    if let Err(e) = ctx.llm.tx.try_send(Some(Work { req, _reservation: reservation, enqueued: Instant::now() })) {
+    if let Err(e) = ctx.llm.tx.try_send(Some(Work {
+        req,
+        _reservation: reservation,
+        enqueued: Instant::now(),
+    })) {
         // Only when shutting down (capacity is reserved up front).
         ctx.metrics.llm_queued.fetch_sub(1, Relaxed);
         let Some(w) = e.into_inner() else { return };
-        finish(ctx, &w.req, String::new(), "error", "cancelled", CompletionMeta::default(), Some("the server is shutting down".into()));
+        finish(
+            ctx,
+            &w.req,
+            String::new(),
+            "error",
+            "cancelled",
+            CompletionMeta::default(),
+            Some("the server is shutting down".into()),
+        );
     }
 }
 
@@ -235,7 +276,10 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
         let ctx = ctx.clone();
         let rx = ctx.llm.rx.clone();
         // Workers mostly wait on the network or a timer: small stacks.
-        let h = std::thread::Builder::new().name(format!("llm-{i}")).stack_size(256 * 1024).spawn(move || worker(ctx, rx))?;
+        let h = std::thread::Builder::new()
+            .name(format!("llm-{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || worker(ctx, rx))?;
         hs.push(h);
     }
     *ctx.llm.handles.lock() = hs;
@@ -252,12 +296,25 @@ fn worker(ctx: Arc<ServerCtx>, rx: Receiver<Option<Work>>) {
     }
 }
 
-fn generate(ctx: &ServerCtx, req: &GenRequest, db: &mut Option<rusqlite::Connection>, enqueued: Instant) {
+fn generate(
+    ctx: &ServerCtx,
+    req: &GenRequest,
+    db: &mut Option<rusqlite::Connection>,
+    enqueued: Instant,
+) {
     let gen = &req.gen;
     let agent = &req.plan.agent;
     let started = enqueued;
     if gen.cancelled() {
-        return finish(ctx, req, String::new(), "cancelled", "cancelled", meta(agent, 0, 0, None, started), None);
+        return finish(
+            ctx,
+            req,
+            String::new(),
+            "cancelled",
+            "cancelled",
+            meta(agent, 0, 0, None, started),
+            None,
+        );
     }
     progress(ctx, gen, "loading_context", "Loading the conversation", 10);
     if db.is_none() {
@@ -268,14 +325,30 @@ fn generate(ctx: &ServerCtx, req: &GenRequest, db: &mut Option<rusqlite::Connect
     if !agent.system_prompt.is_empty() {
         messages.push(("system".to_string(), agent.system_prompt.clone()));
     }
-    match db.as_ref().map(|c| crate::store::read::context(c, &gen.conversation_id, gen.seq, cfg.context_messages, cfg.context_max_chars)) {
+    match db.as_ref().map(|c| {
+        crate::store::read::context(
+            c,
+            &gen.conversation_id,
+            gen.seq,
+            cfg.context_messages,
+            cfg.context_max_chars,
+        )
+    }) {
         Some(Ok(ctx_msgs)) if !ctx_msgs.is_empty() => messages.extend(ctx_msgs),
         _ => messages.push(("user".to_string(), req.user_text.clone())),
     }
     let prompt_chars: usize = messages.iter().map(|(_, c)| c.len()).sum();
     progress(ctx, gen, "generating", "Generating the reply", 30);
     if req.room_id.is_some() {
-        publish_typing_as(ctx, &gen.conversation_id, req.room_id.clone(), &format!("agent:{}", agent.name), &agent.name, true, false);
+        publish_typing_as(
+            ctx,
+            &gen.conversation_id,
+            req.room_id.clone(),
+            &format!("agent:{}", agent.name),
+            &agent.name,
+            true,
+            false,
+        );
     }
 
     let provider = ctx.llm.provider(agent.provider);
@@ -299,9 +372,20 @@ fn generate(ctx: &ServerCtx, req: &GenRequest, db: &mut Option<rusqlite::Connect
             let index = st.tokens;
             st.content.push_str(delta);
             st.tokens += 1;
-            let ev = Event::Token { conversation_id: gen.conversation_id.to_string(), message_id: gen.message_id, index, token: delta.to_string(), count: None };
-            let kind = TopicKind::Token { message_id: gen.message_id, index, text: Arc::from(delta) };
-            ctx.hub.publish(&ctx.shards, topic_event(&gen.conversation_id, kind, &ev));
+            let ev = Event::Token {
+                conversation_id: gen.conversation_id.to_string(),
+                message_id: gen.message_id,
+                index,
+                token: delta.to_string(),
+                count: None,
+            };
+            let kind = TopicKind::Token {
+                message_id: gen.message_id,
+                index,
+                text: Arc::from(delta),
+            };
+            ctx.hub
+                .publish(&ctx.shards, topic_event(&gen.conversation_id, kind, &ev));
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
@@ -318,34 +402,102 @@ fn generate(ctx: &ServerCtx, req: &GenRequest, db: &mut Option<rusqlite::Connect
         }
         true
     };
-    let model_req = ModelRequest { model: &agent.model, messages: &messages, temperature: agent.temperature, max_tokens: agent.max_tokens, cancel: &gen.cancel };
+    let model_req = ModelRequest {
+        model: &agent.model,
+        messages: &messages,
+        temperature: agent.temperature,
+        max_tokens: agent.max_tokens,
+        cancel: &gen.cancel,
+    };
     let result = provider.stream(&model_req, &mut sink);
     let (content, tokens) = {
         let st = gen.state.lock();
         (st.content.clone(), st.tokens)
     };
-    let counted = |u: Option<Usage>| u.unwrap_or(Usage { prompt_tokens: (prompt_chars as u64).div_ceil(4), completion_tokens: tokens });
+    let counted = |u: Option<Usage>| {
+        u.unwrap_or(Usage {
+            prompt_tokens: (prompt_chars as u64).div_ceil(4),
+            completion_tokens: tokens,
+        })
+    };
     match result {
         Ok(end) if gen.cancelled() || end.finish_reason == "cancelled" => {
             let u = counted(end.usage);
-            finish(ctx, req, content, "cancelled", "cancelled", meta(agent, u.prompt_tokens, u.completion_tokens, first_token, started), None)
+            finish(
+                ctx,
+                req,
+                content,
+                "cancelled",
+                "cancelled",
+                meta(
+                    agent,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    first_token,
+                    started,
+                ),
+                None,
+            )
         }
         Ok(end) => {
             let u = counted(end.usage);
-            let reason = if end.finish_reason == "length" { "length" } else { "stop" };
-            finish(ctx, req, content, "complete", reason, meta(agent, u.prompt_tokens, u.completion_tokens, first_token, started), None)
+            let reason = if end.finish_reason == "length" {
+                "length"
+            } else {
+                "stop"
+            };
+            finish(
+                ctx,
+                req,
+                content,
+                "complete",
+                reason,
+                meta(
+                    agent,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    first_token,
+                    started,
+                ),
+                None,
+            )
         }
         Err(e) => {
-            log::warn!("generation {} in {} failed: {e}", gen.message_id, gen.conversation_id);
+            log::warn!(
+                "generation {} in {} failed: {e}",
+                gen.message_id,
+                gen.conversation_id
+            );
             ctx.metrics.llm_failed.fetch_add(1, Relaxed);
             let u = counted(None);
-            finish(ctx, req, content, "error", "error", meta(agent, u.prompt_tokens, u.completion_tokens, first_token, started), Some(e.to_string()))
+            finish(
+                ctx,
+                req,
+                content,
+                "error",
+                "error",
+                meta(
+                    agent,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    first_token,
+                    started,
+                ),
+                Some(e.to_string()),
+            )
         }
     }
 }
 
-fn meta(agent: &AgentConfig, prompt: u64, completion: u64, first: Option<Duration>, started: Instant) -> CompletionMeta {
-    let cost = prompt as f64 / 1000.0 * agent.price_prompt_per_1k + completion as f64 / 1000.0 * agent.price_completion_per_1k;
+fn meta(
+    agent: &AgentConfig,
+    prompt: u64,
+    completion: u64,
+    first: Option<Duration>,
+    started: Instant,
+) -> CompletionMeta {
+    let cost = prompt as f64 / 1000.0 * agent.price_prompt_per_1k
+        + completion as f64 / 1000.0 * agent.price_completion_per_1k;
     CompletionMeta {
         agent: agent.name.clone(),
         model: agent.model.clone(),
@@ -360,21 +512,59 @@ fn meta(agent: &AgentConfig, prompt: u64, completion: u64, first: Option<Duratio
 
 /// Store the final state; after COMMIT tell every subscriber (`message_updated`,
 /// `complete`, and `error` LLM_ERROR when the backend failed).
-fn finish(ctx: &ServerCtx, req: &GenRequest, content: String, status: &'static str, reason: &'static str, meta: CompletionMeta, error: Option<String>) {
+fn finish(
+    ctx: &ServerCtx,
+    req: &GenRequest,
+    content: String,
+    status: &'static str,
+    reason: &'static str,
+    meta: CompletionMeta,
+    error: Option<String>,
+) {
     let gen = req.gen.clone();
     let room_id = req.room_id.clone();
     let client_id = req.client_id.clone();
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
     let agent = req.plan.agent.name.clone();
-    let (g2, r2, e2, m2, c2, a2) = (gen.clone(), room_id.clone(), error.clone(), meta.clone(), content.clone(), agent.clone());
+    let (g2, r2, e2, m2, c2, a2) = (
+        gen.clone(),
+        room_id.clone(),
+        error.clone(),
+        meta.clone(),
+        content.clone(),
+        agent.clone(),
+    );
     let job = WriteJob {
         enqueued: Instant::now(),
         op: Box::new(move |db, st| {
-            let row = crate::store::writer::finalize(db, st.now_ms, gen.message_id, &content, status, &meta_json)?;
-            Ok(Box::new(move |ctx: &ServerCtx| announce_end(ctx, &gen, room_id, Some(row.view()), &content, reason, meta, error, client_id, &agent)))
+            let row = crate::store::writer::finalize(
+                db,
+                st.now_ms,
+                gen.message_id,
+                &content,
+                status,
+                &meta_json,
+            )?;
+            Ok(Box::new(move |ctx: &ServerCtx| {
+                announce_end(
+                    ctx,
+                    &gen,
+                    room_id,
+                    Some(row.view()),
+                    &content,
+                    reason,
+                    meta,
+                    error,
+                    client_id,
+                    &agent,
+                )
+            }))
         }),
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
-            let err = Some(format!("{}; the reply could not be stored: {e}", e2.unwrap_or_default()));
+            let err = Some(format!(
+                "{}; the reply could not be stored: {e}",
+                e2.unwrap_or_default()
+            ));
             announce_end(ctx, &g2, r2, None, &c2, "error", m2, err, None, &a2)
         }),
     };
@@ -397,12 +587,39 @@ fn announce_end(
     let conv = &gen.conversation_id;
     if let Some(msg) = error {
         ctx.metrics.error(ErrorCode::LlmError);
-        let ev = Event::Error { code: ErrorCode::LlmError, error: msg, id: client_id, retry_after: None };
-        ctx.hub.publish(&ctx.shards, topic_event(conv, TopicKind::Updated { message_id: gen.message_id }, &ev));
+        let ev = Event::Error {
+            code: ErrorCode::LlmError,
+            error: msg,
+            id: client_id,
+            retry_after: None,
+        };
+        ctx.hub.publish(
+            &ctx.shards,
+            topic_event(
+                conv,
+                TopicKind::Updated {
+                    message_id: gen.message_id,
+                },
+                &ev,
+            ),
+        );
     }
     if let Some(view) = row {
-        let ev = Event::MessageUpdated { conversation_id: conv.to_string(), room_id: room_id.clone(), message: view };
-        ctx.hub.publish(&ctx.shards, topic_event(conv, TopicKind::Updated { message_id: gen.message_id }, &ev));
+        let ev = Event::MessageUpdated {
+            conversation_id: conv.to_string(),
+            room_id: room_id.clone(),
+            message: view,
+        };
+        ctx.hub.publish(
+            &ctx.shards,
+            topic_event(
+                conv,
+                TopicKind::Updated {
+                    message_id: gen.message_id,
+                },
+                &ev,
+            ),
+        );
     }
     let ev = Event::Complete {
         conversation_id: conv.to_string(),
@@ -412,9 +629,26 @@ fn announce_end(
         finish_reason: reason,
         metadata: meta,
     };
-    ctx.hub.publish(&ctx.shards, topic_event(conv, TopicKind::Complete { message_id: gen.message_id }, &ev));
+    ctx.hub.publish(
+        &ctx.shards,
+        topic_event(
+            conv,
+            TopicKind::Complete {
+                message_id: gen.message_id,
+            },
+            &ev,
+        ),
+    );
     if room_id.is_some() {
-        publish_typing_as(ctx, conv, room_id, &format!("agent:{agent}"), agent, false, false);
+        publish_typing_as(
+            ctx,
+            conv,
+            room_id,
+            &format!("agent:{agent}"),
+            agent,
+            false,
+            false,
+        );
     }
     ctx.hub.generations.remove(conv, gen.message_id);
     ctx.metrics.llm_completed.fetch_add(1, Relaxed);

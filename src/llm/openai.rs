@@ -43,8 +43,12 @@ impl OpenAi {
 fn classify(e: ureq::Error) -> LlmError {
     match e {
         ureq::Error::Timeout(t) => LlmError::Timeout(t.to_string()),
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => LlmError::Connect(io.to_string()),
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => LlmError::Connect(e.to_string()),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            LlmError::Connect(io.to_string())
+        }
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            LlmError::Connect(e.to_string())
+        }
         ureq::Error::Io(io) => LlmError::Connect(io.to_string()),
         other => LlmError::Connect(other.to_string()),
     }
@@ -52,7 +56,10 @@ fn classify(e: ureq::Error) -> LlmError {
 
 fn io_error(e: std::io::Error) -> LlmError {
     let text = e.to_string();
-    if e.kind() == std::io::ErrorKind::TimedOut || text.to_ascii_lowercase().contains("timeout") || text.contains("timed out") {
+    if e.kind() == std::io::ErrorKind::TimedOut
+        || text.to_ascii_lowercase().contains("timeout")
+        || text.contains("timed out")
+    {
         LlmError::Timeout(text)
     } else {
         LlmError::Io(text)
@@ -60,8 +67,16 @@ fn io_error(e: std::io::Error) -> LlmError {
 }
 
 impl Provider for OpenAi {
-    fn stream(&self, req: &ModelRequest, sink: &mut dyn FnMut(&str) -> bool) -> Result<StreamEnd, LlmError> {
-        let messages: Vec<serde_json::Value> = req.messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+    fn stream(
+        &self,
+        req: &ModelRequest,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<StreamEnd, LlmError> {
+        let messages: Vec<serde_json::Value> = req
+            .messages
+            .iter()
+            .map(|(r, c)| json!({"role": r, "content": c}))
+            .collect();
         let body = json!({
             "model": req.model,
             "messages": messages,
@@ -71,7 +86,11 @@ impl Provider for OpenAi {
             "max_tokens": req.max_tokens,
         })
         .to_string();
-        let mut request = self.agent.post(&self.url).header("Accept", "text/event-stream").content_type("application/json");
+        let mut request = self
+            .agent
+            .post(&self.url)
+            .header("Accept", "text/event-stream")
+            .content_type("application/json");
         if let Ok(key) = std::env::var(&self.api_key_env) {
             if !key.is_empty() {
                 request = request.header("Authorization", format!("Bearer {key}"));
@@ -81,10 +100,19 @@ impl Provider for OpenAi {
         let resp = request.send(body.as_bytes()).map_err(classify)?;
         let status = resp.status().as_u16();
         if status >= 400 {
-            let text = resp.into_body().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+            let text = resp
+                .into_body()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| text.chars().take(300).collect());
             return Err(LlmError::Http { status, message });
         }
@@ -96,7 +124,10 @@ impl Provider for OpenAi {
         let mut got_token = false;
         loop {
             if req.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Ok(StreamEnd { finish_reason: "cancelled".into(), usage });
+                return Ok(StreamEnd {
+                    finish_reason: "cancelled".into(),
+                    usage,
+                });
             }
             line.clear();
             let n = reader.read_line(&mut line).map_err(io_error)?;
@@ -106,7 +137,10 @@ impl Provider for OpenAi {
                     None => {
                         // EOF without [DONE]: fine if the backend said why it stopped.
                         return match finish_reason {
-                            Some(r) => Ok(StreamEnd { finish_reason: r, usage }),
+                            Some(r) => Ok(StreamEnd {
+                                finish_reason: r,
+                                usage,
+                            }),
                             None => Err(LlmError::Truncated),
                         };
                     }
@@ -115,19 +149,32 @@ impl Provider for OpenAi {
                 parser.line(line.trim_end_matches('\n'))?
             };
             if !got_token && started.elapsed() > self.first_token_timeout {
-                return Err(LlmError::Timeout(format!("no token within {:?}", self.first_token_timeout)));
+                return Err(LlmError::Timeout(format!(
+                    "no token within {:?}",
+                    self.first_token_timeout
+                )));
             }
             match event {
                 None => {}
                 Some(SseEvent::Done) => {
-                    return Ok(StreamEnd { finish_reason: finish_reason.unwrap_or_else(|| "stop".into()), usage });
+                    return Ok(StreamEnd {
+                        finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+                        usage,
+                    });
                 }
-                Some(SseEvent::Chunk { content, finish_reason: fr, usage: u }) => {
+                Some(SseEvent::Chunk {
+                    content,
+                    finish_reason: fr,
+                    usage: u,
+                }) => {
                     if let Some(c) = content {
                         if !c.is_empty() {
                             got_token = true;
                             if !sink(&c) {
-                                return Ok(StreamEnd { finish_reason: "cancelled".into(), usage });
+                                return Ok(StreamEnd {
+                                    finish_reason: "cancelled".into(),
+                                    usage,
+                                });
                             }
                         }
                     }
@@ -141,7 +188,10 @@ impl Provider for OpenAi {
             }
             if n == 0 {
                 return match finish_reason {
-                    Some(r) => Ok(StreamEnd { finish_reason: r, usage }),
+                    Some(r) => Ok(StreamEnd {
+                        finish_reason: r,
+                        usage,
+                    }),
                     None => Err(LlmError::Truncated),
                 };
             }

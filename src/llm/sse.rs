@@ -17,7 +17,11 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SseEvent {
     /// A content delta (possibly with a finish reason on the same chunk).
-    Chunk { content: Option<String>, finish_reason: Option<String>, usage: Option<Usage> },
+    Chunk {
+        content: Option<String>,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+    },
     Done,
 }
 
@@ -120,15 +124,26 @@ pub fn parse_data(data: &str) -> Result<SseEvent, SseError> {
         SseError::Malformed(format!("{e} in {shown:?}"))
     })?;
     if let Some(err) = raw.error {
-        let msg = err.get("message").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| err.to_string());
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| err.to_string());
         return Err(SseError::Backend(msg));
     }
     let (content, finish_reason) = match raw.choices.into_iter().next() {
         Some(c) => (c.delta.and_then(|d| d.content), c.finish_reason),
         None => (None, None),
     };
-    let usage = raw.usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
-    Ok(SseEvent::Chunk { content, finish_reason, usage })
+    let usage = raw.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    });
+    Ok(SseEvent::Chunk {
+        content,
+        finish_reason,
+        usage,
+    })
 }
 
 #[cfg(test)]
@@ -152,9 +167,33 @@ mod tests {
         let mut p = SseParser::default();
         let evs: Vec<SseEvent> = stream.iter().filter_map(|l| p.line(l).unwrap()).collect();
         assert_eq!(evs.len(), 5);
-        assert_eq!(evs[1], SseEvent::Chunk { content: Some("Hel".into()), finish_reason: None, usage: None });
-        assert_eq!(evs[2], SseEvent::Chunk { content: None, finish_reason: Some("stop".into()), usage: None });
-        assert_eq!(evs[3], SseEvent::Chunk { content: None, finish_reason: None, usage: Some(Usage { prompt_tokens: 9, completion_tokens: 2 }) });
+        assert_eq!(
+            evs[1],
+            SseEvent::Chunk {
+                content: Some("Hel".into()),
+                finish_reason: None,
+                usage: None
+            }
+        );
+        assert_eq!(
+            evs[2],
+            SseEvent::Chunk {
+                content: None,
+                finish_reason: Some("stop".into()),
+                usage: None
+            }
+        );
+        assert_eq!(
+            evs[3],
+            SseEvent::Chunk {
+                content: None,
+                finish_reason: None,
+                usage: Some(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 2
+                })
+            }
+        );
         assert_eq!(evs[4], SseEvent::Done);
     }
 
@@ -171,8 +210,18 @@ mod tests {
     fn multi_line_data_is_joined_and_crlf_tolerated() {
         let mut p = SseParser::default();
         assert_eq!(p.line("data: {\"choices\":\r").unwrap(), None);
-        assert_eq!(p.line("data: [{\"delta\":{\"content\":\"a\"}}]}").unwrap(), None);
+        assert_eq!(
+            p.line("data: [{\"delta\":{\"content\":\"a\"}}]}").unwrap(),
+            None
+        );
         let ev = p.line("\r").unwrap().unwrap();
-        assert_eq!(ev, SseEvent::Chunk { content: Some("a".into()), finish_reason: None, usage: None });
+        assert_eq!(
+            ev,
+            SseEvent::Chunk {
+                content: Some("a".into()),
+                finish_reason: None,
+                usage: None
+            }
+        );
     }
 }

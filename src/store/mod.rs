@@ -31,8 +31,13 @@ use crate::server::ServerCtx;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
-    #[error("database schema version {found} is newer than this binary knows ({known}); upgrade confab")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this binary knows ({known}); upgrade confab"
+    )]
     SchemaTooNew { found: i64, known: i64 },
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -44,7 +49,10 @@ pub enum StoreError {
 impl StoreError {
     /// Errors an operator must fix before the server can start.
     pub fn is_config(&self) -> bool {
-        matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Open { .. })
+        matches!(
+            self,
+            StoreError::SchemaTooNew { .. } | StoreError::Open { .. }
+        )
     }
 
     pub fn refused(code: crate::protocol::ErrorCode, msg: impl Into<String>) -> StoreError {
@@ -55,7 +63,10 @@ impl StoreError {
     pub fn client_error(&self) -> (crate::protocol::ErrorCode, String) {
         match self {
             StoreError::Refused(c, m) => (*c, m.clone()),
-            other => (crate::protocol::ErrorCode::Internal, format!("storage error: {other}")),
+            other => (
+                crate::protocol::ErrorCode::Internal,
+                format!("storage error: {other}"),
+            ),
         }
     }
 }
@@ -128,7 +139,10 @@ pub fn schema_version() -> i64 {
 /// statement is prepared once. Without it SQLite 3.54 re-prepared the hottest writer
 /// statement on every bind (perf: ~20% of the writer thread).
 fn stable_plans(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -139,16 +153,28 @@ fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), rusqlite::
     if mode != "wal" {
         log::warn!("sqlite journal_mode is {mode}, not wal");
     }
-    conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if synchronous_full { "FULL" } else { "NORMAL" },
+    )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
 /// Open (creating if needed) and migrate the database; the write connection.
 pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, StoreError> {
-    let open = |p: &Path| Connection::open(p).map_err(|source| StoreError::Open { path: p.display().to_string(), source });
+    let open = |p: &Path| {
+        Connection::open(p).map_err(|source| StoreError::Open {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     let mut conn = open(path)?;
-    configure(&conn, synchronous_full).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    configure(&conn, synchronous_full).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = schema_version();
     if found > known {
@@ -165,7 +191,10 @@ pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, St
     // COMMIT, where they took ~8% of the writer's time.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Replies that were streaming when the previous process died will never finish.
-    let n = conn.execute("UPDATE messages SET status = 'error', updated_at = ?1 WHERE status = 'streaming'", [crate::protocol::now_ms()])?;
+    let n = conn.execute(
+        "UPDATE messages SET status = 'error', updated_at = ?1 WHERE status = 'streaming'",
+        [crate::protocol::now_ms()],
+    )?;
     if n > 0 {
         log::warn!("store: {n} replies were interrupted by the last shutdown; marked as error");
     }
@@ -177,7 +206,10 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    .map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     stable_plans(&conn)?;
     Ok(conn)
@@ -186,7 +218,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 /// What the writer runs after COMMIT (acks, fan-out).
 pub type PostCommit = Box<dyn FnOnce(&ServerCtx) + Send>;
 /// A write: runs inside the batch transaction (its own savepoint).
-pub type WriteOp = Box<dyn FnOnce(&Connection, &mut writer::WriterState) -> Result<PostCommit, StoreError> + Send>;
+pub type WriteOp =
+    Box<dyn FnOnce(&Connection, &mut writer::WriterState) -> Result<PostCommit, StoreError> + Send>;
 /// What happens to a write whose transaction did not commit, or that was refused.
 pub type OnFail = Box<dyn FnOnce(&ServerCtx, &StoreError) + Send>;
 
@@ -270,7 +303,8 @@ impl Store {
 
     /// Stop the writer after everything queued so far is committed, and the readers.
     pub fn shutdown(&self) {
-        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.write_tx.send(WriteMsg::Stop);
         for _ in 0..self.readers {
             let _ = self.read_tx.send(ReadMsg::Stop);
@@ -282,22 +316,42 @@ impl Store {
 pub fn start_threads(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let store = &ctx.store;
-    let rx = store.write_rx.lock().take().ok_or_else(|| std::io::Error::other("store writer already started"))?;
-    let conn = store.writer_conn.lock().take().ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
+    let rx = store
+        .write_rx
+        .lock()
+        .take()
+        .ok_or_else(|| std::io::Error::other("store writer already started"))?;
+    let conn = store
+        .writer_conn
+        .lock()
+        .take()
+        .ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
     {
         let ctx = ctx.clone();
-        threads.push(std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, ctx))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer::run(conn, rx, ctx))?,
+        );
     }
     {
         let ctx = ctx.clone();
         let path = store.path.clone();
-        threads.push(std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || checkpointer(path, ctx))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("store-checkpoint".into())
+                .spawn(move || checkpointer(path, ctx))?,
+        );
     }
     for i in 0..store.readers {
         let ctx = ctx.clone();
         let rx = store.read_rx.clone();
         let path = store.path.clone();
-        threads.push(std::thread::Builder::new().name(format!("store-read-{i}")).spawn(move || read::run(path, rx, ctx))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("store-read-{i}"))
+                .spawn(move || read::run(path, rx, ctx))?,
+        );
     }
     Ok(threads)
 }
@@ -319,9 +373,15 @@ fn checkpointer(path: std::path::PathBuf, ctx: Arc<ServerCtx>) {
         p.push("-wal");
         std::path::PathBuf::from(p)
     };
-    while !ctx.store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+    while !ctx
+        .store
+        .stopping
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let big = std::fs::metadata(&wal).map(|m| m.len() > 64 << 20).unwrap_or(false);
+        let big = std::fs::metadata(&wal)
+            .map(|m| m.len() > 64 << 20)
+            .unwrap_or(false);
         let mode = if big { "TRUNCATE" } else { "PASSIVE" };
         if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
             log::warn!("store: checkpoint failed: {e}");
@@ -352,12 +412,17 @@ mod tests {
         }
         // …is migrated to the current version, keeping its data.
         let c = open_writer(&db, false).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, schema_version());
         assert_eq!(read::rooms_for_user(&c, "u").unwrap().len(), 1);
         drop(c);
         // A database from a newer binary is refused, as a configuration error.
-        Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         let err = open_writer(&db, false).unwrap_err();
         assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }));
         assert!(err.is_config());

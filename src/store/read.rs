@@ -18,7 +18,9 @@ pub fn run(path: PathBuf, rx: Receiver<ReadMsg>, ctx: Arc<ServerCtx>) {
         Ok(c) => c,
         Err(e) => {
             log::error!("store reader cannot open {}: {e}", path.display());
-            ctx.metrics.store_unhealthy.store(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics
+                .store_unhealthy
+                .store(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
     };
@@ -27,7 +29,8 @@ pub fn run(path: PathBuf, rx: Receiver<ReadMsg>, ctx: Arc<ServerCtx>) {
     }
 }
 
-pub const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at";
+pub const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRow {
@@ -75,7 +78,12 @@ impl MessageRow {
 
 /// Messages with seq > `after_seq`, at most `limit`, oldest first. When more than `limit`
 /// match, the NEWEST `limit` are returned and the flag says so.
-pub fn replay(conn: &Connection, conv: &str, after_seq: i64, limit: u32) -> Result<(Vec<MessageRow>, bool), StoreError> {
+pub fn replay(
+    conn: &Connection,
+    conv: &str,
+    after_seq: i64,
+    limit: u32,
+) -> Result<(Vec<MessageRow>, bool), StoreError> {
     let mut rows: Vec<MessageRow> = conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
@@ -89,12 +97,22 @@ pub fn replay(conn: &Connection, conv: &str, after_seq: i64, limit: u32) -> Resu
 }
 
 pub fn last_seq(conn: &Connection, conv: &str) -> Result<i64, StoreError> {
-    Ok(conn.prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?.query_row([conv], |r| r.get(0)).optional()?.unwrap_or(0))
+    Ok(conn
+        .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?
+        .query_row([conv], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// A page of history in seq order: the newest `limit` before `before_seq` (or after
 /// `after_seq`, oldest first).
-pub fn history(conn: &Connection, conv: &str, before_seq: Option<i64>, after_seq: Option<i64>, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
+pub fn history(
+    conn: &Connection,
+    conv: &str,
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    limit: u32,
+) -> Result<Vec<MessageRow>, StoreError> {
     if let Some(after) = after_seq {
         return Ok(conn
             .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))?
@@ -127,7 +145,12 @@ pub struct ConversationSummary {
 
 /// The user's conversations, most recent first. `cursor` = the `next_cursor` of the
 /// previous page (`<last_updated>:<id>`).
-pub fn list_conversations(conn: &Connection, user: &str, cursor: Option<(i64, String)>, limit: u32) -> Result<(Vec<ConversationSummary>, Option<String>), StoreError> {
+pub fn list_conversations(
+    conn: &Connection,
+    user: &str,
+    cursor: Option<(i64, String)>,
+    limit: u32,
+) -> Result<(Vec<ConversationSummary>, Option<String>), StoreError> {
     // No cursor: (MAX, "") — every row has last_updated < MAX.
     let (cu, cid) = cursor.unwrap_or((i64::MAX, String::new()));
     let mut stmt = conn.prepare_cached(
@@ -162,7 +185,11 @@ pub fn list_conversations(conn: &Connection, user: &str, cursor: Option<(i64, St
     let more = rows.len() > limit as usize;
     let mut out: Vec<(ConversationSummary, i64)> = rows;
     out.truncate(limit as usize);
-    let next = if more { out.last().map(|(c, u)| format!("{u}:{}", c.id)) } else { None };
+    let next = if more {
+        out.last().map(|(c, u)| format!("{u}:{}", c.id))
+    } else {
+        None
+    };
     Ok((out.into_iter().map(|(c, _)| c).collect(), next))
 }
 
@@ -209,7 +236,13 @@ pub fn members(conn: &Connection, conv: &str) -> Result<Vec<(String, String)>, S
 
 /// Prior messages for a model's context: up to `n` before `before_seq`, oldest first,
 /// newest kept when over `max_chars`.
-pub fn context(conn: &Connection, conv: &str, before_seq: i64, n: u32, max_chars: usize) -> Result<Vec<(String, String)>, StoreError> {
+pub fn context(
+    conn: &Connection,
+    conv: &str,
+    before_seq: i64,
+    n: u32,
+    max_chars: usize,
+) -> Result<Vec<(String, String)>, StoreError> {
     let rows: Vec<(String, String)> = conn
         .prepare_cached(
             "SELECT role, content FROM messages WHERE conversation_id = ?1 AND seq < ?2 AND content != ''

@@ -29,7 +29,11 @@ pub struct WriterState {
 impl WriterState {
     /// For benches and tools that drive the writer's operations directly.
     pub fn new(idempotency_window_ms: i64) -> WriterState {
-        WriterState { users_seen: HashSet::new(), now_ms: now_ms(), idempotency_window_ms }
+        WriterState {
+            users_seen: HashSet::new(),
+            now_ms: now_ms(),
+            idempotency_window_ms,
+        }
     }
 }
 
@@ -69,10 +73,19 @@ pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
     log::info!("store writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, state: &mut WriterState, ctx: &ServerCtx) {
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: &mut Vec<WriteJob>,
+    state: &mut WriterState,
+    ctx: &ServerCtx,
+) {
     state.now_ms = now_ms();
     let n = jobs.len();
-    let mut done: Vec<(Result<PostCommit, StoreError>, super::OnFail, std::time::Instant)> = Vec::with_capacity(n);
+    let mut done: Vec<(
+        Result<PostCommit, StoreError>,
+        super::OnFail,
+        std::time::Instant,
+    )> = Vec::with_capacity(n);
     // IMMEDIATE: take the write lock at BEGIN. A deferred transaction reads first and
     // then upgrades, which fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) if the
     // checkpointer restarted the WAL in between.
@@ -94,7 +107,11 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, state: &mut Wri
             Err(e) => Err(e),
             Ok(()) => {
                 let r = (job.op)(&tx, state);
-                let end = if r.is_ok() { savepoint("RELEASE job") } else { savepoint("ROLLBACK TO job").and_then(|_| savepoint("RELEASE job")) };
+                let end = if r.is_ok() {
+                    savepoint("RELEASE job")
+                } else {
+                    savepoint("ROLLBACK TO job").and_then(|_| savepoint("RELEASE job"))
+                };
                 match end {
                     Ok(()) => r,
                     Err(e) => Err(e),
@@ -193,12 +210,27 @@ pub fn conv_access(conn: &Connection, conv: &str, user: &str) -> Result<ConvAcce
         })
         .optional()?;
     match row {
-        None | Some((_, _, _, _, _, true, _)) => Err(StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"))),
-        Some((kind, room_id, room_type, owner, ai, _, is_member)) => Ok(ConvAccess { kind, room_id, room_type, is_member, owner, ai }),
+        None | Some((_, _, _, _, _, true, _)) => Err(StoreError::refused(
+            ErrorCode::NotFound,
+            format!("no conversation {conv}"),
+        )),
+        Some((kind, room_id, room_type, owner, ai, _, is_member)) => Ok(ConvAccess {
+            kind,
+            room_id,
+            room_type,
+            is_member,
+            owner,
+            ai,
+        }),
     }
 }
 
-fn touch_user(conn: &Connection, state: &mut WriterState, id: &str, name: &str) -> Result<(), StoreError> {
+fn touch_user(
+    conn: &Connection,
+    state: &mut WriterState,
+    id: &str,
+    name: &str,
+) -> Result<(), StoreError> {
     if state.users_seen.contains(id) {
         return Ok(());
     }
@@ -230,7 +262,8 @@ fn insert_message(
         .query_row(params![conv, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if no_preview && role == "user" {
         let preview: String = content.chars().take(100).collect();
-        conn.prepare_cached("UPDATE conversations SET preview = ?2 WHERE id = ?1")?.execute(params![conv, preview])?;
+        conn.prepare_cached("UPDATE conversations SET preview = ?2 WHERE id = ?1")?
+            .execute(params![conv, preview])?;
     }
     conn.prepare_cached(
         "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
@@ -252,7 +285,11 @@ fn insert_message(
     })
 }
 
-pub fn append_chat(conn: &Connection, state: &mut WriterState, input: &ChatInput) -> Result<ChatOutcome, StoreError> {
+pub fn append_chat(
+    conn: &Connection,
+    state: &mut WriterState,
+    input: &ChatInput,
+) -> Result<ChatOutcome, StoreError> {
     let now = state.now_ms;
     // Idempotency: the same user retrying the same client id gets the original message.
     if let Some(cid) = &input.client_id {
@@ -273,7 +310,13 @@ pub fn append_chat(conn: &Connection, state: &mut WriterState, input: &ChatInput
                 .query_row([&orig.conversation_id], |r| r.get(0))
                 .optional()?
                 .flatten();
-            return Ok(ChatOutcome { conversation_id: orig.conversation_id.clone(), room_id, user_msg: orig, assistant: None, duplicate: true });
+            return Ok(ChatOutcome {
+                conversation_id: orig.conversation_id.clone(),
+                room_id,
+                user_msg: orig,
+                assistant: None,
+                duplicate: true,
+            });
         }
     }
     touch_user(conn, state, &input.user_id, &input.user_name)?;
@@ -289,31 +332,81 @@ pub fn append_chat(conn: &Connection, state: &mut WriterState, input: &ChatInput
     } else {
         let a = conv_access(conn, conv, &input.user_id)?;
         if !a.is_member && !input.is_admin {
-            return Err(StoreError::refused(ErrorCode::Forbidden, "you are not a participant of this conversation"));
+            return Err(StoreError::refused(
+                ErrorCode::Forbidden,
+                "you are not a participant of this conversation",
+            ));
         }
         room_id = a.room_id;
     }
-    let user_msg = insert_message(conn, conv, "user", &input.user_id, &input.user_name, &input.text, "complete", input.client_id.as_deref(), now)?;
+    let user_msg = insert_message(
+        conn,
+        conv,
+        "user",
+        &input.user_id,
+        &input.user_name,
+        &input.text,
+        "complete",
+        input.client_id.as_deref(),
+        now,
+    )?;
     let assistant = match &input.assistant {
-        Some(agent) => Some(insert_message(conn, conv, "assistant", agent, agent, "", "streaming", None, now)?),
+        Some(agent) => Some(insert_message(
+            conn,
+            conv,
+            "assistant",
+            agent,
+            agent,
+            "",
+            "streaming",
+            None,
+            now,
+        )?),
         None => None,
     };
-    Ok(ChatOutcome { conversation_id: conv.to_string(), room_id, user_msg, assistant, duplicate: false })
+    Ok(ChatOutcome {
+        conversation_id: conv.to_string(),
+        room_id,
+        user_msg,
+        assistant,
+        duplicate: false,
+    })
 }
 
 /// Save the partial content of a streaming reply.
-pub fn checkpoint(conn: &Connection, now: i64, message_id: i64, content: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE messages SET content = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'streaming'")?
-        .execute(params![message_id, content, now])?;
+pub fn checkpoint(
+    conn: &Connection,
+    now: i64,
+    message_id: i64,
+    content: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE messages SET content = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'streaming'",
+    )?
+    .execute(params![message_id, content, now])?;
     Ok(())
 }
 
 /// Final content, status and metadata of a reply.
-pub fn finalize(conn: &Connection, now: i64, message_id: i64, content: &str, status: &str, meta: &str) -> Result<MessageRow, StoreError> {
-    conn.prepare_cached("UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1")?
-        .execute(params![message_id, content, status, meta, now])?;
-    let row = conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))?.query_row([message_id], message_row)?;
-    conn.prepare_cached("UPDATE conversations SET last_updated = ?2 WHERE id = ?1")?.execute(params![row.conversation_id, now])?;
+pub fn finalize(
+    conn: &Connection,
+    now: i64,
+    message_id: i64,
+    content: &str,
+    status: &str,
+    meta: &str,
+) -> Result<MessageRow, StoreError> {
+    conn.prepare_cached(
+        "UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![message_id, content, status, meta, now])?;
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
+        ))?
+        .query_row([message_id], message_row)?;
+    conn.prepare_cached("UPDATE conversations SET last_updated = ?2 WHERE id = ?1")?
+        .execute(params![row.conversation_id, now])?;
     Ok(row)
 }
 
@@ -322,7 +415,10 @@ pub fn finalize(conn: &Connection, now: i64, message_id: i64, content: &str, sta
 pub fn mark_read(conn: &Connection, conv: &str, user: &str, seq: i64) -> Result<i64, StoreError> {
     let a = conv_access(conn, conv, user)?;
     if !a.is_member {
-        return Err(StoreError::refused(ErrorCode::Forbidden, "you are not a participant of this conversation"));
+        return Err(StoreError::refused(
+            ErrorCode::Forbidden,
+            "you are not a participant of this conversation",
+        ));
     }
     let v: i64 = conn
         .prepare_cached(
@@ -382,14 +478,22 @@ pub struct NewRoom<'a> {
     pub conversation_id: &'a str,
 }
 
-pub fn create_room(conn: &Connection, state: &mut WriterState, r: &NewRoom) -> Result<RoomRow, StoreError> {
-    if room_by_id(conn, r.room_id)?.is_some() || conn
-        .prepare_cached("SELECT 1 FROM conversations WHERE room_id = ?1")?
-        .query_row([r.room_id], |_| Ok(()))
-        .optional()?
-        .is_some()
+pub fn create_room(
+    conn: &Connection,
+    state: &mut WriterState,
+    r: &NewRoom,
+) -> Result<RoomRow, StoreError> {
+    if room_by_id(conn, r.room_id)?.is_some()
+        || conn
+            .prepare_cached("SELECT 1 FROM conversations WHERE room_id = ?1")?
+            .query_row([r.room_id], |_| Ok(()))
+            .optional()?
+            .is_some()
     {
-        return Err(StoreError::refused(ErrorCode::BadRequest, format!("room {} already exists", r.room_id)));
+        return Err(StoreError::refused(
+            ErrorCode::BadRequest,
+            format!("room {} already exists", r.room_id),
+        ));
     }
     touch_user(conn, state, r.owner, r.owner_name)?;
     let now = state.now_ms;
@@ -424,11 +528,19 @@ pub fn add_member(conn: &Connection, now: i64, conv: &str, user: &str) -> Result
 }
 
 pub fn remove_member(conn: &Connection, conv: &str, user: &str) -> Result<bool, StoreError> {
-    Ok(conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND role != 'owner'")?.execute([conv, user])? > 0)
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND role != 'owner'",
+        )?
+        .execute([conv, user])?
+        > 0)
 }
 
 pub fn delete_room(conn: &Connection, now: i64, conv: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE conversations SET deleted = 1, room_id = NULL, last_updated = ?2 WHERE id = ?1")?.execute(params![conv, now])?;
+    conn.prepare_cached(
+        "UPDATE conversations SET deleted = 1, room_id = NULL, last_updated = ?2 WHERE id = ?1",
+    )?
+    .execute(params![conv, now])?;
     Ok(())
 }
 
@@ -450,9 +562,19 @@ pub fn join_room(
             let member = is_member(conn, &room.conversation_id, user)?;
             if !member {
                 match room.room_type {
-                    RoomType::Shared => add_member(conn, state.now_ms, &room.conversation_id, user)?,
+                    RoomType::Shared => {
+                        add_member(conn, state.now_ms, &room.conversation_id, user)?
+                    }
                     _ if is_admin => add_member(conn, state.now_ms, &room.conversation_id, user)?,
-                    _ => return Err(StoreError::refused(ErrorCode::Forbidden, format!("room {room_id} is {} and you are not a member", room.room_type.as_str()))),
+                    _ => {
+                        return Err(StoreError::refused(
+                            ErrorCode::Forbidden,
+                            format!(
+                                "room {room_id} is {} and you are not a member",
+                                room.room_type.as_str()
+                            ),
+                        ))
+                    }
                 }
             }
             touch_user(conn, state, user, user_name)?;
@@ -475,6 +597,9 @@ pub fn join_room(
             )?;
             Ok((room, true))
         }
-        None => Err(StoreError::refused(ErrorCode::NotFound, format!("no room {room_id}"))),
+        None => Err(StoreError::refused(
+            ErrorCode::NotFound,
+            format!("no room {room_id}"),
+        )),
     }
 }

@@ -48,7 +48,11 @@ impl TestServer {
         let dir = cfg.store.data_dir.clone();
         let handle = ServerHandle::start(cfg).expect("server starts");
         let addr = handle.addr;
-        TestServer { handle: Some(handle), addr, dir }
+        TestServer {
+            handle: Some(handle),
+            addr,
+            dir,
+        }
     }
 
     pub fn ctx(&self) -> &std::sync::Arc<confab::server::ServerCtx> {
@@ -56,7 +60,10 @@ impl TestServer {
     }
 
     pub fn token(&self, sub: &str) -> String {
-        self.ctx().auth.sign(sub, Some(&format!("User {sub}")), false, 3600).unwrap()
+        self.ctx()
+            .auth
+            .sign(sub, Some(&format!("User {sub}")), false, 3600)
+            .unwrap()
     }
 
     pub fn admin_token(&self, sub: &str) -> String {
@@ -69,13 +76,20 @@ impl TestServer {
 
     /// Connect with `?token=` and read the `connected` event.
     pub fn client(&self, sub: &str) -> Client {
-        let mut c = Client::connect(&self.url(&format!("/v1/ws?token={}", self.token(sub)))).expect("connects");
+        let mut c = Client::connect(&self.url(&format!("/v1/ws?token={}", self.token(sub))))
+            .expect("connects");
         let ev = c.recv_type("connected");
         assert_eq!(ev["user"]["id"], sub);
         c
     }
 
-    pub fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         http_request(self.addr, method, path, bearer, body)
     }
 
@@ -105,7 +119,9 @@ impl Client {
         Self::connect_req(req)
     }
 
-    pub fn connect_req(req: tungstenite::handshake::client::Request) -> Result<Client, tungstenite::Error> {
+    pub fn connect_req(
+        req: tungstenite::handshake::client::Request,
+    ) -> Result<Client, tungstenite::Error> {
         let host = req.uri().host().unwrap().to_string();
         let port = req.uri().port_u16().unwrap();
         let sock = TcpStream::connect((host.as_str(), port))?;
@@ -115,7 +131,10 @@ impl Client {
             tungstenite::HandshakeError::Failure(e) => e,
             tungstenite::HandshakeError::Interrupted(_) => tungstenite::Error::ConnectionClosed,
         })?;
-        Ok(Client { ws, seen: Vec::new() })
+        Ok(Client {
+            ws,
+            seen: Vec::new(),
+        })
     }
 
     pub fn send(&mut self, v: Value) {
@@ -182,10 +201,16 @@ impl Client {
             match self.ws.read() {
                 Ok(Message::Close(Some(f))) => return u16::from(f.code),
                 Ok(Message::Close(None)) => return 1005,
-                Ok(Message::Text(t)) => self.seen.push(serde_json::from_str(&t).unwrap_or(json!(t.as_str()))),
+                Ok(Message::Text(t)) => self
+                    .seen
+                    .push(serde_json::from_str(&t).unwrap_or(json!(t.as_str()))),
                 Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return 1005,
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return 1005,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     panic!("no close within the timeout")
                 }
                 Err(e) => panic!("connection failed before a close frame: {e}"),
@@ -195,20 +220,42 @@ impl Client {
     }
 
     pub fn close(mut self) {
-        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() }));
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
         let _ = self.ws.flush();
     }
 }
 
 /// A one-shot HTTP/1.1 request over a plain socket; returns status and JSON body
 /// (or the body as a JSON string when it is not JSON).
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let (status, _headers, body) = http_raw(addr, method, path, bearer, body.map(|b| b.to_string()).as_deref());
-    let v = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let (status, _headers, body) = http_raw(
+        addr,
+        method,
+        path,
+        bearer,
+        body.map(|b| b.to_string()).as_deref(),
+    );
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     (status, v)
 }
 
-pub fn http_raw(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String, Vec<u8>) {
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
@@ -217,7 +264,10 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || method == "POST" {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -226,8 +276,16 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(out.len());
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(out.len());
     (status, head.to_string(), out[split..].to_vec())
 }
 
@@ -237,7 +295,11 @@ pub fn upgrade_status(url: &str) -> (u16, Value) {
         Ok(_) => (101, Value::Null),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
-            let body = resp.body().as_ref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
             (status, body)
         }
         Err(e) => panic!("unexpected error: {e}"),
