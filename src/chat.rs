@@ -237,7 +237,17 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         }
         (None, None) => (Arc::from(new_conversation_id()), true),
     };
-    let wants_ai = req.ai.unwrap_or(req.room_id.is_none());
+    // Outside rooms a reply is the point; in a room only when asked, or when the room was
+    // created with `ai: true`.
+    let ai_room = match &req.room_id {
+        Some(r) => shard
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.ws())
+            .is_some_and(|ws| ws.ai_rooms.iter().any(|a| **a == **r)),
+        None => false,
+    };
+    let wants_ai = req.ai.unwrap_or(req.room_id.is_none() || ai_room);
     let plan = if wants_ai {
         match crate::llm::plan(&ctx, &req) {
             Ok(p) => Some(p),

@@ -22,10 +22,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+
 use tungstenite::protocol::WebSocketContext;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::User;
-use crate::outqueue::OutQueue;
+use crate::metrics::Metrics;
+use crate::outqueue::{OutItem, OutQueue};
 use crate::ratelimit::RateWindow;
 use crate::shard::TopicEvent;
 use crate::transport::Transport;
@@ -125,6 +130,8 @@ pub struct Ws {
     pub subs: HashMap<Arc<str>, Sub>,
     /// Rooms joined on this connection (room id → its conversation id).
     pub rooms: HashMap<Arc<str>, Arc<str>>,
+    /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
+    pub ai_rooms: Vec<Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
     pub typing: HashMap<Arc<str>, Instant>,
 }
@@ -161,6 +168,7 @@ impl Ws {
             strikes_window: now,
             subs: HashMap::new(),
             rooms: HashMap::new(),
+            ai_rooms: Vec::new(),
             typing: HashMap::new(),
         }
     }
@@ -221,5 +229,222 @@ impl Conn {
             Phase::Ws(ws) => ws.user.as_ref(),
             _ => None,
         }
+    }
+}
+
+/// What one write burst achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// The queue is empty and everything is on the wire.
+    Done,
+    /// The socket would block; wait for a writable event. Nothing is lost: a frame handed
+    /// to tungstenite stays in its buffer and goes out on the next flush.
+    Blocked,
+    /// The connection is finished (both close frames through, or a fatal error).
+    Closed,
+}
+
+/// Hand queued events to tungstenite and push them to `io` until the queue is empty or
+/// the socket would block. Generic over the stream so that it is tested over in-memory
+/// streams; the shard calls it with the connection's [`Transport`].
+pub fn drain_queue<S: Read + Write>(
+    ctx: &mut WebSocketContext,
+    io: &mut S,
+    out: &mut OutQueue,
+    metrics: &Metrics,
+) -> Drain {
+    loop {
+        while let Some(item) = out.pop() {
+            let text = match item {
+                OutItem::Frame(b) => b,
+                OutItem::Token(t) => Utf8Bytes::from(t.encode()),
+            };
+            metrics.messages_out.fetch_add(1, Relaxed);
+            metrics.bytes_out.fetch_add(text.len() as u64, Relaxed);
+            match ctx.write(io, Message::Text(text)) {
+                Ok(()) => {}
+                // The frame is queued inside tungstenite; the socket is full.
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Drain::Blocked
+                }
+                Err(tungstenite::Error::Protocol(_)) => {
+                    // Writing after our close frame: drop the rest.
+                    out.clear();
+                    break;
+                }
+                Err(_) => return Drain::Closed,
+            }
+        }
+        match ctx.flush(io) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Drain::Blocked
+            }
+            // Both close frames are through: the server closes TCP first (RFC 6455).
+            Err(_) => return Drain::Closed,
+        }
+        if out.is_empty() {
+            return Drain::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outqueue::TokenItem;
+    use tungstenite::protocol::{Role, WebSocketConfig};
+
+    /// An in-memory socket that takes at most `chunk` bytes per write and `budget` bytes
+    /// in all before it answers WouldBlock — a peer that reads slowly.
+    struct SlowPeer {
+        wire: Vec<u8>,
+        budget: usize,
+        chunk: usize,
+    }
+
+    impl Read for SlowPeer {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Write for SlowPeer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.chunk).min(self.budget);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.wire.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn server() -> WebSocketContext {
+        let mut c = WebSocketConfig::default();
+        c.write_buffer_size = 256;
+        c.max_write_buffer_size = 1 << 20;
+        WebSocketContext::new(Role::Server, Some(c))
+    }
+
+    /// Decode everything a client would read from `wire`.
+    fn client_reads(wire: &[u8]) -> Vec<String> {
+        let mut client = WebSocketContext::new(Role::Client, None);
+        let mut stream = io::Cursor::new(wire.to_vec());
+        struct Rw<'a>(&'a mut io::Cursor<Vec<u8>>);
+        impl Read for Rw<'_> {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                match self.0.read(b)? {
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            }
+        }
+        impl Write for Rw<'_> {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Vec::new();
+        while let Ok(Message::Text(t)) = client.read(&mut Rw(&mut stream)) {
+            out.push(t.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn a_socket_that_blocks_mid_frame_loses_and_repeats_nothing() {
+        let metrics = Metrics::default();
+        let mut ctx = server();
+        let mut out = OutQueue::new(1 << 20);
+        for i in 0..100 {
+            out.push(OutItem::Frame(Utf8Bytes::from(format!(
+                "{{\"n\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(i)
+            ))))
+            .unwrap();
+        }
+        let mut peer = SlowPeer {
+            wire: Vec::new(),
+            budget: 1500,
+            chunk: 97,
+        };
+        assert_eq!(
+            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
+            Drain::Blocked
+        );
+        let partial = client_reads(&peer.wire);
+        assert!(!partial.is_empty() && partial.len() < 100);
+        // The peer reads on; every later burst continues exactly where the socket stopped.
+        let mut rounds = 0;
+        loop {
+            peer.budget += 700;
+            rounds += 1;
+            match drain_queue(&mut ctx, &mut peer, &mut out, &metrics) {
+                Drain::Done => break,
+                Drain::Blocked => assert!(rounds < 1000),
+                Drain::Closed => panic!("closed"),
+            }
+        }
+        let got = client_reads(&peer.wire);
+        assert_eq!(got.len(), 100);
+        for (i, m) in got.iter().enumerate() {
+            assert!(
+                m.starts_with(&format!("{{\"n\":{i},")),
+                "message {i} is {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_queued_while_blocked_go_out_merged_with_the_same_text() {
+        let metrics = Metrics::default();
+        let mut ctx = server();
+        let mut out = OutQueue::new(1 << 20);
+        let mut peer = SlowPeer {
+            wire: Vec::new(),
+            budget: 0,
+            chunk: 1 << 20,
+        };
+        for i in 0..50u64 {
+            out.push(OutItem::Token(TokenItem {
+                conversation_id: std::sync::Arc::from("c"),
+                message_id: 7,
+                index: i,
+                count: 1,
+                text: format!("t{i} "),
+            }))
+            .unwrap();
+        }
+        assert_eq!(
+            out.len(),
+            1,
+            "all deltas merged while nothing could be written"
+        );
+        assert_eq!(
+            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
+            Drain::Blocked
+        );
+        peer.budget = 1 << 20;
+        assert_eq!(
+            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
+            Drain::Done
+        );
+        let got = client_reads(&peer.wire);
+        assert_eq!(got.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(
+            (v["index"].as_u64(), v["count"].as_u64()),
+            (Some(0), Some(50))
+        );
+        let expected: String = (0..50).map(|i| format!("t{i} ")).collect();
+        assert_eq!(v["token"], expected);
     }
 }

@@ -340,6 +340,54 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_with_a_pipelined_frame_is_accepted_and_the_frame_is_kept() {
+        // RFC 6455's example key and accept value; then a masked text frame "hi".
+        let mut raw = b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        raw.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        let req = parse_request(&raw, 8192, 0).unwrap().unwrap();
+        assert!(req.is_websocket_upgrade());
+        let resp =
+            String::from_utf8(switching_protocols(&req, Some("confab.v1")).unwrap()).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 101"));
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(resp.contains("Sec-WebSocket-Protocol: confab.v1\r\n"));
+        // The bytes after the head become the WebSocket's first input.
+        let mut ws = tungstenite::protocol::WebSocketContext::from_partially_read(
+            req.leftover,
+            tungstenite::protocol::Role::Server,
+            None,
+        );
+        struct Empty;
+        impl std::io::Read for Empty {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        }
+        impl std::io::Write for Empty {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert_eq!(
+            ws.read(&mut Empty).unwrap(),
+            tungstenite::Message::text("hi")
+        );
+    }
+
+    #[test]
+    fn a_bad_upgrade_is_refused_with_the_right_status() {
+        let bad_version = b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a\r\nSec-WebSocket-Version: 8\r\n\r\n";
+        let req = parse_request(bad_version, 8192, 0).unwrap().unwrap();
+        assert_eq!(switching_protocols(&req, None).unwrap_err().status, 426);
+        let post = b"POST /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let req = parse_request(post, 8192, 0).unwrap().unwrap();
+        assert_eq!(switching_protocols(&req, None).unwrap_err().status, 405);
+    }
+
+    #[test]
     fn query_values_are_percent_decoded() {
         assert_eq!(
             query_param("a=1&room_name=My%20Room+x&t=%zz", "room_name").as_deref(),

@@ -101,6 +101,9 @@ fn joined(
         let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
             return;
         };
+        if room.ai && !ws.ai_rooms.contains(&room_key) {
+            ws.ai_rooms.push(room_key.clone());
+        }
         ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
     };
     if !already && shard.ctx.hub.presence_add(&conv, &user.id, &user.name) {
@@ -143,6 +146,7 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
         let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
             return;
         };
+        ws.ai_rooms.retain(|r| &**r != room_id);
         let Some(conv) = ws.rooms.remove(room_id) else {
             return send_error(
                 shard,

@@ -32,7 +32,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::conn::{AfterWrite, Conn, Phase, Sub, Upgrade, Ws, WsKind};
+use crate::conn::{AfterWrite, Conn, Drain, Phase, Sub, Upgrade, Ws, WsKind};
 use crate::http::{self, Response};
 use crate::outqueue::{OutItem, Overflow, Pushed, TokenItem};
 use crate::protocol::{close, Event};
@@ -768,44 +768,13 @@ impl Shard {
         if ws.blocked {
             return Io::Blocked;
         }
-        loop {
-            while let Some(item) = ws.out.pop() {
-                let text = match item {
-                    OutItem::Frame(b) => b,
-                    OutItem::Token(t) => Utf8Bytes::from(t.encode()),
-                };
-                metrics.messages_out.fetch_add(1, Relaxed);
-                metrics.bytes_out.fetch_add(text.len() as u64, Relaxed);
-                match ws.ctx.write(&mut conn.io, Message::Text(text)) {
-                    Ok(()) => {}
-                    // The frame is queued inside tungstenite; the socket is full.
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ws.blocked = true;
-                        return Io::Blocked;
-                    }
-                    Err(tungstenite::Error::WriteBufferFull(_)) => return Io::Closed,
-                    Err(tungstenite::Error::ConnectionClosed) => return Io::Closed,
-                    Err(tungstenite::Error::Protocol(_)) => {
-                        // Writing after our close frame: drop the rest.
-                        ws.out.clear();
-                        break;
-                    }
-                    Err(_) => return Io::Closed,
-                }
+        match crate::conn::drain_queue(&mut ws.ctx, &mut conn.io, &mut ws.out, metrics) {
+            Drain::Done => Io::Blocked,
+            Drain::Blocked => {
+                ws.blocked = true;
+                Io::Blocked
             }
-            match ws.ctx.flush(&mut conn.io) {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ws.blocked = true;
-                    return Io::Blocked;
-                }
-                // Both close frames are through: the server closes TCP first (RFC 6455).
-                Err(tungstenite::Error::ConnectionClosed) => return Io::Closed,
-                Err(_) => return Io::Closed,
-            }
-            if ws.out.is_empty() {
-                return Io::Blocked;
-            }
+            Drain::Closed => Io::Closed,
         }
     }
 

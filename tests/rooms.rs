@@ -367,6 +367,29 @@ fn an_admin_broadcast_reaches_a_room_or_everyone() {
 }
 
 #[test]
+fn a_room_created_with_ai_answers_every_message() {
+    let s = TestServer::start("ai-room", |_| {});
+    let (st, _) = s.http(
+        "POST",
+        "/v1/rooms",
+        Some(&s.token("ada")),
+        Some(&json!({"room_id": "bot", "ai": true})),
+    );
+    assert_eq!(st, 201);
+    let mut a = s.client("ada");
+    join(&mut a, "bot", json!({}));
+    a.send(json!({"type": "chat", "id": "q", "room_id": "bot", "message": "anyone?"}));
+    assert!(a.recv_type("complete")["response"]
+        .as_str()
+        .unwrap()
+        .contains("anyone?"));
+    // ai:false still wins.
+    a.send(json!({"type": "chat", "id": "q2", "room_id": "bot", "message": "quiet", "ai": false}));
+    a.recv_type("ack");
+    assert!(drain(&mut a, "progress", Duration::from_millis(300)).is_empty());
+}
+
+#[test]
 fn auto_join_on_connect_via_query() {
     let s = TestServer::start("auto-join", |_| {});
     let mut c = Client::connect(&s.url(&format!(
