@@ -45,12 +45,14 @@ fn stats(ctx: &ServerCtx) -> Response {
     Response::json_value(200, &body)
 }
 
-fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
+/// Send a worker's HTTP answer to the connection waiting for it.
+pub fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
     ctx.shards
         .send(conn.shard as usize, ShardMsg::Http(conn, resp));
 }
 
-fn store_error(e: &StoreError) -> Response {
+/// A store refusal or failure as an HTTP error.
+pub fn store_error(e: &StoreError) -> Response {
     let (code, msg) = e.client_error();
     Response::error(code.http_status(), code, &msg)
 }

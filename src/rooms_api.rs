@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::api::{reply, store_error};
 use crate::auth::User;
 use crate::chat::{new_conversation_id, run_on, topic_event};
 use crate::conn::AfterWrite;
@@ -16,22 +17,12 @@ use crate::http::{Request, Response};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, RoomType};
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
-use crate::shard::{ConnId, Shard, ShardMsg, TopicKind};
+use crate::shard::{Shard, ShardMsg, TopicKind};
 use crate::store::writer::{self, RoomRow};
 use crate::store::{StoreError, WriteJob};
 
 fn respond(shard: &mut Shard, slot: usize, r: Response) {
     shard.start_http_write(slot, r.to_bytes(), AfterWrite::Close);
-}
-
-fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
-    ctx.shards
-        .send(conn.shard as usize, ShardMsg::Http(conn, resp));
-}
-
-fn store_error(e: &StoreError) -> Response {
-    let (code, msg) = e.client_error();
-    Response::error(code.http_status(), code, &msg)
 }
 
 fn room_json(r: &RoomRow) -> serde_json::Value {

@@ -420,48 +420,21 @@ fn generate(
             completion_tokens: tokens,
         })
     };
-    match result {
+    // One ending, three ways to get there.
+    let (status, reason, usage, error) = match result {
         Ok(end) if gen.cancelled() || end.finish_reason == "cancelled" => {
-            let u = counted(end.usage);
-            finish(
-                ctx,
-                req,
-                content,
-                "cancelled",
-                "cancelled",
-                meta(
-                    agent,
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    first_token,
-                    started,
-                ),
-                None,
-            )
+            ("cancelled", "cancelled", end.usage, None)
         }
-        Ok(end) => {
-            let u = counted(end.usage);
-            let reason = if end.finish_reason == "length" {
+        Ok(end) => (
+            "complete",
+            if end.finish_reason == "length" {
                 "length"
             } else {
                 "stop"
-            };
-            finish(
-                ctx,
-                req,
-                content,
-                "complete",
-                reason,
-                meta(
-                    agent,
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    first_token,
-                    started,
-                ),
-                None,
-            )
-        }
+            },
+            end.usage,
+            None,
+        ),
         Err(e) => {
             log::warn!(
                 "generation {} in {} failed: {e}",
@@ -469,24 +442,18 @@ fn generate(
                 gen.conversation_id
             );
             ctx.metrics.llm_failed.fetch_add(1, Relaxed);
-            let u = counted(None);
-            finish(
-                ctx,
-                req,
-                content,
-                "error",
-                "error",
-                meta(
-                    agent,
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    first_token,
-                    started,
-                ),
-                Some(e.to_string()),
-            )
+            ("error", "error", None, Some(e.to_string()))
         }
-    }
+    };
+    let u = counted(usage);
+    let m = meta(
+        agent,
+        u.prompt_tokens,
+        u.completion_tokens,
+        first_token,
+        started,
+    );
+    finish(ctx, req, content, status, reason, m, error)
 }
 
 fn meta(
