@@ -186,6 +186,23 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         });
         return true;
     }
+    if let Some(file_id) = path.strip_prefix("/v1/files/") {
+        if method != "GET" || file_id.is_empty() || file_id.contains('/') {
+            return false;
+        }
+        let file_id = crate::http::percent_decode(file_id);
+        let user = match bearer_user(shard, req) {
+            Ok(u) => u,
+            Err(r) => {
+                respond(shard, r);
+                return true;
+            }
+        };
+        defer_read(shard, slot, move |db, ctx| {
+            crate::uploads::download(db, ctx, &user, &file_id)
+        });
+        return true;
+    }
     crate::rooms_api::deferred(shard, slot, req)
 }
 

@@ -72,19 +72,18 @@ pub fn dispatch(
             after_seq,
         ),
         ClientMsg::LeaveRoom { room_id } => crate::rooms::leave(shard, slot, user, id, &room_id),
-        ClientMsg::FileUpload(_) => send_error(
-            shard,
-            slot,
-            ErrorCode::UploadType,
-            "file uploads are not supported by this server yet",
-            id,
-        ),
+        ClientMsg::FileUpload(up) => crate::uploads::on_message(shard, slot, user, id, up),
         ClientMsg::Auth { .. } | ClientMsg::Ping => {}
     }
 }
 
 /// A new, unguessable conversation id.
 pub fn new_conversation_id() -> String {
+    random_id("c_")
+}
+
+/// `prefix` followed by 96 random bits in hex: unguessable ids for conversations and files.
+pub fn random_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     if getrandom::fill(&mut b).is_err() {
         // No OS randomness: fall back to time and a counter (still unique per process).
@@ -93,7 +92,7 @@ pub fn new_conversation_id() -> String {
         b[..8].copy_from_slice(&(crate::protocol::now_ms() as u64).to_le_bytes());
         b[8..].copy_from_slice(&(n as u32).to_le_bytes());
     }
-    let mut s = String::from("c_");
+    let mut s = String::from(prefix);
     for x in b {
         s.push_str(&format!("{x:02x}"));
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 pub const DEFAULT_TOML: &str = include_str!("../config/confab.toml");
 
 const SECTIONS: &[&str] = &[
-    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms",
+    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,7 @@ struct Raw {
     store: RawStore,
     llm: RawLlm,
     rooms: RawRooms,
+    uploads: RawUploads,
     #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
 }
@@ -164,6 +165,19 @@ struct RawRooms {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawUploads {
+    max_file_bytes: u64,
+    max_chunk_bytes: u32,
+    allowed_extensions: String,
+    max_per_connection: u32,
+    workers: u32,
+    queue: u32,
+    idle_timeout_s: u64,
+    download_memory_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAgent {
     #[serde(default)]
     provider: String,
@@ -206,6 +220,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub llm: LlmConfig,
     pub rooms: RoomsConfig,
+    pub uploads: UploadsConfig,
     pub agents: BTreeMap<String, AgentConfig>,
 }
 
@@ -308,6 +323,26 @@ pub struct RoomsConfig {
     pub create_on_join: bool,
     pub typing_timeout: Duration,
     pub max_members: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadsConfig {
+    pub max_file_bytes: u64,
+    pub max_chunk_bytes: usize,
+    /// Lower-case file name extensions accepted, without the dot.
+    pub allowed_extensions: Vec<String>,
+    pub max_per_connection: usize,
+    pub workers: usize,
+    pub queue: usize,
+    pub idle_timeout: Duration,
+    pub download_memory_bytes: u64,
+}
+
+impl UploadsConfig {
+    /// Where finished uploads live: `<data_dir>/files/<file_id>`.
+    pub fn dir(store: &StoreConfig) -> PathBuf {
+        store.data_dir.join("files")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -729,6 +764,44 @@ impl Raw {
             ));
         }
 
+        let u = self.uploads;
+        if u.max_file_bytes == 0 {
+            return Err(invalid("uploads.max_file_bytes", "must be at least 1"));
+        }
+        // A chunk travels base64-encoded inside one JSON message.
+        let chunk_b64 = (u.max_chunk_bytes as u64).div_ceil(3) * 4;
+        if u.max_chunk_bytes == 0 || chunk_b64 + 1024 > w.max_message_bytes as u64 {
+            return Err(invalid(
+                "uploads.max_chunk_bytes",
+                format!(
+                    "must be at least 1, and its base64 form plus 1 KiB must fit ws.max_message_bytes ({}): at most {}",
+                    w.max_message_bytes,
+                    (w.max_message_bytes as u64).saturating_sub(1024) / 4 * 3
+                ),
+            ));
+        }
+        if u.workers == 0 || u.workers > 64 || u.queue == 0 || u.max_per_connection == 0 {
+            return Err(invalid(
+                "uploads.workers",
+                "workers (1 to 64), queue and max_per_connection must be positive",
+            ));
+        }
+        let allowed_extensions: Vec<String> = u
+            .allowed_extensions
+            .split(',')
+            .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if allowed_extensions.iter().any(|e| {
+            !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*')
+                || (e.contains('*') && e != "*")
+        }) {
+            return Err(invalid(
+                "uploads.allowed_extensions",
+                "comma-separated extensions of letters and digits, or \"*\" for any",
+            ));
+        }
+
         let r = self.rooms;
         Ok(Config {
             server: ServerConfig {
@@ -806,6 +879,16 @@ impl Raw {
                 create_on_join: r.create_on_join,
                 typing_timeout: ms(r.typing_timeout_ms.max(100)),
                 max_members: r.max_members.max(1),
+            },
+            uploads: UploadsConfig {
+                max_file_bytes: u.max_file_bytes,
+                max_chunk_bytes: u.max_chunk_bytes as usize,
+                allowed_extensions,
+                max_per_connection: u.max_per_connection as usize,
+                workers: u.workers as usize,
+                queue: u.queue as usize,
+                idle_timeout: Duration::from_secs(u.idle_timeout_s.max(1)),
+                download_memory_bytes: u.download_memory_bytes,
             },
             agents,
         })

@@ -56,6 +56,8 @@ pub enum Phase {
         buf: Vec<u8>,
         pos: usize,
         then: AfterWrite,
+        /// Released when the write ends (a download's memory permit).
+        hold: Option<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
     },
     Ws(Box<Ws>),
     Done,
@@ -134,6 +136,8 @@ pub struct Ws {
     pub ai_rooms: Vec<Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
     pub typing: HashMap<Arc<str>, Instant>,
+    /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
+    pub uploads: Vec<Arc<str>>,
 }
 
 impl Sub {
@@ -170,6 +174,7 @@ impl Ws {
             rooms: HashMap::new(),
             ai_rooms: Vec::new(),
             typing: HashMap::new(),
+            uploads: Vec::new(),
         }
     }
 

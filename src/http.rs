@@ -172,9 +172,11 @@ pub fn percent_decode(s: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub content_type: &'static str,
+    pub content_type: std::borrow::Cow<'static, str>,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// Kept alive until the response is written or dropped (a download's memory permit).
+    pub hold: Option<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -203,9 +205,10 @@ impl Response {
     pub fn json(status: u16, body: String) -> Response {
         Response {
             status,
-            content_type: "application/json",
+            content_type: "application/json".into(),
             headers: Vec::new(),
             body: body.into_bytes(),
+            hold: None,
         }
     }
 
@@ -213,12 +216,17 @@ impl Response {
         Response::json(status, v.to_string())
     }
 
-    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+    pub fn text(
+        status: u16,
+        content_type: impl Into<std::borrow::Cow<'static, str>>,
+        body: impl Into<Vec<u8>>,
+    ) -> Response {
         Response {
             status,
-            content_type,
+            content_type: content_type.into(),
             headers: Vec::new(),
             body: body.into(),
+            hold: None,
         }
     }
 

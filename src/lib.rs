@@ -51,6 +51,7 @@ pub mod shard;
 pub mod store;
 pub mod timer;
 pub mod transport;
+pub mod uploads;
 
 pub use config::Config;
 pub use server::ServerHandle;

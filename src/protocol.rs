@@ -164,6 +164,7 @@ pub enum Upload {
         file_size: u64,
         mime_type: String,
         conversation_id: Option<String>,
+        room_id: Option<String>,
     },
     Chunk {
         file_id: String,
@@ -476,14 +477,28 @@ impl Decoder {
                         .opt_str("mime_type")?
                         .unwrap_or_else(|| "application/octet-stream".into()),
                     conversation_id: f.opt_ident("conversation_id")?,
+                    room_id: f.opt_ident("room_id")?,
                 },
-                "chunk" => Upload::Chunk {
-                    file_id: f.ident("file_id")?,
-                    chunk_index: f.opt_u64("chunk_index")?.unwrap_or(0).min(u32::MAX as u64) as u32,
-                    total_chunks: f.opt_u64("total_chunks")?.unwrap_or(0).min(u32::MAX as u64)
-                        as u32,
-                    chunk_data: f.str("chunk_data")?,
-                },
+                "chunk" => {
+                    let index = f.opt_u64("chunk_index")?;
+                    let total = f.opt_u64("total_chunks")?;
+                    match (index, total) {
+                        (Some(i), Some(t)) if i < t && t <= u32::MAX as u64 => Upload::Chunk {
+                            file_id: f.ident("file_id")?,
+                            chunk_index: i as u32,
+                            total_chunks: t as u32,
+                            chunk_data: f.str("chunk_data")?,
+                        },
+                        (None, _) => return fail(&f.id, "missing field `chunk_index`"),
+                        (_, None) => return fail(&f.id, "missing field `total_chunks`"),
+                        _ => {
+                            return fail(
+                                &f.id,
+                                "`chunk_index` must be less than `total_chunks` (0-based)",
+                            )
+                        }
+                    }
+                }
                 "finalize" => Upload::Finalize {
                     file_id: f.ident("file_id")?,
                     checksum: f.str("checksum")?,
@@ -689,24 +704,8 @@ pub enum Event {
         seq: i64,
         read_at: String,
     },
-    FileUpload {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-        upload_type: &'static str,
-        file_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        received_chunks: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        total_chunks: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        progress: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        url: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        size: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
-    },
+    /// Every answer to a `file_upload`; which fields are set depends on `upload_type`.
+    FileUpload(Box<UploadEvent>),
     System {
         #[serde(skip_serializing_if = "Option::is_none")]
         room_id: Option<String>,
@@ -714,6 +713,41 @@ pub enum Event {
         from: String,
         timestamp: String,
     },
+}
+
+/// The body of a `file_upload` event: `upload_type` is `init` (accepted: `file_id`,
+/// `max_chunk_bytes`), `chunk` (progress) or `complete` (stored: `url`, `size`, `sha256`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UploadEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub upload_type: &'static str,
+    pub file_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_chunk_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_chunks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_chunks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_bytes: Option<u64>,
+    /// Percent of `file_size` received, 0 to 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Event {

@@ -44,6 +44,7 @@ pub struct ServerCtx {
     pub echo_ws_config: WebSocketConfig,
     pub store: crate::store::Store,
     pub llm: crate::llm::Llm,
+    pub uploads: crate::uploads::Uploads,
     /// Connections per shard (for least-loaded hand-off).
     pub shard_load: Vec<AtomicUsize>,
 }
@@ -148,6 +149,13 @@ impl ServerHandle {
         let shards = Shards::new(handles, metrics.clone());
         let store = crate::store::Store::open(&cfg, metrics.clone())?;
         let llm = crate::llm::Llm::new(&cfg, metrics.clone());
+        let uploads =
+            crate::uploads::Uploads::open(&cfg).map_err(|source| StartError::DataDir {
+                path: crate::config::UploadsConfig::dir(&cfg.store)
+                    .display()
+                    .to_string(),
+                source,
+            })?;
 
         let native_cfg = ws_config(&cfg, cfg.ws.max_message_bytes, cfg.ws.out_queue_max_bytes);
         let mut echo_cfg = ws_config(&cfg, ECHO_MAX_MESSAGE, 2 * ECHO_MAX_MESSAGE);
@@ -165,10 +173,12 @@ impl ServerHandle {
             tls,
             store,
             llm,
+            uploads,
         });
         // Threads that need the context (store writer, readers, generation workers).
         let mut threads = crate::store::start_threads(&ctx)?;
         threads.extend(crate::llm::start_workers(&ctx)?);
+        threads.extend(crate::uploads::start_workers(&ctx)?);
         for (i, (poll, rx)) in parts.into_iter().enumerate() {
             let shard = Shard::new(i, poll, rx, ctx.clone());
             threads.push(
@@ -216,10 +226,18 @@ impl ServerHandle {
         // Shards first (they stop producing work), then generations (they finish or are
         // cut at the shutdown deadline), then the store (it commits what it was given).
         let threads = std::mem::take(&mut self.threads);
-        let (shards, others): (Vec<_>, Vec<_>) = threads
-            .into_iter()
-            .partition(|t| t.thread().name().is_some_and(|n| n.starts_with("shard-")));
+        let named =
+            |t: &JoinHandle<()>, p: &str| t.thread().name().is_some_and(|n| n.starts_with(p));
+        let (shards, others): (Vec<_>, Vec<_>) =
+            threads.into_iter().partition(|t| named(t, "shard-"));
         for t in shards {
+            let _ = t.join();
+        }
+        // Upload workers may still hand finished files to the store writer.
+        let (uploaders, others): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|t| named(t, "upload-"));
+        self.ctx.uploads.shutdown();
+        for t in uploaders {
             let _ = t.join();
         }
         self.ctx.llm.shutdown(&self.ctx);

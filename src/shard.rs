@@ -356,7 +356,12 @@ impl Shard {
             ShardMsg::Http(id, resp) => {
                 if let Some(slot) = self.resolve(id) {
                     if matches!(self.conns[slot].phase, Phase::HttpWait) {
-                        self.start_http_write(slot, resp.to_bytes(), AfterWrite::Close);
+                        let bytes = resp.to_bytes();
+                        let big = bytes.len() > 1 << 16;
+                        self.start_http_write_held(slot, bytes, AfterWrite::Close, resp.hold);
+                        if big {
+                            self.rearm(slot);
+                        }
                     }
                 }
             }
@@ -541,11 +546,30 @@ impl Shard {
 
     /// Answer a request: write `bytes`, then close or upgrade.
     pub fn start_http_write(&mut self, slot: usize, bytes: Vec<u8>, then: AfterWrite) {
+        self.start_http_write_held(slot, bytes, then, None)
+    }
+
+    /// As `start_http_write`, keeping `hold` alive until the write ends. A large body
+    /// (a file download) gets more time: the head deadline plus one second per 64 KiB.
+    pub fn start_http_write_held(
+        &mut self,
+        slot: usize,
+        bytes: Vec<u8>,
+        then: AfterWrite,
+        hold: Option<Arc<dyn std::fmt::Debug + Send + Sync>>,
+    ) {
+        let big = bytes.len() > 1 << 16;
+        let timeout = self.ctx.cfg.server.head_timeout;
         if let Some(c) = self.conns.get_mut(slot) {
+            if big {
+                let extra = Duration::from_secs((bytes.len() >> 16) as u64);
+                c.head_deadline = c.head_deadline.max(Instant::now() + timeout + extra);
+            }
             c.phase = Phase::HttpWrite {
                 buf: bytes,
                 pos: 0,
                 then,
+                hold,
             };
             // Written on the next drive (right away when called from a drive; else the
             // connection goes on the pending list).
@@ -923,6 +947,9 @@ impl Shard {
                 .map(|(a, b)| (a.clone(), b.clone()))
                 .collect();
             let typing: Vec<Arc<str>> = ws.typing.keys().cloned().collect();
+            for file_id in std::mem::take(&mut ws.uploads) {
+                self.ctx.uploads.abort(file_id);
+            }
             let user = ws.user.clone();
             for conv in subs {
                 self.topic_local_remove(&conv, slot);

@@ -129,6 +129,20 @@ const MIGRATIONS: &[&str] = &[
     UPDATE members SET room = 1 WHERE conversation_id IN (SELECT id FROM conversations WHERE kind = 'room');
     CREATE INDEX members_rooms ON members(user_id) WHERE room = 1;
     "#,
+    // 3: uploaded files. The bytes live on disk under <data_dir>/files/<id>; a row exists
+    // only once the file is complete, verified and renamed into place.
+    r#"
+    CREATE TABLE files (
+        id              TEXT PRIMARY KEY,
+        owner           TEXT NOT NULL,
+        conversation_id TEXT REFERENCES conversations(id),
+        file_name       TEXT NOT NULL,
+        mime_type       TEXT NOT NULL,
+        size            INTEGER NOT NULL,
+        sha256          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub fn schema_version() -> i64 {
