@@ -40,6 +40,12 @@ pub struct Metrics {
     pub llm_completed: AtomicU64,
     pub llm_failed: AtomicU64,
     pub inbox_dropped: AtomicU64,
+    pub uploads_active: AtomicI64,
+    pub uploads_completed: AtomicU64,
+    pub uploads_failed: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    pub downloads: AtomicU64,
+    pub download_bytes: AtomicU64,
     /// Microseconds from a write entering the writer's queue to its COMMIT.
     pub commit_latency_us: Mutex<Histogram<u64>>,
 }
@@ -74,6 +80,12 @@ impl Default for Metrics {
             llm_completed: AtomicU64::new(0),
             llm_failed: AtomicU64::new(0),
             inbox_dropped: AtomicU64::new(0),
+            uploads_active: AtomicI64::new(0),
+            uploads_completed: AtomicU64::new(0),
+            uploads_failed: AtomicU64::new(0),
+            upload_bytes: AtomicU64::new(0),
+            downloads: AtomicU64::new(0),
+            download_bytes: AtomicU64::new(0),
             commit_latency_us: hist(),
         }
     }
@@ -218,6 +230,46 @@ impl Metrics {
             "counter",
             self.inbox_dropped.load(Relaxed).to_string(),
         );
+        for (name, help, kind, v) in [
+            (
+                "uploads_active",
+                "File uploads in progress.",
+                "gauge",
+                self.uploads_active.load(Relaxed).to_string(),
+            ),
+            (
+                "uploads_completed_total",
+                "File uploads verified and stored.",
+                "counter",
+                self.uploads_completed.load(Relaxed).to_string(),
+            ),
+            (
+                "uploads_failed_total",
+                "File uploads discarded (checksum, write or store failure).",
+                "counter",
+                self.uploads_failed.load(Relaxed).to_string(),
+            ),
+            (
+                "upload_bytes_total",
+                "File bytes received in upload chunks.",
+                "counter",
+                self.upload_bytes.load(Relaxed).to_string(),
+            ),
+            (
+                "downloads_total",
+                "Files served by GET /v1/files/{id}.",
+                "counter",
+                self.downloads.load(Relaxed).to_string(),
+            ),
+            (
+                "download_bytes_total",
+                "File bytes served.",
+                "counter",
+                self.download_bytes.load(Relaxed).to_string(),
+            ),
+        ] {
+            line(name, help, kind, v);
+        }
         let _ = writeln!(s, "# HELP confab_closes_total WebSocket closes by close code.\n# TYPE confab_closes_total counter");
         for (i, c) in CLOSE_CODES.iter().enumerate() {
             let _ = writeln!(

@@ -449,8 +449,9 @@ impl Worker {
                 self.sweep(idle);
             }
         }
-        for (_, p) in self.pending.drain() {
-            let _ = std::fs::remove_file(&p.path);
+        let left: Vec<Arc<str>> = self.pending.keys().cloned().collect();
+        for file_id in left {
+            self.drop_pending(&file_id);
         }
     }
 
@@ -464,7 +465,7 @@ impl Worker {
             .map(|(k, _)| k.clone())
             .collect();
         for file_id in stale {
-            if let Some(p) = self.pending.remove(&file_id) {
+            if let Some(p) = self.take(&file_id) {
                 log::info!("upload {file_id} abandoned after {} s idle", idle.as_secs());
                 let _ = std::fs::remove_file(&p.path);
                 let ctx = self.ctx.clone();
@@ -521,6 +522,9 @@ impl Worker {
                 Err((code, msg, fatal)) => {
                     let ev = Event::error(code, msg, id);
                     if fatal {
+                        if code == ErrorCode::Internal {
+                            self.ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
+                        }
                         self.drop_pending(&file_id);
                         finish(&self.ctx, conn, file_id, ev);
                     } else {
@@ -540,8 +544,15 @@ impl Worker {
         }
     }
 
+    /// Take an upload out of the worker's table (it is over, one way or another).
+    fn take(&mut self, file_id: &str) -> Option<Pending> {
+        let p = self.pending.remove(file_id)?;
+        self.ctx.metrics.uploads_active.fetch_sub(1, Relaxed);
+        Some(p)
+    }
+
     fn drop_pending(&mut self, file_id: &str) {
-        if let Some(p) = self.pending.remove(file_id) {
+        if let Some(p) = self.take(file_id) {
             let _ = std::fs::remove_file(&p.path);
         }
     }
@@ -592,6 +603,7 @@ impl Worker {
             progress: Some(if file_size == 0 { 100.0 } else { 0.0 }),
             ..Default::default()
         };
+        self.ctx.metrics.uploads_active.fetch_add(1, Relaxed);
         self.pending.insert(
             file_id.clone(),
             Pending {
@@ -673,6 +685,10 @@ impl Worker {
                 return Err((ErrorCode::Internal, "cannot store the upload".into(), true));
             }
             p.hasher.update(&bytes);
+            self.ctx
+                .metrics
+                .upload_bytes
+                .fetch_add(bytes.len() as u64, Relaxed);
             p.received += bytes.len() as u64;
             p.next_chunk += 1;
             p.total_chunks = Some(total);
@@ -724,11 +740,12 @@ impl Worker {
                 ),
             );
         }
-        let Some(p) = self.pending.remove(&file_id) else {
+        let Some(p) = self.take(&file_id) else {
             return;
         };
         let got = hex(&p.hasher.clone().finalize());
         if got != want {
+            ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
             let _ = std::fs::remove_file(&p.path);
             let ev = Event::error(
                 ErrorCode::ChecksumMismatch,
@@ -740,6 +757,7 @@ impl Worker {
         let dest = ctx.uploads.dir.join(&*file_id);
         if let Err(e) = persist(&p.file, &p.path, &dest) {
             log::error!("upload {file_id}: cannot persist: {e}");
+            ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
             let _ = std::fs::remove_file(&p.path);
             let ev = Event::error(ErrorCode::Internal, "cannot store the upload", id);
             return finish(&ctx, conn, file_id, ev);
@@ -767,10 +785,12 @@ impl Worker {
             op: Box::new(move |db, st| {
                 record(db, st.now_ms, &file_id, &p, &got)?;
                 Ok(Box::new(move |ctx: &ServerCtx| {
+                    ctx.metrics.uploads_completed.fetch_add(1, Relaxed);
                     finish(ctx, conn, fid_ok, Event::FileUpload(Box::new(done)))
                 }))
             }),
             on_fail: Box::new(move |ctx, e| {
+                ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
                 let _ = std::fs::remove_file(&dest);
                 let (code, msg) = e.client_error();
                 finish(ctx, conn, fid_fail, Event::error(code, msg, id));
@@ -913,6 +933,8 @@ pub fn download(db: &Connection, ctx: &ServerCtx, user: &User, file_id: &str) ->
         .with_header("X-Content-Type-Options", "nosniff")
         .with_header("Content-Security-Policy", "sandbox");
     r.hold = Some(Arc::new(permit));
+    ctx.metrics.downloads.fetch_add(1, Relaxed);
+    ctx.metrics.download_bytes.fetch_add(size, Relaxed);
     r
 }
 

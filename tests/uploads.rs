@@ -144,6 +144,20 @@ fn a_file_uploaded_in_chunks_downloads_byte_for_byte_and_survives_a_restart() {
     assert!(files.join(&file_id).is_file());
     assert_eq!(std::fs::read_dir(files.join("tmp")).unwrap().count(), 0);
 
+    let (_, _, metrics) = http_raw(s.addr, "GET", "/metrics", None, None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "confab_uploads_completed_total 1",
+        "confab_uploads_active 0",
+        "confab_downloads_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains(&format!("confab_upload_bytes_total {}", data.len())));
+
     // Restart on the same data dir: still there, still exact.
     let dir = s.dir.clone();
     s.stop();
