@@ -11,7 +11,7 @@ use std::process::Command;
 use common::*;
 
 #[test]
-fn the_test_page_streams_resumes_after_a_reload_and_stops() {
+fn the_test_page_streams_resumes_after_a_reload_stops_and_uploads() {
     let required = std::env::var("CONFAB_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -44,4 +44,5 @@ fn the_test_page_streams_resumes_after_a_reload_and_stops() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("browser test passed"), "{text}");
+    eprintln!("{text}");
 }

@@ -1,6 +1,7 @@
 // Drives confab's browser test page like a newcomer would: the page signs in with a dev
 // token, connects, sends a message, renders the streaming reply, survives a reload
-// mid-stream (resume), and Stop cancels the reply.
+// mid-stream (resume), Stop cancels the reply, and a file uploaded with the 📎 button
+// (chunked, SHA-256 checked) appears in the conversation and downloads byte for byte.
 // usage: node page.test.js http://127.0.0.1:PORT/
 const { chromium } = require('playwright-core');
 const assert = (c, m) => { if (!c) { throw new Error('assertion failed: ' + m); } };
@@ -36,8 +37,17 @@ const assert = (c, m) => { if (!c) { throw new Error('assertion failed: ' + m); 
     const meta = await page.textContent('.msg.assistant .meta');
     assert(meta.includes('cancelled'), 'meta after stop: ' + meta);
     await page.waitForFunction(() => document.querySelector('#convs').textContent.includes('Hello from the browser test'), null, { timeout: 10000 });
+
+    // Upload: ~110 KB goes up in three chunks; the link in the conversation downloads it.
+    const content = Buffer.from('confab file upload test · '.repeat(4000));
+    await page.setInputFiles('#file', { name: 'notes.txt', mimeType: 'text/plain', buffer: content });
+    await page.waitForSelector('.msg.user a.file', { timeout: 10000 });
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('.msg.user a.file')]);
+    assert(dl.suggestedFilename() === 'notes.txt', 'download name: ' + dl.suggestedFilename());
+    const got = require('fs').readFileSync(await dl.path());
+    assert(got.equals(content), `downloaded ${got.length} bytes, uploaded ${content.length}`);
     assert(errors.length === 0, 'page errors: ' + errors.join('; '));
-    console.log('browser test passed: ' + meta);
+    console.log('browser test passed: ' + meta + '; upload round trip ' + content.length + ' bytes');
   } finally {
     await browser.close();
   }
