@@ -875,6 +875,13 @@ impl Drop for DownloadPermit {
 
 /// `GET /v1/files/{id}` on a reader thread.
 pub fn download(db: &Connection, ctx: &ServerCtx, user: &User, file_id: &str) -> Response {
+    // Only ids this server makes (`f_` + 24 hex digits) ever name a file on disk.
+    let well_formed = file_id.len() == 26
+        && file_id.starts_with("f_")
+        && file_id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return Response::error(404, ErrorCode::NotFound, "no such file");
+    }
     let row = db
         .prepare_cached(
             "SELECT owner, conversation_id, file_name, mime_type, size, sha256 FROM files WHERE id = ?1",

@@ -138,6 +138,11 @@ fn a_file_uploaded_in_chunks_downloads_byte_for_byte_and_survives_a_restart() {
         http_raw(s.addr, "POST", &url, Some(&s.token("alice")), Some("{}")).0,
         405
     );
+    // Not an id this server makes: 404 before any lookup or path.
+    assert_eq!(
+        get_file(&s, "/v1/files/..%2Fconfab.db", Some(&s.token("alice"))).0,
+        404
+    );
 
     // Stored under its id, nothing left in the upload area.
     let files = s.dir.join("files");
