@@ -170,6 +170,7 @@ struct RawUploads {
     max_chunk_bytes: u32,
     allowed_extensions: String,
     max_per_connection: u32,
+    max_active: u32,
     workers: u32,
     queue: u32,
     idle_timeout_s: u64,
@@ -332,6 +333,7 @@ pub struct UploadsConfig {
     /// Lower-case file name extensions accepted, without the dot.
     pub allowed_extensions: Vec<String>,
     pub max_per_connection: usize,
+    pub max_active: usize,
     pub workers: usize,
     pub queue: usize,
     pub idle_timeout: Duration,
@@ -885,6 +887,7 @@ impl Raw {
                 max_chunk_bytes: u.max_chunk_bytes as usize,
                 allowed_extensions,
                 max_per_connection: u.max_per_connection as usize,
+                max_active: u.max_active.max(1) as usize,
                 workers: u.workers as usize,
                 queue: u.queue as usize,
                 idle_timeout: Duration::from_secs(u.idle_timeout_s.max(1)),

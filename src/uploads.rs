@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,6 +90,8 @@ pub struct Uploads {
     tmp: PathBuf,
     /// Bytes of file bodies currently held for downloads.
     download_bytes: Arc<AtomicU64>,
+    /// Uploads in progress on the whole server (each holds an open file and disk space).
+    active: AtomicUsize,
 }
 
 impl Uploads {
@@ -111,6 +113,7 @@ impl Uploads {
             dir,
             tmp,
             download_bytes: Arc::new(AtomicU64::new(0)),
+            active: AtomicUsize::new(0),
         })
     }
 
@@ -503,7 +506,14 @@ impl Worker {
                         .shards
                         .send_event(conn, &Event::FileUpload(Box::new(UploadEvent { id, ..ev }))),
                     Err((code, msg)) => {
-                        finish(&self.ctx, conn, file_id, Event::error(code, msg, id))
+                        let retry_after = (code == ErrorCode::Busy).then_some(1.0);
+                        let ev = Event::Error {
+                            code,
+                            error: msg,
+                            id,
+                            retry_after,
+                        };
+                        finish(&self.ctx, conn, file_id, ev)
                     }
                 }
             }
@@ -548,6 +558,7 @@ impl Worker {
     fn take(&mut self, file_id: &str) -> Option<Pending> {
         let p = self.pending.remove(file_id)?;
         self.ctx.metrics.uploads_active.fetch_sub(1, Relaxed);
+        self.ctx.uploads.active.fetch_sub(1, Relaxed);
         Some(p)
     }
 
@@ -581,15 +592,28 @@ impl Worker {
                 ));
             }
         }
-        let path = self.ctx.uploads.tmp.join(&**file_id);
-        let file = std::fs::OpenOptions::new()
+        let uploads = &self.ctx.uploads;
+        let max_active = self.ctx.cfg.uploads.max_active;
+        if uploads.active.fetch_add(1, Relaxed) >= max_active {
+            uploads.active.fetch_sub(1, Relaxed);
+            return Err((
+                ErrorCode::Busy,
+                format!("{max_active} uploads are in progress on this server; try again"),
+            ));
+        }
+        let path = uploads.tmp.join(&**file_id);
+        let file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| {
+        {
+            Ok(f) => f,
+            Err(e) => {
+                uploads.active.fetch_sub(1, Relaxed);
                 log::error!("upload {file_id}: cannot create {}: {e}", path.display());
-                (ErrorCode::Internal, "cannot store the upload".to_string())
-            })?;
+                return Err((ErrorCode::Internal, "cannot store the upload".to_string()));
+            }
+        };
         let ev = UploadEvent {
             upload_type: "init",
             file_id: file_id.to_string(),

@@ -360,3 +360,29 @@ fn a_closed_connection_abandons_its_partial_upload() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn the_server_wide_upload_cap_answers_busy_until_an_upload_ends() {
+    let s = TestServer::start("upload-cap", |c| c.uploads.max_active = 1);
+    let mut a = s.client("alice");
+    let mut b = s.client("bob");
+    let ev = init(&mut a, "one.txt", 3, json!({"mime_type": "text/plain"}));
+    let fid = ev["file_id"].as_str().unwrap().to_string();
+    let e = init(&mut b, "two.txt", 3, json!({"mime_type": "text/plain"}));
+    assert_eq!(e["code"], "BUSY", "{e}");
+    assert!(e["retry_after"].as_f64().is_some(), "{e}");
+    a.send(
+        json!({"type": "file_upload", "upload_type": "chunk", "file_id": fid,
+                  "chunk_index": 0, "total_chunks": 1, "chunk_data": B64.encode(b"abc")}),
+    );
+    reply(&mut a);
+    a.send(
+        json!({"type": "file_upload", "upload_type": "finalize", "file_id": fid,
+                  "checksum": sha_hex(b"abc")}),
+    );
+    assert_eq!(reply(&mut a)["upload_type"], "complete");
+    assert_eq!(
+        init(&mut b, "two.txt", 3, json!({"mime_type": "text/plain"}))["upload_type"],
+        "init"
+    );
+}
