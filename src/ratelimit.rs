@@ -67,14 +67,6 @@ impl RateWindow {
     }
 }
 
-impl RateWindow {
-    /// Give back the slot the last allowed `check` took (for messages that are paced by
-    /// other means, e.g. the chunks of an upload already accepted).
-    pub fn refund(&mut self) {
-        self.cur = self.cur.saturating_sub(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

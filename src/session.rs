@@ -44,6 +44,21 @@ pub fn send_error_retry(
 /// A text frame arrived on a native connection.
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     let now = Instant::now();
+    let decoded = shard.decoder.decode(text);
+    // Chunks of an upload this connection has open are paced by the upload queue (BUSY)
+    // and bounded by the upload's declared size, not by the message rate.
+    if let Ok(Incoming {
+        msg: ClientMsg::FileUpload(crate::protocol::Upload::Chunk { file_id, .. }),
+        ..
+    }) = &decoded
+    {
+        if crate::uploads::is_open(shard, slot, file_id) {
+            if let Ok(msg) = decoded {
+                dispatch(shard, slot, msg);
+            }
+            return;
+        }
+    }
     let window = shard.ctx.cfg.limits.rate_window;
     let max = shard.ctx.cfg.limits.rate_max_messages;
     let strikes_max = shard.ctx.cfg.limits.rate_strikes;
@@ -72,7 +87,10 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             );
             shard.close_ws(slot, close::POLICY, "rate limit abuse");
         } else {
-            let id = shard.decoder.decode(text).ok().and_then(|m| m.id);
+            let id = match &decoded {
+                Ok(m) => m.id.clone(),
+                Err(e) => e.id.clone(),
+            };
             send_error_retry(
                 shard,
                 slot,
@@ -84,7 +102,7 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
         }
         return;
     }
-    match shard.decoder.decode(text) {
+    match decoded {
         Ok(msg) => dispatch(shard, slot, msg),
         Err(e) => send_error(shard, slot, ErrorCode::BadRequest, &e.reason, e.id),
     }

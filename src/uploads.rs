@@ -252,11 +252,6 @@ pub fn on_message(
                     id,
                 );
             }
-            // Chunks of an accepted upload are paced by the upload queue (BUSY) and bounded
-            // by its declared size, not by the per-connection message rate.
-            if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-                ws.rate.refund();
-            }
             let job = Job::Chunk {
                 conn,
                 id: id.clone(),
@@ -291,6 +286,18 @@ pub fn on_message(
             }
         }
     }
+}
+
+/// Whether the connection has this upload open (its chunks skip the message rate limit).
+pub fn is_open(shard: &Shard, slot: usize, file_id: &str) -> bool {
+    shard
+        .conns
+        .get(slot)
+        .and_then(|c| match &c.phase {
+            crate::conn::Phase::Ws(ws) => Some(ws.uploads.iter().any(|f| &**f == file_id)),
+            _ => None,
+        })
+        .unwrap_or(false)
 }
 
 /// The connection's open upload with this id, or a `NOT_FOUND` error.

@@ -386,3 +386,35 @@ fn the_server_wide_upload_cap_answers_busy_until_an_upload_ends() {
         "init"
     );
 }
+
+#[test]
+fn chunks_of_an_open_upload_do_not_count_against_the_message_rate() {
+    // 5 messages per minute: init and finalize fit, the 12 chunks would not.
+    let s = TestServer::start("upload-rate", |c| {
+        c.limits.rate_max_messages = 5;
+        c.limits.rate_window = Duration::from_secs(60);
+        c.uploads.max_chunk_bytes = 1000;
+    });
+    let mut a = s.client("alice");
+    let data = bytes(11_500, 5);
+    let done = upload(
+        &mut a,
+        "many.txt",
+        &data,
+        json!({"mime_type": "text/plain"}),
+    );
+    assert_eq!(done["upload_type"], "complete", "{done}");
+    // A chunk for an upload that is not open is an ordinary message: rate-limited.
+    let chunk = json!({"type": "file_upload", "upload_type": "chunk", "file_id": "f_x",
+                       "chunk_index": 0, "total_chunks": 1, "chunk_data": "AAAA"});
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        a.send(chunk.clone());
+        codes.push(reply(&mut a)["code"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        codes.last().map(String::as_str),
+        Some("RATE_LIMIT"),
+        "{codes:?}"
+    );
+}

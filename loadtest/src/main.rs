@@ -3,7 +3,7 @@
 //! `confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens] [--connections N]
 //!  [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T] [--generic] [--json]`
 //!
-//! Scenarios: hold, echo, broadcast, chat, churn, resume (see loadtest/README.md).
+//! Scenarios: hold, echo, broadcast, chat, churn, resume, write, upload (see loadtest/README.md).
 //! hold/echo/broadcast/chat run on a small mio event loop per thread (one process drives
 //! 10,000+ connections); churn and resume use blocking clients. Every latency goes into an
 //! hdrhistogram (microseconds). Traffic goes only where --url points (loopback in our runs).
@@ -35,7 +35,7 @@ pub struct Opts {
 const USAGE: &str = "usage: confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
   [--room ROOM] [--size BYTES] [--generic] [--json]
-scenarios: hold echo broadcast chat churn resume write";
+scenarios: hold echo broadcast chat churn resume write upload";
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -117,6 +117,7 @@ fn main() {
         "churn" => scenarios::churn(&o),
         "resume" => scenarios::resume(&o),
         "write" => scenarios::write(&o),
+        "upload" => scenarios::upload(&o),
         other => {
             eprintln!("confab-load: unknown scenario {other}\n{USAGE}");
             std::process::exit(2);
