@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rusqlite::OptionalExtension;
 use tungstenite::Utf8Bytes;
 
 use crate::auth::User;
@@ -526,7 +527,7 @@ pub fn load_replay(
                     crate::store::read::MESSAGE_COLUMNS
                 ))?
                 .query_row([mid], crate::store::read::message_row)
-                .ok()
+                .optional()?
             {
                 rows.push(r);
             }

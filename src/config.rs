@@ -730,7 +730,7 @@ impl Raw {
                 "must start with http:// or https://",
             ));
         }
-        if !(m.temperature_max >= 0.0) {
+        if m.temperature_max.is_nan() || m.temperature_max < 0.0 {
             return Err(invalid("llm.temperature_max", "must be >= 0"));
         }
 

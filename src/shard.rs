@@ -111,9 +111,12 @@ pub enum ShardMsg {
     /// One frame for every authenticated native connection of the shard (admin broadcast).
     All(Utf8Bytes),
     /// Work that must run on this shard (for a connection it owns).
-    Run(ConnId, Box<dyn FnOnce(&mut Shard, usize) + Send>),
+    Run(ConnId, ShardTask),
     Shutdown,
 }
+
+/// Work sent to a shard to run against one of its connections (by slot).
+pub type ShardTask = Box<dyn FnOnce(&mut Shard, usize) + Send>;
 
 /// The sending side of every shard's inbox.
 pub struct ShardHandle {

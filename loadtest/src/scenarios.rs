@@ -553,36 +553,33 @@ impl Handler for ChatH {
                     }
                 }
             }
-            "complete" => {
-                if !s.done {
-                    s.done = true;
-                    self.completed += 1;
-                    // The demo emits token i at start + i/rate. Anchor the schedule at the
-                    // least-delayed token (the best case we saw); every other token's lag
-                    // behind that schedule is latency the server added.
-                    let period = Duration::from_secs_f64(1.0 / self.rate);
-                    let anchor = s
-                        .arrivals
-                        .iter()
-                        .map(|(i, t)| *t - period * (*i as u32))
-                        .min();
-                    if let Some(anchor) = anchor {
-                        for (i, t) in &s.arrivals {
-                            let ideal = anchor + period * (*i as u32);
-                            let _ =
-                                self.lag
-                                    .record(t.saturating_duration_since(ideal).as_micros().max(1)
-                                        as u64);
-                        }
-                    }
-                    if v["response"].as_str() != Some(s.text.as_str()) {
-                        self.mismatched += 1;
-                    }
-                    if let Some(t) = s.sent {
+            "complete" if !s.done => {
+                s.done = true;
+                self.completed += 1;
+                // The demo emits token i at start + i/rate. Anchor the schedule at the
+                // least-delayed token (the best case we saw); every other token's lag
+                // behind that schedule is latency the server added.
+                let period = Duration::from_secs_f64(1.0 / self.rate);
+                let anchor = s
+                    .arrivals
+                    .iter()
+                    .map(|(i, t)| *t - period * (*i as u32))
+                    .min();
+                if let Some(anchor) = anchor {
+                    for (i, t) in &s.arrivals {
+                        let ideal = anchor + period * (*i as u32);
                         let _ = self
-                            .completion
-                            .record(now.duration_since(t).as_micros().max(1) as u64);
+                            .lag
+                            .record(t.saturating_duration_since(ideal).as_micros().max(1) as u64);
                     }
+                }
+                if v["response"].as_str() != Some(s.text.as_str()) {
+                    self.mismatched += 1;
+                }
+                if let Some(t) = s.sent {
+                    let _ = self
+                        .completion
+                        .record(now.duration_since(t).as_micros().max(1) as u64);
                 }
             }
             "error" => self.errors += 1,
@@ -698,10 +695,10 @@ pub fn churn(o: &Opts) -> Value {
     let start = Instant::now();
     let cpu = CpuMeter::start(o.server_pid);
     std::thread::scope(|s| {
-        for w in 0..workers {
+        for tok in toks.iter().take(workers) {
             let (stop, done, failed, lat) =
                 (stop.clone(), done.clone(), failed.clone(), lat.clone());
-            let path = ws_path(&toks[w], "");
+            let path = ws_path(tok, "");
             s.spawn(move || {
                 let mut local = hist();
                 while !stop.load(Relaxed) {
@@ -845,10 +842,9 @@ impl Handler for WriteH {
             return self.next(id, out, now);
         }
         if text.contains("\"type\":\"ack\"") {
-            if !self.conv.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.conv.entry(id) {
                 if let Ok(v) = serde_json::from_str::<Value>(text) {
-                    self.conv
-                        .insert(id, v["conversation_id"].as_str().unwrap_or("").to_string());
+                    e.insert(v["conversation_id"].as_str().unwrap_or("").to_string());
                 }
             }
             if let Some(t) = self.sent_at.get(&id) {
@@ -935,10 +931,12 @@ impl UploadFile {
     }
 }
 
+/// One connection's upload in progress: file id, next chunk, the chunks, when it started.
+type UploadState = (String, usize, Arc<Vec<String>>, Instant);
+
 struct UploadH {
     file: UploadFile,
-    /// Per connection: (file_id, next chunk, chunks, started).
-    state: HashMap<usize, (String, usize, Arc<Vec<String>>, Instant)>,
+    state: HashMap<usize, UploadState>,
     lat: Histogram<u64>,
     done: u64,
     bytes: u64,
