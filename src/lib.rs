@@ -21,6 +21,7 @@
 //!   generation workers (llm/)            store writer (store/): one thread,
 //!   blocking ureq / demo model           SQLite WAL, group commit, acks after COMMIT
 //!   store readers (store/): own connections, history / replay / lists
+//!   upload workers (uploads.rs): chunk → file under files/tmp, SHA-256, then a store row
 //! ```
 //!
 //! Ownership: a shard owns its sockets outright; everything else reaches a connection by
