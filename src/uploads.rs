@@ -95,8 +95,10 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    /// Create the directories; partial files left by an earlier run are deleted (their
-    /// connections are gone, so nobody can finish them).
+    /// Create the directories and clean up after an earlier run: partial files are
+    /// deleted (their connections are gone, so nobody can finish them), and so is a file
+    /// renamed into place whose row never committed (a crash inside `finalize`; its
+    /// client never heard `complete`).
     pub fn open(cfg: &crate::Config) -> std::io::Result<Uploads> {
         let dir = UploadsConfig::dir(&cfg.store);
         let tmp = dir.join("tmp");
@@ -104,6 +106,7 @@ impl Uploads {
         for e in std::fs::read_dir(&tmp)?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
+        remove_unrecorded(&dir, &cfg.store.db_path());
         let (senders, receivers) = (0..cfg.uploads.workers)
             .map(|_| crossbeam_channel::bounded(cfg.uploads.queue))
             .unzip();
@@ -157,6 +160,31 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
                 .spawn(move || Worker::new(ctx).run(rx))
         })
         .collect()
+}
+
+/// Delete files under `dir` that have no row in `files`. Best effort: when the database
+/// cannot be read, nothing is deleted.
+fn remove_unrecorded(dir: &Path, db: &Path) {
+    let Ok(db) = crate::store::open_reader(db) else {
+        return;
+    };
+    let Ok(mut known) = db.prepare("SELECT 1 FROM files WHERE id = ?1") else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(id) = name.to_str() else { continue };
+        if !e.path().is_file() || !id.starts_with("f_") {
+            continue;
+        }
+        if let Ok(false) = known.exists([id]) {
+            log::warn!("uploads: removing {id}, stored but never recorded (crash during finalize)");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 // ---------------------------------------------------------------- on the shard

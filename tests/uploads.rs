@@ -163,13 +163,18 @@ fn a_file_uploaded_in_chunks_downloads_byte_for_byte_and_survives_a_restart() {
     }
     assert!(metrics.contains(&format!("confab_upload_bytes_total {}", data.len())));
 
-    // Restart on the same data dir: still there, still exact.
+    // Restart on the same data dir: still there, still exact. A file that was renamed into
+    // place but never recorded (a crash inside finalize) is removed at start.
     let dir = s.dir.clone();
     s.stop();
+    let stray = dir.join("files").join("f_0123456789abcdef01234567");
+    std::fs::write(&stray, b"never recorded").unwrap();
     let s2 = TestServer::start("upload-roundtrip-2", |c| c.store.data_dir = dir);
     let (status, _, body) = get_file(&s2, &url, Some(&s2.token("alice")));
     assert_eq!(status, 200);
     assert!(body == data);
+    assert!(!stray.exists(), "unrecorded file kept");
+    assert!(files.join(&file_id).is_file());
 }
 
 #[test]
