@@ -30,11 +30,13 @@ pub struct Opts {
     pub json: bool,
     pub room: String,
     pub size: usize,
+    /// New connections per second (0: all at once). Used by `chat`.
+    pub open_rate: f64,
 }
 
 const USAGE: &str = "usage: confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
-  [--room ROOM] [--size BYTES] [--generic] [--json]
+  [--room ROOM] [--size BYTES] [--open-rate CONNS_PER_S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
 
 fn parse() -> Result<Opts, String> {
@@ -57,6 +59,7 @@ fn parse() -> Result<Opts, String> {
         json: false,
         room: "load-room".into(),
         size: 32,
+        open_rate: 0.0,
     };
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
@@ -79,6 +82,7 @@ fn parse() -> Result<Opts, String> {
             "--threads" => o.threads = v()?.parse().map_err(|_| "--threads: a number")?,
             "--room" => o.room = v()?,
             "--size" => o.size = v()?.parse().map_err(|_| "--size: a number")?,
+            "--open-rate" => o.open_rate = v()?.parse().map_err(|_| "--open-rate: a number")?,
             "--generic" => o.generic = true,
             "--json" => o.json = true,
             other => return Err(format!("unknown argument {other}")),

@@ -623,7 +623,7 @@ pub fn chat(o: &Opts) -> Value {
         },
         start + o.duration,
         None,
-        0.0,
+        o.open_rate,
     );
     let elapsed = start.elapsed().as_secs_f64();
     let rss = o.server_pid.and_then(proc_rss_kib);
@@ -646,7 +646,7 @@ pub fn chat(o: &Opts) -> Value {
         let _ = comp.add(&h.completion);
     }
     json!({
-        "scenario": "chat", "chats": n, "demo_tokens_per_s": o.rate, "completed": completed, "errors": errors, "failed_connections": failed,
+        "scenario": "chat", "chats": n, "demo_tokens_per_s": o.rate, "open_rate": o.open_rate, "completed": completed, "errors": errors, "failed_connections": failed,
         "tokens": tokens, "tokens_per_s": (tokens as f64 / elapsed).round(), "reordered": reordered, "text_mismatches": mismatched,
         "first_token": pct(&ft), "token_added_latency": pct(&lag), "completion": pct(&comp),
         "server_cpu_percent": cpu_pct, "server_rss_kib": rss, "elapsed_s": (elapsed * 100.0).round() / 100.0,

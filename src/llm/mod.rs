@@ -287,7 +287,9 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
 }
 
 fn worker(ctx: Arc<ServerCtx>, rx: Receiver<Option<Work>>) {
-    let mut db: Option<rusqlite::Connection> = None;
+    // Opened now rather than at the first reply: 1,000 chats arriving together made 1,000
+    // workers open SQLite at once, and that burst was in every first token (BENCHMARKS.md).
+    let mut db: Option<rusqlite::Connection> = crate::store::open_reader(&ctx.store.path).ok();
     while let Ok(Some(work)) = rx.recv() {
         ctx.metrics.llm_queued.fetch_sub(1, Relaxed);
         ctx.metrics.llm_running.fetch_add(1, Relaxed);
