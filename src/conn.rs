@@ -137,7 +137,7 @@ pub struct Ws {
     /// Typing indicators this connection has on: target conversation → expiry.
     pub typing: HashMap<Arc<str>, Instant>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
-    pub uploads: Vec<Arc<str>>,
+    pub uploads: Vec<crate::uploads::OpenUpload>,
 }
 
 impl Sub {

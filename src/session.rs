@@ -45,14 +45,19 @@ pub fn send_error_retry(
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     let now = Instant::now();
     let decoded = shard.decoder.decode(text);
-    // Chunks of an upload this connection has open are paced by the upload queue (BUSY)
-    // and bounded by the upload's declared size, not by the message rate.
+    // The next chunk of an upload this connection has open is paced by the upload queue
+    // (BUSY) and bounded by the upload's declared size, not by the message rate.
     if let Ok(Incoming {
-        msg: ClientMsg::FileUpload(crate::protocol::Upload::Chunk { file_id, .. }),
+        msg:
+            ClientMsg::FileUpload(crate::protocol::Upload::Chunk {
+                file_id,
+                chunk_index,
+                ..
+            }),
         ..
     }) = &decoded
     {
-        if crate::uploads::is_open(shard, slot, file_id) {
+        if crate::uploads::exempt_chunk(shard, slot, file_id, *chunk_index) {
             if let Ok(msg) = decoded {
                 dispatch(shard, slot, msg);
             }

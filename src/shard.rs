@@ -950,8 +950,8 @@ impl Shard {
                 .map(|(a, b)| (a.clone(), b.clone()))
                 .collect();
             let typing: Vec<Arc<str>> = ws.typing.keys().cloned().collect();
-            for file_id in std::mem::take(&mut ws.uploads) {
-                self.ctx.uploads.abort(file_id);
+            for up in std::mem::take(&mut ws.uploads) {
+                self.ctx.uploads.abort(up.file_id);
             }
             let user = ws.user.clone();
             for conv in subs {

@@ -246,7 +246,11 @@ pub fn on_message(
                 );
             }
             let file_id: Arc<str> = Arc::from(crate::chat::random_id("f_"));
-            ws.uploads.push(file_id.clone());
+            ws.uploads.push(OpenUpload {
+                file_id: file_id.clone(),
+                next_chunk: 0,
+                resends: 0,
+            });
             let job = Job::Init {
                 conn,
                 user: user.clone(),
@@ -316,16 +320,41 @@ pub fn on_message(
     }
 }
 
-/// Whether the connection has this upload open (its chunks skip the message rate limit).
-pub fn is_open(shard: &Shard, slot: usize, file_id: &str) -> bool {
-    shard
+/// An upload as its connection's shard sees it.
+#[derive(Debug)]
+pub struct OpenUpload {
+    pub file_id: Arc<str>,
+    /// The chunk index the client should send next, as far as the shard can tell.
+    next_chunk: u32,
+    /// Resends of the chunk before `next_chunk` in a row (after BUSY or a lost answer).
+    resends: u8,
+}
+
+/// Resends of one chunk that still skip the message rate limit.
+const FREE_RESENDS: u8 = 3;
+
+/// Whether this chunk skips the message rate limit: only the next chunk of an upload the
+/// connection has open, or a few resends of the previous one. Anything else (chunks out of
+/// order, endless resends) is an ordinary message and is rate-limited like any other.
+pub fn exempt_chunk(shard: &mut Shard, slot: usize, file_id: &str, index: u32) -> bool {
+    let Some(up) = shard
         .conns
-        .get(slot)
-        .and_then(|c| match &c.phase {
-            crate::conn::Phase::Ws(ws) => Some(ws.uploads.iter().any(|f| &**f == file_id)),
-            _ => None,
-        })
-        .unwrap_or(false)
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .and_then(|ws| ws.uploads.iter_mut().find(|u| &*u.file_id == file_id))
+    else {
+        return false;
+    };
+    if index == up.next_chunk {
+        up.next_chunk += 1;
+        up.resends = 0;
+        true
+    } else if index.checked_add(1) == Some(up.next_chunk) && up.resends < FREE_RESENDS {
+        up.resends += 1;
+        true
+    } else {
+        false
+    }
 }
 
 /// The connection's open upload with this id, or a `NOT_FOUND` error.
@@ -339,7 +368,12 @@ fn open_upload(
         .conns
         .get_mut(slot)
         .and_then(|c| c.ws())
-        .and_then(|ws| ws.uploads.iter().find(|f| &***f == file_id).cloned());
+        .and_then(|ws| {
+            ws.uploads
+                .iter()
+                .find(|u| &*u.file_id == file_id)
+                .map(|u| u.file_id.clone())
+        });
     if found.is_none() {
         send_error(
             shard,
@@ -354,7 +388,7 @@ fn open_upload(
 
 fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
     if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-        ws.uploads.retain(|f| &**f != file_id);
+        ws.uploads.retain(|u| &*u.file_id != file_id);
     }
 }
 
