@@ -11,7 +11,8 @@ fn store(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).unwrap();
     let mut g = c.benchmark_group("store_batch_commit");
     for (label, full) in [("synchronous_normal", false), ("synchronous_full", true)] {
-        let mut conn = confab::store::open_writer(&dir.join(format!("{label}.db")), full).unwrap();
+        let mut conn =
+            confab::store::open_writer(&dir.join(format!("{label}.db")), full, 4096).unwrap();
         let mut st = WriterState::new(86_400_000);
         let mut n = 0u64;
         // 100 conversations, like 100 concurrent senders.

@@ -132,6 +132,7 @@ struct RawStore {
     max_page: u32,
     replay_max: u32,
     synchronous: String,
+    page_size: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +292,7 @@ pub struct StoreConfig {
     pub max_page: u32,
     pub replay_max: u32,
     pub synchronous_full: bool,
+    pub page_size: u32,
 }
 
 impl StoreConfig {
@@ -697,6 +699,12 @@ impl Raw {
             ));
         }
 
+        if !(512..=65536).contains(&st.page_size) || !st.page_size.is_power_of_two() {
+            return Err(invalid(
+                "store.page_size",
+                "a power of two from 512 to 65536",
+            ));
+        }
         let synchronous_full = match st.synchronous.as_str() {
             "full" => true,
             "normal" => false,
@@ -858,6 +866,7 @@ impl Raw {
                 max_page: st.max_page,
                 replay_max: st.replay_max.max(1),
                 synchronous_full,
+                page_size: st.page_size,
             },
             llm: LlmConfig {
                 provider,

@@ -160,9 +160,16 @@ fn stable_plans(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
-fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), rusqlite::Error> {
+fn configure(
+    conn: &Connection,
+    synchronous_full: bool,
+    page_size: u32,
+) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     stable_plans(conn)?;
+    // Only takes effect while the file is empty (before WAL mode and the first table);
+    // an existing database keeps the page size it was created with.
+    conn.pragma_update(None, "page_size", page_size)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if mode != "wal" {
         log::warn!("sqlite journal_mode is {mode}, not wal");
@@ -176,8 +183,13 @@ fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), rusqlite::
     Ok(())
 }
 
-/// Open (creating if needed) and migrate the database; the write connection.
-pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, StoreError> {
+/// Open (creating if needed, with `page_size`-byte pages) and migrate the database; the
+/// write connection.
+pub fn open_writer(
+    path: &Path,
+    synchronous_full: bool,
+    page_size: u32,
+) -> Result<Connection, StoreError> {
     let open = |p: &Path| {
         Connection::open(p).map_err(|source| StoreError::Open {
             path: p.display().to_string(),
@@ -185,7 +197,7 @@ pub fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connection, St
         })
     };
     let mut conn = open(path)?;
-    configure(&conn, synchronous_full).map_err(|source| StoreError::Open {
+    configure(&conn, synchronous_full, page_size).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,
     })?;
@@ -275,7 +287,7 @@ pub struct Store {
 impl Store {
     pub fn open(cfg: &Config, _metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let path = cfg.store.db_path();
-        let conn = open_writer(&path, cfg.store.synchronous_full)?;
+        let conn = open_writer(&path, cfg.store.synchronous_full, cfg.store.page_size)?;
         let (write_tx, write_rx) = crossbeam_channel::bounded(cfg.store.queue);
         let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
         Ok(Store {
@@ -409,6 +421,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn page_size_applies_to_a_new_database_only() {
+        let dir = std::env::temp_dir().join(format!("confab-pagesize-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("p.db");
+        let page =
+            |c: &Connection| -> i64 { c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap() };
+        let c = open_writer(&db, false, 1024).unwrap();
+        assert_eq!(page(&c), 1024);
+        drop(c);
+        // Reopened with another setting: the file keeps the size it was created with.
+        let c = open_writer(&db, false, 8192).unwrap();
+        assert_eq!(page(&c), 1024);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn migrations_run_in_order_and_a_newer_schema_is_refused() {
         let dir = std::env::temp_dir().join(format!("confab-migrate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -425,7 +455,7 @@ mod tests {
             tx.commit().unwrap();
         }
         // …is migrated to the current version, keeping its data.
-        let c = open_writer(&db, false).unwrap();
+        let c = open_writer(&db, false, 4096).unwrap();
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
@@ -437,7 +467,7 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        let err = open_writer(&db, false).unwrap_err();
+        let err = open_writer(&db, false, 4096).unwrap_err();
         assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }));
         assert!(err.is_config());
         let _ = std::fs::remove_dir_all(&dir);
