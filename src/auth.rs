@@ -108,7 +108,7 @@ pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<String
     std::fs::create_dir_all(data_dir).map_err(|e| err(format!("cannot create data dir: {e}")))?;
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| err(format!("no randomness: {e}")))?;
-    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = crate::protocol::hex(&raw);
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     // create_new: two processes starting at once do not overwrite each other's secret.

@@ -93,11 +93,7 @@ pub fn random_id(prefix: &str) -> String {
         b[..8].copy_from_slice(&(crate::protocol::now_ms() as u64).to_le_bytes());
         b[8..].copy_from_slice(&(n as u32).to_le_bytes());
     }
-    let mut s = String::from(prefix);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("{prefix}{}", crate::protocol::hex(&b))
 }
 
 fn user_event(ev: &Event) -> Utf8Bytes {
@@ -193,6 +189,31 @@ pub fn run_on(ctx: &ServerCtx, conn: ConnId, f: impl FnOnce(&mut Shard, usize) +
         .send(conn.shard as usize, ShardMsg::Run(conn, Box::new(f)));
 }
 
+/// The conversation of `room` as joined on this connection; else `FORBIDDEN` is sent
+/// (answering `id`) and `None` returned.
+pub fn joined_room(
+    shard: &mut Shard,
+    slot: usize,
+    room: &str,
+    id: &Option<String>,
+) -> Option<Arc<str>> {
+    let joined = shard
+        .conns
+        .get_mut(slot)
+        .and_then(|c| c.ws())
+        .and_then(|ws| ws.rooms.get(room).cloned());
+    if joined.is_none() {
+        send_error(
+            shard,
+            slot,
+            ErrorCode::Forbidden,
+            &format!("join room {room} on this connection first (join_room)"),
+            id.clone(),
+        );
+    }
+    joined
+}
+
 // ---------------------------------------------------------------- chat
 
 fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, req: ChatRequest) {
@@ -216,25 +237,10 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     // Which conversation: given, the joined room's, or a new one.
     let (conv, create): (Arc<str>, bool) = match (&req.conversation_id, &req.room_id) {
         (Some(c), _) => (Arc::from(c.as_str()), false),
-        (None, Some(room)) => {
-            let joined = shard
-                .conns
-                .get_mut(slot)
-                .and_then(|c| c.ws())
-                .and_then(|ws| ws.rooms.get(room.as_str()).cloned());
-            match joined {
-                Some(conv) => (conv, false),
-                None => {
-                    return send_error(
-                        shard,
-                        slot,
-                        ErrorCode::Forbidden,
-                        &format!("join room {room} on this connection first (join_room)"),
-                        id,
-                    )
-                }
-            }
-        }
+        (None, Some(room)) => match joined_room(shard, slot, room, &id) {
+            Some(conv) => (conv, false),
+            None => return,
+        },
         (None, None) => (Arc::from(new_conversation_id()), true),
     };
     // Outside rooms a reply is the point; in a room only when asked, or when the room was

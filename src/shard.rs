@@ -360,11 +360,7 @@ impl Shard {
                 if let Some(slot) = self.resolve(id) {
                     if matches!(self.conns[slot].phase, Phase::HttpWait) {
                         let bytes = resp.to_bytes();
-                        let big = bytes.len() > 1 << 16;
                         self.start_http_write_held(slot, bytes, AfterWrite::Close, resp.hold);
-                        if big {
-                            self.rearm(slot);
-                        }
                     }
                 }
             }
@@ -554,6 +550,8 @@ impl Shard {
 
     /// As `start_http_write`, keeping `hold` alive until the write ends. A large body
     /// (a file download) gets more time: the head deadline plus one second per 64 KiB.
+    /// (A later deadline needs no new timer: the armed one fires, sees the deadline has
+    /// not passed, and re-arms for it.)
     pub fn start_http_write_held(
         &mut self,
         slot: usize,

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,8 +90,6 @@ pub struct Uploads {
     tmp: PathBuf,
     /// Bytes of file bodies currently held for downloads.
     download_bytes: Arc<AtomicU64>,
-    /// Uploads in progress on the whole server (each holds an open file and disk space).
-    active: AtomicUsize,
 }
 
 impl Uploads {
@@ -116,7 +114,6 @@ impl Uploads {
             dir,
             tmp,
             download_bytes: Arc::new(AtomicU64::new(0)),
-            active: AtomicUsize::new(0),
         })
     }
 
@@ -213,24 +210,16 @@ pub fn on_message(
             if let Err((code, msg)) = check_file(cfg, &file_name, &mime_type, file_size) {
                 return send_error(shard, slot, code, &msg, id);
             }
-            let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
-                return;
-            };
             let conversation_id = match (conversation_id, room_id) {
                 (Some(c), _) => Some(c),
-                (None, Some(room)) => match ws.rooms.get(room.as_str()) {
+                (None, Some(room)) => match crate::chat::joined_room(shard, slot, &room, &id) {
                     Some(conv) => Some(conv.to_string()),
-                    None => {
-                        return send_error(
-                            shard,
-                            slot,
-                            ErrorCode::Forbidden,
-                            &format!("join room {room} on this connection first (join_room)"),
-                            id,
-                        )
-                    }
+                    None => return,
                 },
                 (None, None) => None,
+            };
+            let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+                return;
             };
             if ws.uploads.len() >= cfg.max_per_connection {
                 return send_error_retry(
@@ -627,7 +616,6 @@ impl Worker {
     fn take(&mut self, file_id: &str) -> Option<Pending> {
         let p = self.pending.remove(file_id)?;
         self.ctx.metrics.uploads_active.fetch_sub(1, Relaxed);
-        self.ctx.uploads.active.fetch_sub(1, Relaxed);
         Some(p)
     }
 
@@ -661,16 +649,18 @@ impl Worker {
                 ));
             }
         }
-        let uploads = &self.ctx.uploads;
+        // The server-wide count of uploads in progress (each holds an open file and disk
+        // space) is the `uploads_active` gauge itself: reserved here, released in `take`.
+        let active = &self.ctx.metrics.uploads_active;
         let max_active = self.ctx.cfg.uploads.max_active;
-        if uploads.active.fetch_add(1, Relaxed) >= max_active {
-            uploads.active.fetch_sub(1, Relaxed);
+        if active.fetch_add(1, Relaxed) >= max_active as i64 {
+            active.fetch_sub(1, Relaxed);
             return Err((
                 ErrorCode::Busy,
                 format!("{max_active} uploads are in progress on this server; try again"),
             ));
         }
-        let path = uploads.tmp.join(&**file_id);
+        let path = self.ctx.uploads.tmp.join(&**file_id);
         let file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -678,7 +668,7 @@ impl Worker {
         {
             Ok(f) => f,
             Err(e) => {
-                uploads.active.fetch_sub(1, Relaxed);
+                active.fetch_sub(1, Relaxed);
                 log::error!("upload {file_id}: cannot create {}: {e}", path.display());
                 return Err((ErrorCode::Internal, "cannot store the upload".to_string()));
             }
@@ -696,7 +686,6 @@ impl Worker {
             progress: Some(if file_size == 0 { 100.0 } else { 0.0 }),
             ..Default::default()
         };
-        self.ctx.metrics.uploads_active.fetch_add(1, Relaxed);
         self.pending.insert(
             file_id.clone(),
             Pending {
@@ -836,7 +825,7 @@ impl Worker {
         let Some(p) = self.take(&file_id) else {
             return;
         };
-        let got = hex(&p.hasher.clone().finalize());
+        let got = crate::protocol::hex(&p.hasher.clone().finalize());
         if got != want {
             ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
             let _ = std::fs::remove_file(&p.path);
@@ -945,10 +934,6 @@ fn percent(done: u64, of: u64) -> f64 {
     } else {
         ((done as f64 * 1000.0 / of as f64).round() / 10.0).min(100.0)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 // ---------------------------------------------------------------- downloads
