@@ -68,6 +68,7 @@ struct RawServer {
     max_connections: u32,
     max_connections_per_user: u32,
     echo_path: String,
+    cors_origins: Vec<String>,
     max_header_bytes: u32,
     max_body_bytes: u32,
     head_timeout_ms: u64,
@@ -96,6 +97,7 @@ struct RawAuth {
     expiry_grace_s: u64,
     token_ttl_s: u64,
     dev_tokens: bool,
+    dev_tokens_admin: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +235,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_connections_per_user: u32,
     pub echo_path: Option<String>,
+    /// Origins (`scheme://host[:port]`) that browsers may call the unauthenticated
+    /// endpoints from, cross-origin. Bearer-authenticated endpoints are open to any origin.
+    pub cors_origins: Vec<String>,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub head_timeout: Duration,
@@ -259,6 +264,8 @@ pub struct AuthConfig {
     pub expiry_grace: Duration,
     pub token_ttl_s: u64,
     pub dev_tokens: bool,
+    /// Dev tokens may carry `admin: true` (off: such a request is refused).
+    pub dev_tokens_admin: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -577,6 +584,17 @@ impl Raw {
                 return Err(invalid("server.echo_path", "must start with '/'"));
             }
         }
+        let mut cors_origins = Vec::with_capacity(s.cors_origins.len());
+        for o in s.cors_origins {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            if !crate::origin::is_origin(&o) {
+                return Err(invalid(
+                    "server.cors_origins",
+                    format!("{o:?} is not an origin: write scheme://host[:port], e.g. \"https://chat.example.com\" (no path, no wildcard)"),
+                ));
+            }
+            cors_origins.push(o);
+        }
         if s.max_header_bytes < 256 {
             return Err(invalid("server.max_header_bytes", "must be at least 256"));
         }
@@ -820,6 +838,7 @@ impl Raw {
                 max_connections: s.max_connections as usize,
                 max_connections_per_user: s.max_connections_per_user,
                 echo_path,
+                cors_origins,
                 max_header_bytes: s.max_header_bytes as usize,
                 max_body_bytes: s.max_body_bytes as usize,
                 head_timeout: ms(s.head_timeout_ms.max(1)),
@@ -839,6 +858,7 @@ impl Raw {
                 expiry_grace: Duration::from_secs(a.expiry_grace_s),
                 token_ttl_s: a.token_ttl_s.max(1),
                 dev_tokens: a.dev_tokens,
+                dev_tokens_admin: a.dev_tokens_admin,
             },
             ws: WsConfig {
                 read_buffer_bytes: w.read_buffer_bytes as usize,

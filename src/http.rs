@@ -10,6 +10,8 @@ use crate::protocol::ErrorCode;
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
+    /// HTTP minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
     /// Path without the query string.
     pub path: String,
     pub query: String,
@@ -96,6 +98,7 @@ pub fn parse_request(
     }
     Ok(Some(Request {
         method,
+        version: req.version.unwrap_or(1),
         path,
         query,
         headers: hs,
@@ -177,6 +180,23 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Kept alive until the response is written or dropped (a download's memory permit).
     pub hold: Option<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
+    /// Which origins a browser lets read this response (`Access-Control-Allow-Origin`).
+    pub cors: Cors,
+}
+
+/// The `Access-Control-Allow-Origin` a response carries. The policy (docs/security.md):
+/// answers to Bearer-authenticated requests are open to any origin — the token is not an
+/// ambient credential, so a foreign page cannot send it; everything else (token minting,
+/// health, metrics, the test page) is readable cross-origin only by the origins listed in
+/// `server.cors_origins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// `Access-Control-Allow-Origin: *`.
+    Any,
+    /// This one origin (with `Vary: Origin`).
+    Origin(String),
+    /// No CORS header: a cross-origin page cannot read the answer.
+    None,
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -192,6 +212,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -209,6 +230,7 @@ impl Response {
             headers: Vec::new(),
             body: body.into_bytes(),
             hold: None,
+            cors: Cors::Any,
         }
     }
 
@@ -227,6 +249,7 @@ impl Response {
             headers: Vec::new(),
             body: body.into(),
             hold: None,
+            cors: Cors::Any,
         }
     }
 
@@ -242,14 +265,28 @@ impl Response {
         self
     }
 
+    pub fn with_cors(mut self, cors: Cors) -> Response {
+        self.cors = cors;
+        self
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
             self.status,
             reason(self.status),
             self.content_type,
             self.body.len()
         );
+        match &self.cors {
+            Cors::Any => head.push_str("Access-Control-Allow-Origin: *\r\n"),
+            Cors::Origin(o) => {
+                head.push_str("Access-Control-Allow-Origin: ");
+                head.push_str(o);
+                head.push_str("\r\nVary: Origin\r\n");
+            }
+            Cors::None => {}
+        }
         for (k, v) in &self.headers {
             head.push_str(k);
             head.push_str(": ");
@@ -263,6 +300,15 @@ impl Response {
     }
 }
 
+/// Is `key` the base64 encoding of exactly 16 bytes (24 characters ending in `==`)?
+fn is_websocket_key(key: &str) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|b| b.len() == 16)
+}
+
 /// The 101 answer to a valid WebSocket upgrade.
 pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<Vec<u8>, Response> {
     if req.method != "GET" {
@@ -270,6 +316,14 @@ pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<V
             Response::error(405, ErrorCode::BadRequest, "WebSocket upgrade needs GET")
                 .with_header("Allow", "GET"),
         );
+    }
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+    if req.version < 1 {
+        return Err(Response::error(
+            400,
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
     }
     if !req.header_has_token("connection", "upgrade") {
         return Err(Response::error(
@@ -293,6 +347,14 @@ pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<V
             "missing Sec-WebSocket-Key",
         ));
     };
+    // RFC 6455 §4.2.1 item 5: the key is 16 random bytes, base64-encoded.
+    if !is_websocket_key(key) {
+        return Err(Response::error(
+            400,
+            ErrorCode::BadRequest,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut s = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"

@@ -40,6 +40,7 @@ pub mod hub;
 pub mod llm;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
 pub mod outqueue;
 pub mod protocol;
 pub mod ratelimit;

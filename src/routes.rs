@@ -10,8 +10,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::auth::{AuthError, User};
+use crate::config::Config;
 use crate::conn::{AfterWrite, AutoJoin, Upgrade, WsKind};
-use crate::http::{self, Request, Response};
+use crate::http::{self, Cors, Request, Response};
+use crate::origin;
 use crate::protocol::{ErrorCode, RoomType};
 use crate::shard::Shard;
 
@@ -21,17 +23,40 @@ fn respond(shard: &mut Shard, slot: usize, resp: Response) {
     shard.start_http_write(slot, resp.to_bytes(), AfterWrite::Close);
 }
 
+/// The CORS answer for a request (policy: `http::Cors`, docs/security.md). A request
+/// that carries a bearer token may be read by any origin; any other only by a listed one.
+fn cors_for(req: &Request, cfg: &Config) -> Cors {
+    match req.header("origin") {
+        Some(o) if origin::is_listed(o, &cfg.server.cors_origins) => Cors::Origin(o.to_string()),
+        _ if req.bearer().is_some() => Cors::Any,
+        _ => Cors::None,
+    }
+}
+
+/// A CORS preflight. Preflights never carry credentials, so the answer depends on the
+/// path: token minting is open only to listed origins; every other endpoint that accepts
+/// cross-origin calls needs a bearer token, which the real request must then carry.
+fn preflight(req: &Request, cfg: &Config) -> Response {
+    let cors = match req.header("origin") {
+        Some(o) if origin::is_listed(o, &cfg.server.cors_origins) => Cors::Origin(o.to_string()),
+        _ if req.path == "/v1/token" => Cors::None,
+        _ => Cors::Any,
+    };
+    Response::text(204, "text/plain", Vec::new())
+        .with_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+        .with_header(
+            "Access-Control-Allow-Headers",
+            "Authorization, Content-Type",
+        )
+        .with_header("Access-Control-Max-Age", "600")
+        .with_cors(cors)
+}
+
 pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
     let ctx = shard.ctx.clone();
     let path = req.path.as_str();
     if req.method == "OPTIONS" {
-        let r = Response::text(204, "text/plain", Vec::new())
-            .with_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
-            .with_header(
-                "Access-Control-Allow-Headers",
-                "Authorization, Content-Type",
-            )
-            .with_header("Access-Control-Max-Age", "600");
+        let r = preflight(&req, &ctx.cfg);
         return respond(shard, slot, r);
     }
     if path == "/v1/ws" || ctx.cfg.server.echo_path.as_deref() == Some(path) {
@@ -93,6 +118,7 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             }
         },
     };
+    let resp = resp.with_cors(cors_for(&req, &ctx.cfg));
     respond(shard, slot, resp);
 }
 
@@ -152,6 +178,9 @@ fn mint_token(shard: &mut Shard, req: &Request) -> Response {
             Err(r) => return r,
         }
     } else if ctx.cfg.auth.dev_tokens && ctx.loopback {
+        if let Err(r) = dev_token_allowed(req, &ctx.cfg) {
+            return r;
+        }
         let Some(sub) = str_field("sub").filter(|s| !s.is_empty() && s.len() <= 128) else {
             return Response::error(
                 400,
@@ -160,6 +189,13 @@ fn mint_token(shard: &mut Shard, req: &Request) -> Response {
             );
         };
         let admin = body.get("admin").and_then(|v| v.as_bool()).unwrap_or(false);
+        if admin && !ctx.cfg.auth.dev_tokens_admin {
+            return Response::error(
+                403,
+                ErrorCode::Forbidden,
+                "dev tokens are never admin unless auth.dev_tokens_admin = true",
+            );
+        }
         (sub, str_field("name"), admin)
     } else {
         return Response::error(401, ErrorCode::AuthRequired, "missing Authorization: Bearer <JWT> (dev tokens are off or the listener is not loopback)");
@@ -171,6 +207,45 @@ fn mint_token(shard: &mut Shard, req: &Request) -> Response {
         ),
         Err(e) => Response::error(500, ErrorCode::Internal, &e.to_string()),
     }
+}
+
+/// The browser guards on an unauthenticated dev-token request (the listener is loopback
+/// and dev tokens are on). A foreign web page can reach a loopback server through the
+/// user's browser; these keep it from minting tokens there:
+/// - `Content-Type: application/json`, which a page can only send after a CORS preflight
+///   (a "simple" `text/plain` POST needs none);
+/// - a loopback `Host`, so a DNS-rebinding page (its own name resolving to 127.0.0.1)
+///   is refused;
+/// - an `Origin`, when present, that is loopback or listed in `server.cors_origins`.
+fn dev_token_allowed(req: &Request, cfg: &Config) -> Result<(), Response> {
+    let json = req
+        .header("content-type")
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Response::error(
+            415,
+            ErrorCode::BadRequest,
+            "Content-Type must be application/json",
+        ));
+    }
+    if !req.header("host").is_some_and(origin::is_loopback_host) {
+        return Err(Response::error(
+            403,
+            ErrorCode::Forbidden,
+            "dev tokens are minted only for a loopback Host (localhost, 127.0.0.1, [::1])",
+        ));
+    }
+    if let Some(o) = req.header("origin") {
+        if !origin::is_loopback_origin(o) && !origin::is_listed(o, &cfg.server.cors_origins) {
+            return Err(Response::error(
+                403,
+                ErrorCode::Forbidden,
+                "dev tokens are not minted for cross-origin pages (see server.cors_origins)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {

@@ -256,8 +256,6 @@ pub fn http_raw(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -271,6 +269,14 @@ pub fn http_raw(
     }
     req.push_str("\r\n");
     req.push_str(body);
+    send_raw(addr, &req)
+}
+
+/// Send `req` (a whole HTTP request as written) and read the answer until the server
+/// closes: (status, head, body).
+pub fn send_raw(addr: SocketAddr, req: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(req.as_bytes()).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);

@@ -1,0 +1,236 @@
+//! Regression tests for the holes closed by the hardening work (docs/security.md): each
+//! sends what an attacker's page or client would, over a real socket, and checks the
+//! refusal.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A POST as a browser sends it: `Origin`, `Host` and `Content-Type` chosen by the caller.
+fn browser_post(
+    s: &TestServer,
+    path: &str,
+    host: &str,
+    origin: Option<&str>,
+    content_type: &str,
+    body: &Value,
+) -> (u16, String, Value) {
+    let body = body.to_string();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(o) = origin {
+        req.push_str(&format!("Origin: {o}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let (st, head, body) = send_raw(s.addr, &req);
+    let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (st, head.to_ascii_lowercase(), v)
+}
+
+fn allow_origin(head: &str) -> Option<&str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("access-control-allow-origin:"))
+        .map(str::trim)
+}
+
+#[test]
+fn a_foreign_page_cannot_mint_a_dev_token() {
+    let s = TestServer::start("sec-devtok", |_| {});
+    let host = s.addr.to_string();
+    let evil = "https://evil.example";
+    let body = json!({"sub": "eve", "admin": true});
+
+    // The "simple" request a page sends without a preflight: text/plain.
+    let (st, head, v) = browser_post(&s, "/v1/token", &host, Some(evil), "text/plain", &body);
+    assert_eq!(st, 415, "{v}");
+    assert_eq!(allow_origin(&head), None, "{head}");
+    assert!(v.get("token").is_none());
+
+    // JSON from a foreign origin (after a preflight the browser would not have passed).
+    let (st, head, v) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        Some(evil),
+        "application/json",
+        &json!({"sub": "eve"}),
+    );
+    assert_eq!((st, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    assert_eq!(allow_origin(&head), None);
+    let (st, _, _) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        Some("null"),
+        "application/json",
+        &json!({"sub": "eve"}),
+    );
+    assert_eq!(st, 403);
+
+    // DNS rebinding: the page's own name resolved to 127.0.0.1, so Host is foreign.
+    let (st, _, v) = browser_post(
+        &s,
+        "/v1/token",
+        "evil.example:8080",
+        Some("http://evil.example:8080"),
+        "application/json",
+        &json!({"sub": "eve"}),
+    );
+    assert_eq!(st, 403, "{v}");
+    let (st, _, _) = browser_post(
+        &s,
+        "/v1/token",
+        "evil.example",
+        None,
+        "application/json",
+        &json!({"sub": "eve"}),
+    );
+    assert_eq!(st, 403);
+
+    // The preflight for a JSON POST is not granted to a foreign origin.
+    let pre = format!(
+        "OPTIONS /v1/token HTTP/1.1\r\nHost: {host}\r\nOrigin: {evil}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n"
+    );
+    let (st, head, _) = send_raw(s.addr, &pre);
+    assert_eq!(st, 204);
+    assert_eq!(allow_origin(&head.to_ascii_lowercase()), None, "{head}");
+
+    // The test page itself (same origin, loopback) still gets its token, and never admin.
+    let own = format!("http://{host}");
+    let (st, head, v) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        Some(&own),
+        "application/json",
+        &json!({"sub": "me"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(allow_origin(&head), None, "no wildcard on token minting");
+    assert!(
+        !s.ctx()
+            .auth
+            .verify(v["token"].as_str().unwrap())
+            .unwrap()
+            .admin
+    );
+    let (st, _, v) = browser_post(
+        &s,
+        "/v1/token",
+        "localhost",
+        Some("http://localhost:3000"),
+        "application/json",
+        &body,
+    );
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "admin refused: {v}"
+    );
+    // A local tool without an Origin (curl) gets a plain token too.
+    let (st, _, v) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        None,
+        "application/json",
+        &json!({"sub": "cli"}),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+#[test]
+fn admin_dev_tokens_and_listed_origins_are_the_operators_choice() {
+    let s = TestServer::start("sec-devtok-admin", |c| {
+        c.auth.dev_tokens_admin = true;
+        c.server.cors_origins = vec!["https://chat.example.com".into()];
+    });
+    let host = s.addr.to_string();
+    let (st, head, v) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        Some("https://chat.example.com"),
+        "application/json",
+        &json!({"sub": "root", "admin": true}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(allow_origin(&head), Some("https://chat.example.com"));
+    assert!(
+        s.ctx()
+            .auth
+            .verify(v["token"].as_str().unwrap())
+            .unwrap()
+            .admin
+    );
+    let (st, _, _) = browser_post(
+        &s,
+        "/v1/token",
+        &host,
+        Some("https://other.example"),
+        "application/json",
+        &json!({"sub": "x"}),
+    );
+    assert_eq!(st, 403);
+}
+
+#[test]
+fn unauthenticated_endpoints_are_not_readable_cross_origin_but_bearer_ones_are() {
+    let s = TestServer::start("sec-cors", |_| {});
+    let host = s.addr.to_string();
+    for path in ["/health", "/metrics", "/"] {
+        let (st, head, _) = send_raw(
+            s.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\n\r\n"),
+        );
+        assert_eq!(st, 200, "{path}");
+        assert_eq!(
+            allow_origin(&head.to_ascii_lowercase()),
+            None,
+            "{path}: {head}"
+        );
+    }
+    let tok = s.token("alice");
+    let (st, head, _) = send_raw(
+        s.addr,
+        &format!("GET /v1/conversations HTTP/1.1\r\nHost: {host}\r\nOrigin: https://app.example\r\nAuthorization: Bearer {tok}\r\n\r\n"),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(allow_origin(&head.to_ascii_lowercase()), Some("*"));
+}
+
+#[test]
+fn upgrades_over_http_1_0_or_with_a_bad_key_get_400() {
+    let s = TestServer::start("sec-upgrade", |_| {});
+    let tok = s.token("alice");
+    let up = |version: &str, key: &str| {
+        let (st, _, body) = send_raw(
+            s.addr,
+            &format!(
+                "GET /v1/ws?token={tok} HTTP/{version}\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+                s.addr
+            ),
+        );
+        (st, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(up("1.0", "dGhlIHNhbXBsZSBub25jZQ==").0, 400);
+    for bad in [
+        "x",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZXg=",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "dGhlIHNhbXBsZSBub25jZR==",
+    ] {
+        let (st, body) = up("1.1", bad);
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    // A real client's key (16 random bytes) still upgrades.
+    assert_eq!(
+        upgrade_status(&s.url(&format!("/v1/ws?token={tok}"))).0,
+        101
+    );
+}
