@@ -179,7 +179,16 @@ impl Authenticator {
         let mut validation = Validation::new(sign_alg);
         validation.algorithms = cfg.algorithms.clone();
         validation.leeway = cfg.leeway_s;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Configured means required: jsonwebtoken checks `aud`/`iss` only when the token
+        // carries them unless they are listed here too.
+        let mut required = vec!["exp", "sub"];
+        if cfg.audience.is_some() {
+            required.push("aud");
+        }
+        if cfg.issuer.is_some() {
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         match &cfg.audience {

@@ -234,3 +234,47 @@ fn upgrades_over_http_1_0_or_with_a_bad_key_get_400() {
         101
     );
 }
+
+#[test]
+fn a_configured_audience_and_issuer_are_required_not_optional() {
+    let s = TestServer::start("sec-aud", |c| {
+        c.auth.audience = Some("confab".into());
+        c.auth.issuer = Some("https://id.example".into());
+    });
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap()
+    };
+    let cases = [
+        (json!({"sub": "u", "exp": exp}), 401),
+        (json!({"sub": "u", "exp": exp, "aud": "confab"}), 401),
+        (
+            json!({"sub": "u", "exp": exp, "iss": "https://id.example"}),
+            401,
+        ),
+        (
+            json!({"sub": "u", "exp": exp, "aud": "other", "iss": "https://id.example"}),
+            401,
+        ),
+        (
+            json!({"sub": "u", "exp": exp, "aud": "confab", "iss": "https://id.example"}),
+            101,
+        ),
+    ];
+    for (claims, want) in cases {
+        let tok = sign(claims.clone());
+        let (st, _) = upgrade_status(&s.url(&format!("/v1/ws?token={tok}")));
+        assert_eq!(st, want, "{claims}");
+        let (st, _) = s.http("GET", "/v1/conversations", Some(&tok), None);
+        assert_eq!(st, if want == 101 { 200 } else { 401 }, "{claims}");
+    }
+}
