@@ -207,9 +207,10 @@ pub fn on_message(
             conversation_id,
             room_id,
         } => {
-            if let Err((code, msg)) = check_file(cfg, &file_name, &mime_type, file_size) {
-                return send_error(shard, slot, code, &msg, id);
-            }
+            let file_name = match check_file(cfg, &file_name, &mime_type, file_size) {
+                Ok(safe) => safe,
+                Err((code, msg)) => return send_error(shard, slot, code, &msg, id),
+            };
             let conversation_id = match (conversation_id, room_id) {
                 (Some(c), _) => Some(c),
                 (None, Some(room)) => match crate::chat::joined_room(shard, slot, &room, &id) {
@@ -245,7 +246,7 @@ pub fn on_message(
                 user: user.clone(),
                 id: id.clone(),
                 file_id: file_id.clone(),
-                file_name: file_name.trim().to_string(),
+                file_name,
                 mime_type: mime_type.to_ascii_lowercase(),
                 file_size,
                 conversation_id,
@@ -392,20 +393,42 @@ fn finish(ctx: &ServerCtx, conn: ConnId, file_id: Arc<str>, ev: Event) {
     });
 }
 
-/// Name, type and size rules, checked before any byte is accepted.
+/// Characters that reorder or hide text (bidi controls and marks): a name like
+/// `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The name a file is stored and shown under: the last path component of what the client
+/// sent, without control or bidi characters, trimmed. `None` when nothing usable is left
+/// (empty, `.`, `..`, a bare path) or it is longer than 255 bytes.
+pub fn safe_file_name(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() || clean == "." || clean == ".." || clean.len() > 255 {
+        return None;
+    }
+    Some(clean.to_string())
+}
+
+/// Name, type and size rules, checked before any byte is accepted. `Ok`: the safe name
+/// (`safe_file_name`) to store.
 pub fn check_file(
     cfg: &UploadsConfig,
     name: &str,
     mime: &str,
     size: u64,
-) -> Result<(), (ErrorCode, String)> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control()) {
+) -> Result<String, (ErrorCode, String)> {
+    let Some(name) = safe_file_name(name) else {
         return Err((
             ErrorCode::BadRequest,
-            "file_name must be 1 to 255 bytes without control characters".into(),
+            "file_name must name a file (not a path, `.` or `..`) in 1 to 255 bytes".into(),
         ));
-    }
+    };
     if size > cfg.max_file_bytes {
         return Err((
             ErrorCode::UploadTooLarge,
@@ -419,7 +442,7 @@ pub fn check_file(
         ));
     }
     if cfg.allowed_extensions.iter().any(|e| e == "*") {
-        return Ok(());
+        return Ok(name);
     }
     let ext = name
         .rsplit_once('.')
@@ -435,7 +458,7 @@ pub fn check_file(
             ),
         ));
     }
-    Ok(())
+    Ok(name)
 }
 
 /// `type/subtype` of RFC 6838 characters: safe to send back as a Content-Type.
@@ -1023,8 +1046,11 @@ pub fn download(db: &Connection, ctx: &ServerCtx, user: &User, file_id: &str) ->
     r
 }
 
-/// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form.
+/// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form. The name
+/// is reduced again (`safe_file_name`): rows written before names were reduced at upload
+/// may still hold a path.
 fn content_disposition(name: &str) -> String {
+    let name = safe_file_name(name).unwrap_or_else(|| "file".to_string());
     let ascii: String = name
         .chars()
         .map(|c| match c {
@@ -1078,17 +1104,49 @@ mod tests {
                 .0,
             ErrorCode::UploadTooLarge
         );
+        // Control characters are dropped, not kept in a header or a listing.
+        assert_eq!(check_file(&c, "a\n.txt", "text/plain", 1).unwrap(), "a.txt");
+    }
+
+    #[test]
+    fn names_are_reduced_to_a_safe_base_name() {
+        assert_eq!(safe_file_name("../../x.txt").as_deref(), Some("x.txt"));
         assert_eq!(
-            check_file(&c, "a\n.txt", "text/plain", 1).unwrap_err().0,
+            safe_file_name("C:\\Users\\eve\\a.pdf").as_deref(),
+            Some("a.pdf")
+        );
+        assert_eq!(
+            safe_file_name(" report.pdf ").as_deref(),
+            Some("report.pdf")
+        );
+        assert_eq!(
+            safe_file_name("invoice\u{202E}fdp.exe").as_deref(),
+            Some("invoicefdp.exe")
+        );
+        for bad in ["", ".", "..", "../", "a/..", "/", "\u{202E}", "\n"] {
+            assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_file_name(&"a".repeat(256)), None);
+        let c = cfg();
+        assert_eq!(
+            check_file(&c, "../../x.txt", "text/plain", 1).unwrap(),
+            "x.txt"
+        );
+        assert_eq!(
+            check_file(&c, "..", "text/plain", 1).unwrap_err().0,
             ErrorCode::BadRequest
         );
+        assert!(content_disposition("../../x.txt").starts_with("attachment; filename=\"x.txt\""));
     }
 
     #[test]
     fn content_disposition_is_header_safe() {
-        let h = content_disposition("ré\"sumé\\.pdf");
+        let h = content_disposition("ré\"sumé;.pdf");
         assert!(h.is_ascii());
-        assert!(h.starts_with("attachment; filename=\"r__sum__.pdf\""));
-        assert!(h.ends_with("r%C3%A9%22sum%C3%A9%5C.pdf"));
+        assert!(
+            h.starts_with("attachment; filename=\"r__sum_;.pdf\""),
+            "{h}"
+        );
+        assert!(h.ends_with("r%C3%A9%22sum%C3%A9%3B.pdf"), "{h}");
     }
 }

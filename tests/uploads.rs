@@ -425,3 +425,32 @@ fn chunks_of_an_open_upload_do_not_count_against_the_message_rate() {
     a.send(out_of_order);
     assert_eq!(reply(&mut a)["code"], "RATE_LIMIT");
 }
+
+#[test]
+fn upload_names_are_reduced_to_a_safe_base_name() {
+    let s = TestServer::start("upload-names", |_| {});
+    let mut a = s.client("alice");
+    for bad in [".", "..", "../", "a/..", "/", "\u{202E}"] {
+        assert_eq!(
+            init(&mut a, bad, 10, json!({}))["code"],
+            "BAD_REQUEST",
+            "{bad:?}"
+        );
+    }
+    let data = bytes(300, 3);
+    let done = upload(&mut a, "../../evil\u{202E}fdp.pdf", &data, json!({}));
+    assert_eq!(done["upload_type"], "complete", "{done}");
+    assert_eq!(done["file_name"], "evilfdp.pdf");
+    let url = done["url"].as_str().unwrap().to_string();
+    let (status, head, _) = get_file(&s, &url, Some(&s.token("alice")));
+    assert_eq!(status, 200);
+    let cd = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+        .unwrap();
+    assert!(
+        cd.contains("filename=\"evilfdp.pdf\"") && cd.contains("filename*=UTF-8''evilfdp.pdf"),
+        "{cd}"
+    );
+    assert!(!cd.contains(".."), "{cd}");
+}
