@@ -67,6 +67,7 @@ struct RawServer {
     shards: u32,
     max_connections: u32,
     max_connections_per_user: u32,
+    max_connections_per_ip: u32,
     echo_path: String,
     cors_origins: Vec<String>,
     max_header_bytes: u32,
@@ -234,6 +235,8 @@ pub struct ServerConfig {
     pub shards: usize,
     pub max_connections: usize,
     pub max_connections_per_user: u32,
+    /// 0 = no cap.
+    pub max_connections_per_ip: u32,
     pub echo_path: Option<String>,
     /// Origins (`scheme://host[:port]`) that browsers may call the unauthenticated
     /// endpoints from, cross-origin. Bearer-authenticated endpoints are open to any origin.
@@ -837,6 +840,7 @@ impl Raw {
                 shards,
                 max_connections: s.max_connections as usize,
                 max_connections_per_user: s.max_connections_per_user,
+                max_connections_per_ip: s.max_connections_per_ip,
                 echo_path,
                 cors_origins,
                 max_header_bytes: s.max_header_bytes as usize,

@@ -37,6 +37,7 @@ pub mod conn;
 pub mod generation;
 pub mod http;
 pub mod hub;
+pub mod iplimit;
 pub mod llm;
 pub mod logging;
 pub mod metrics;

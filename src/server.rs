@@ -47,6 +47,8 @@ pub struct ServerCtx {
     pub uploads: crate::uploads::Uploads,
     /// Connections per shard (for least-loaded hand-off).
     pub shard_load: Vec<AtomicUsize>,
+    /// Open connections per client address (`server.max_connections_per_ip`).
+    pub ip_limit: crate::iplimit::IpLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ impl ServerHandle {
             echo_ws_config: echo_cfg,
             hub: Hub::new(n),
             shard_load: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            ip_limit: crate::iplimit::IpLimit::new(cfg.server.max_connections_per_ip),
             cfg,
             auth,
             metrics,
@@ -288,6 +291,12 @@ fn accept_loop(mut poll: Poll, listener: TcpListener, ctx: Arc<ServerCtx>, stop:
     let max = ctx.cfg.server.max_connections as i64;
     let busy = Response::error(503, ErrorCode::Busy, "server at its connection limit")
         .with_header("Retry-After", "1");
+    let per_ip = Response::error(
+        429,
+        ErrorCode::RateLimit,
+        "too many connections from this address",
+    )
+    .with_header("Retry-After", "1");
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -312,6 +321,14 @@ fn accept_loop(mut poll: Poll, listener: TcpListener, ctx: Arc<ServerCtx>, stop:
                         }
                         continue;
                     }
+                    if !ctx.ip_limit.try_acquire(peer.ip()) {
+                        ctx.metrics.connections_refused.fetch_add(1, Relaxed);
+                        let std_sock: std::net::TcpStream = sock.into();
+                        if ctx.tls.is_none() {
+                            shard::refuse(std_sock, &per_ip);
+                        }
+                        continue;
+                    }
                     let _ = sock.set_nodelay(true);
                     ctx.metrics.connections.fetch_add(1, Relaxed);
                     ctx.metrics.connections_total.fetch_add(1, Relaxed);
@@ -321,6 +338,7 @@ fn accept_loop(mut poll: Poll, listener: TcpListener, ctx: Arc<ServerCtx>, stop:
                     if !ctx.shards.try_send(target, ShardMsg::Accept(sock, peer)) {
                         ctx.shard_load[target].fetch_sub(1, Relaxed);
                         ctx.metrics.connections.fetch_sub(1, Relaxed);
+                        ctx.ip_limit.release(peer.ip());
                         ctx.metrics.connections_refused.fetch_add(1, Relaxed);
                     }
                 }

@@ -411,14 +411,15 @@ impl Shard {
     // ------------------------------------------------------------ accept
 
     /// A connection counted by the acceptor is gone.
-    fn uncount(&self) {
+    fn uncount(&self, peer: SocketAddr) {
         self.ctx.metrics.connections.fetch_sub(1, Relaxed);
         self.ctx.shard_load[self.idx].fetch_sub(1, Relaxed);
+        self.ctx.ip_limit.release(peer.ip());
     }
 
     fn accept(&mut self, sock: TcpStream, peer: SocketAddr) {
         if self.shutdown_at.is_some() {
-            self.uncount();
+            self.uncount(peer);
             return;
         }
         let io = match &self.ctx.tls {
@@ -427,7 +428,7 @@ impl Shard {
                 Ok(t) => t,
                 Err(e) => {
                     warn!("shard {}: TLS session for {peer} failed: {e}", self.idx);
-                    self.uncount();
+                    self.uncount(peer);
                     return;
                 }
             },
@@ -448,7 +449,7 @@ impl Shard {
         ) {
             warn!("shard {}: register {peer}: {e}", self.idx);
             self.conns.remove(slot);
-            self.uncount();
+            self.uncount(peer);
             return;
         }
         debug!("[s{} c{slot}.{gen}] accepted {peer}", self.idx);
@@ -919,7 +920,7 @@ impl Shard {
             return;
         };
         let _ = self.poll.registry().deregister(conn.io.socket_mut());
-        self.uncount();
+        self.uncount(conn.peer);
         let id = ConnId {
             shard: self.idx as u16,
             slot: slot as u32,

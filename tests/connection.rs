@@ -262,7 +262,10 @@ fn the_rate_limit_answers_with_retry_after_and_repeated_abuse_closes_1008() {
 
 #[test]
 fn two_thousand_concurrent_connections_are_each_answered() {
-    let s = TestServer::start("many", |c| c.limits.rate_max_messages = 1000);
+    let s = TestServer::start("many", |c| {
+        c.limits.rate_max_messages = 1000;
+        c.server.max_connections_per_ip = 0;
+    });
     let mut clients = Vec::new();
     // The per-user cap is 64 by default: 40 users with 50 connections each.
     for i in 0..2000 {

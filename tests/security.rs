@@ -278,3 +278,30 @@ fn a_configured_audience_and_issuer_are_required_not_optional() {
         assert_eq!(st, if want == 101 { 200 } else { 401 }, "{claims}");
     }
 }
+
+#[test]
+fn one_address_cannot_hold_more_than_max_connections_per_ip() {
+    let s = TestServer::start("sec-per-ip", |c| c.server.max_connections_per_ip = 3);
+    let mut open: Vec<Client> = (0..3).map(|i| s.client(&format!("u{i}"))).collect();
+    let url = s.url(&format!("/v1/ws?token={}", s.token("u9")));
+    let (st, body) = upgrade_status(&url);
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (429, Some("RATE_LIMIT")),
+        "{body}"
+    );
+    // Plain HTTP counts too: it is a connection.
+    assert_eq!(s.http("GET", "/health", None, None).0, 429);
+    // A place comes back when a connection goes.
+    open.pop().unwrap().close();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match upgrade_status(&url).0 {
+            101 => break,
+            429 if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            st => panic!("status {st}"),
+        }
+    }
+}
