@@ -404,3 +404,31 @@ fn auto_join_on_connect_via_query() {
         (Some("auto"), Some("Auto Room"))
     );
 }
+
+#[test]
+fn a_refused_write_does_not_keep_the_writer_from_recording_the_user() {
+    // The writer caches which users it has written; a job rolled back by its savepoint
+    // (here: a chat into someone else's conversation) must not leave its user cached,
+    // or that user's row (and name) is never written.
+    let s = TestServer::start("users-rollback", |_| {});
+    let mut alice = s.client("alice");
+    alice.send(json!({"type": "chat", "id": "a1", "message": "mine", "ai": false}));
+    let conv = alice.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bob = s.client("bob");
+    bob.send(json!({"type": "chat", "id": "b1", "conversation_id": conv, "message": "x"}));
+    assert_eq!(bob.recv_type("error")["code"], "FORBIDDEN");
+    join(&mut bob, "lobby", json!({}));
+    let (st, room) = s.http("GET", "/v1/rooms/lobby", Some(&s.token("bob")), None);
+    assert_eq!(st, 200, "{room}");
+    let bob_entry = room["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == "bob" || m["id"] == "bob")
+        .cloned()
+        .unwrap_or_else(|| panic!("bob not a member: {room}"));
+    assert!(bob_entry.to_string().contains("User bob"), "{bob_entry}");
+}

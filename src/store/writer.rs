@@ -19,8 +19,12 @@ use crate::protocol::{now_ms, ErrorCode, RoomType};
 use crate::server::ServerCtx;
 
 pub struct WriterState {
-    /// Users already recorded in `users` by this process.
+    /// Users whose `users` row this process has committed: their row is not written again.
     users_seen: HashSet<String>,
+    /// Users recorded by jobs of the open batch that succeeded (committed with the batch).
+    users_batch: HashSet<String>,
+    /// Users recorded by the running job (gone if its savepoint is rolled back).
+    users_job: Vec<String>,
     /// The batch's timestamp (ms since the epoch): one clock reading per batch.
     pub now_ms: i64,
     pub idempotency_window_ms: i64,
@@ -31,6 +35,8 @@ impl WriterState {
     pub fn new(idempotency_window_ms: i64) -> WriterState {
         WriterState {
             users_seen: HashSet::new(),
+            users_batch: HashSet::new(),
+            users_job: Vec::new(),
             now_ms: now_ms(),
             idempotency_window_ms,
         }
@@ -39,11 +45,8 @@ impl WriterState {
 
 pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
     let batch_max = ctx.cfg.store.batch_max;
-    let mut state = WriterState {
-        users_seen: HashSet::new(),
-        now_ms: 0,
-        idempotency_window_ms: (ctx.cfg.store.idempotency_window_s as i64).saturating_mul(1000),
-    };
+    let mut state =
+        WriterState::new((ctx.cfg.store.idempotency_window_s as i64).saturating_mul(1000));
     let mut jobs = Vec::with_capacity(batch_max);
     let mut stop = false;
     while !stop {
@@ -107,6 +110,7 @@ fn commit_batch(
             Err(e) => Err(e),
             Ok(()) => {
                 let r = (job.op)(&tx, state);
+                state.job_done(r.is_ok());
                 let end = if r.is_ok() {
                     savepoint("RELEASE job")
                 } else {
@@ -120,7 +124,9 @@ fn commit_batch(
         };
         done.push((r, job.on_fail, job.enqueued));
     }
-    match tx.commit() {
+    let committed = tx.commit();
+    state.batch_done(committed.is_ok());
+    match committed {
         Ok(()) => {
             let m = &ctx.metrics;
             m.store_commits.fetch_add(1, Relaxed);
@@ -146,7 +152,6 @@ fn commit_batch(
             }
         }
         Err(e) => {
-            state.users_seen.clear();
             fail_all(done.into_iter().map(|(_, f, _)| f), StoreError::Sql(e), ctx);
         }
     }
@@ -225,13 +230,39 @@ pub fn conv_access(conn: &Connection, conv: &str, user: &str) -> Result<ConvAcce
     }
 }
 
+impl WriterState {
+    /// The running job ended: what it recorded stays only if its savepoint was released.
+    pub fn job_done(&mut self, ok: bool) {
+        if ok {
+            self.users_batch.extend(self.users_job.drain(..));
+        } else {
+            self.users_job.clear();
+        }
+    }
+
+    /// The batch's COMMIT ended: only committed rows count as written.
+    pub fn batch_done(&mut self, committed: bool) {
+        if committed {
+            self.users_seen.extend(self.users_batch.drain());
+        } else {
+            self.users_batch.clear();
+        }
+    }
+
+    fn user_recorded(&self, id: &str) -> bool {
+        self.users_seen.contains(id)
+            || self.users_batch.contains(id)
+            || self.users_job.iter().any(|u| u == id)
+    }
+}
+
 fn touch_user(
     conn: &Connection,
     state: &mut WriterState,
     id: &str,
     name: &str,
 ) -> Result<(), StoreError> {
-    if state.users_seen.contains(id) {
+    if state.user_recorded(id) {
         return Ok(());
     }
     conn.prepare_cached(
@@ -239,7 +270,7 @@ fn touch_user(
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen",
     )?
     .execute(params![id, name, state.now_ms])?;
-    state.users_seen.insert(id.to_string());
+    state.users_job.push(id.to_string());
     Ok(())
 }
 
