@@ -280,15 +280,9 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         None
     };
 
-    // Register for live events first (see the module docs).
-    if create {
-        if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
-            ws.subs.insert(conv.clone(), Sub::live());
-        }
-        shard.topic_local_add(&conv, slot);
-    } else {
-        subscribe_pending(shard, slot, &conv);
-    }
+    // Register for live events first (see the module docs). A new conversation is
+    // pending too, so that a refusal (BUSY, a failed commit) forgets it like any other.
+    subscribe_pending(shard, slot, &conv);
 
     let input = ChatInput {
         user_id: user.id.clone(),
@@ -302,6 +296,7 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         is_admin: user.admin,
     };
     let id_fail = id.clone();
+    let id_busy = id.clone();
     let conv_fail = conv.clone();
     let reservation = parking_lot::Mutex::new(reservation);
     let user = user.clone();
@@ -325,7 +320,14 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     if ctx.store.try_write(job).is_err() {
         // The job (and with it the reservation) was dropped.
         drop_pending(shard, slot, &conv);
-        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", None, 0.5);
+        send_error_retry(
+            shard,
+            slot,
+            ErrorCode::Busy,
+            "the store is busy",
+            id_busy,
+            0.5,
+        );
     }
 }
 
@@ -830,6 +832,7 @@ pub fn on_connected(
 ) {
     let uid = user.id.clone();
     let u2 = user.clone();
+    let auto_join_retry = auto_join.clone();
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
         let rooms = crate::store::read::rooms_for_user(db, &uid).unwrap_or_default();
         run_on(ctx, conn_id, move |shard, slot| {
@@ -841,9 +844,14 @@ pub fn on_connected(
         });
     });
     if let Err(_busy) = shard.ctx.store.try_read(job) {
-        // The read queue is full: say hello anyway, without the room list.
+        // The read queue is full: say hello anyway, without the room list, and still
+        // join the room the upgrade asked for (a write; it answers BUSY itself if the
+        // writer is full too).
         let ev = connected_event(shard, conn_id, user, Vec::new());
         shard.send(slot, &ev);
+        if let Some(aj) = auto_join_retry {
+            crate::rooms::join(shard, slot, user, None, aj, None);
+        }
     }
 }
 

@@ -113,6 +113,11 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// Conversations with at least one subscribed connection (all shards).
+    pub fn topic_count(&self) -> usize {
+        self.topics.iter().map(|t| t.read().len()).sum()
+    }
+
     /// Send `ev` to every shard holding subscribers of its conversation (blocking send:
     /// only for non-shard threads). Returns how many shards it went to.
     pub fn publish(&self, shards: &Shards, ev: TopicEvent) -> usize {

@@ -51,6 +51,7 @@ pub fn join(
     let create_allowed = ctx.cfg.rooms.create_on_join;
     let u = user.clone();
     let id_fail = id.clone();
+    let id_busy = id.clone();
     let new_conv = new_conversation_id();
     let job = WriteJob {
         enqueued: std::time::Instant::now(),
@@ -82,7 +83,14 @@ pub fn join(
         }),
     };
     if ctx.store.try_write(job).is_err() {
-        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", None, 0.5);
+        send_error_retry(
+            shard,
+            slot,
+            ErrorCode::Busy,
+            "the store is busy",
+            id_busy,
+            0.5,
+        );
     }
 }
 

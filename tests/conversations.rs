@@ -457,3 +457,47 @@ fn every_acked_message_survives_kill_9_exactly_once() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn busy_from_a_full_store_queue_answers_the_id_and_forgets_the_subscription() {
+    let s = TestServer::start("store-busy", |c| {
+        c.store.queue = 1;
+        c.store.batch_max = 1;
+        c.limits.rate_max_messages = 100_000;
+    });
+    let mut a = s.client("alice");
+    let (mut acked, mut busy) = (0usize, 0usize);
+    // A burst of new conversations against a one-slot queue: some are refused BUSY.
+    for round in 0..20 {
+        let n = 200;
+        for i in 0..n {
+            a.send(json!({"type": "chat", "id": format!("r{round}-{i}"), "message": "hi", "ai": false}));
+        }
+        for _ in 0..n {
+            let ev = loop {
+                let ev = a.recv();
+                if ev["type"] == "ack" || ev["type"] == "error" {
+                    break ev;
+                }
+            };
+            if ev["type"] == "ack" {
+                acked += 1;
+            } else {
+                assert_eq!(ev["code"], "BUSY", "{ev}");
+                assert!(
+                    ev["id"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with(&format!("r{round}-"))),
+                    "BUSY without the client's id: {ev}"
+                );
+                busy += 1;
+            }
+        }
+        if busy > 0 {
+            break;
+        }
+    }
+    assert!(busy > 0, "the burst never filled the queue ({acked} acked)");
+    // Every acked conversation keeps its subscriber; the refused ones left nothing behind.
+    assert_eq!(s.ctx().hub.topic_count(), acked);
+}

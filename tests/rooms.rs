@@ -432,3 +432,60 @@ fn a_refused_write_does_not_keep_the_writer_from_recording_the_user() {
         .unwrap_or_else(|| panic!("bob not a member: {room}"));
     assert!(bob_entry.to_string().contains("User bob"), "{bob_entry}");
 }
+
+#[test]
+fn auto_join_is_never_lost_when_the_read_queue_is_full() {
+    use std::io::{Read, Write};
+    // One reader with a one-slot queue, and 60 upgrades with ?room_id= arriving at once:
+    // most `connected` room-list reads are refused, and every auto-join must still be
+    // answered (room_joined, or an error the client can act on).
+    let s = TestServer::start("autojoin-busy", |c| {
+        c.store.read_workers = 1;
+        c.store.read_queue = 1;
+        c.server.max_connections_per_user = 1000;
+    });
+    let tok = s.token("crowd");
+    let mut socks = Vec::new();
+    for i in 0..60 {
+        let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let req = format!(
+            "GET /v1/ws?token={tok}&room_id=hall HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            s.addr
+        );
+        sock.write_all(req.as_bytes()).unwrap();
+        socks.push((i, sock));
+    }
+    for (i, mut sock) in socks {
+        // The 101 head, byte by byte so no frame is swallowed.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(sock.read(&mut b).unwrap(), 1, "connection {i} closed");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let ws = tungstenite::WebSocket::from_raw_socket(
+            sock,
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        let mut c = Client {
+            ws,
+            seen: Vec::new(),
+        };
+        let answer = loop {
+            let ev = c.recv();
+            if ev["type"] == "room_joined" || ev["type"] == "error" {
+                break ev;
+            }
+        };
+        if answer["type"] == "error" {
+            assert_eq!(answer["code"], "BUSY", "connection {i}: {answer}");
+        }
+    }
+}
