@@ -5,9 +5,9 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use confab::outqueue::OutQueue;
+use confab::net::outqueue::OutQueue;
 use confab::protocol::{Event, MessageView};
-use confab::shard::{topic_item, TopicEvent, TopicKind};
+use confab::topic::{topic_item, TopicEvent, TopicKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn fanout(c: &mut Criterion) {

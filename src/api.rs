@@ -6,12 +6,13 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
+use crate::app::Shard;
 use crate::auth::User;
-use crate::http::{Request, Response};
+use crate::net::http::{Request, Response};
+use crate::net::{ConnId, MayBlock, ShardMsg};
 use crate::protocol::ErrorCode;
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
-use crate::shard::{ConnId, Shard, ShardMsg};
 use crate::store::read;
 use crate::store::writer;
 use crate::store::StoreError;
@@ -22,7 +23,7 @@ pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response>
         ("GET", "/v1/stats") => Some(match bearer_user(shard, req) {
             Err(r) => r,
             Ok(u) if !u.admin => Response::error(403, ErrorCode::Forbidden, "admin scope required"),
-            Ok(_) => stats(&shard.ctx),
+            Ok(_) => stats(shard.app()),
         }),
         _ => None,
     }
@@ -30,13 +31,14 @@ pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response>
 
 fn stats(ctx: &ServerCtx) -> Response {
     let m = &ctx.metrics;
+    let n = &ctx.net.metrics;
     let h = m.commit_latency_us.lock();
     let body = json!({
-        "connections": m.ws_connections.load(Relaxed),
-        "connections_per_shard": ctx.shard_load.iter().map(|l| l.load(Relaxed)).collect::<Vec<_>>(),
-        "messages_in": m.messages_in.load(Relaxed),
-        "messages_out": m.messages_out.load(Relaxed),
-        "tokens_out": m.tokens_out.load(Relaxed),
+        "connections": n.ws_connections.load(Relaxed),
+        "connections_per_shard": ctx.net.shard_load.iter().map(|l| l.load(Relaxed)).collect::<Vec<_>>(),
+        "messages_in": n.messages_in.load(Relaxed),
+        "messages_out": n.messages_out.load(Relaxed),
+        "tokens_out": n.tokens_out.load(Relaxed),
         "llm": { "in_flight": ctx.llm.in_flight(), "queued": m.llm_queued.load(Relaxed), "running": m.llm_running.load(Relaxed) },
         "store": { "write_queue": ctx.store.write_queue_len(), "commits": m.store_commits.load(Relaxed), "writes": m.store_writes.load(Relaxed),
                    "commit_latency_us": { "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max() } },
@@ -47,8 +49,11 @@ fn stats(ctx: &ServerCtx) -> Response {
 
 /// Send a worker's HTTP answer to the connection waiting for it.
 pub fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
-    ctx.shards
-        .send(conn.shard as usize, ShardMsg::Http(conn, resp));
+    ctx.net.shards.send(
+        MayBlock::worker(),
+        conn.shard as usize,
+        ShardMsg::Http(conn, resp),
+    );
 }
 
 /// A store refusal or failure as an HTTP error.
@@ -66,15 +71,15 @@ fn defer_read(
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
-    shard.http_wait(slot);
+    shard.defer(slot);
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
         let r = f(db, ctx);
         reply(ctx, conn, r);
     });
-    if shard.ctx.store.try_read(job).is_err() {
+    if shard.app().store.try_read(job).is_err() {
         let r = Response::error(503, ErrorCode::Busy, "the store is busy")
             .with_header("Retry-After", "1");
-        shard.start_http_write(slot, r.to_bytes(), crate::conn::AfterWrite::Close);
+        shard.respond(slot, r);
     }
 }
 
@@ -108,10 +113,8 @@ fn query_i64(req: &Request, name: &str) -> Result<Option<i64>, Response> {
 pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
     let path = req.path.as_str();
     let method = req.method.as_str();
-    let respond = |shard: &mut Shard, r: Response| {
-        shard.start_http_write(slot, r.to_bytes(), crate::conn::AfterWrite::Close)
-    };
-    let max_page = shard.ctx.cfg.store.max_page;
+    let respond = |shard: &mut Shard, r: Response| shard.respond(slot, r);
+    let max_page = shard.app().cfg.store.max_page;
 
     if method == "GET" && path == "/v1/conversations" {
         let user = match bearer_user(shard, req) {
@@ -162,7 +165,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         if method != "GET" {
             return false;
         }
-        let conv = crate::http::percent_decode(conv);
+        let conv = crate::net::http::percent_decode(conv);
         let user = match bearer_user(shard, req) {
             Ok(u) => u,
             Err(r) => {
@@ -190,7 +193,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         if method != "GET" || file_id.is_empty() || file_id.contains('/') {
             return false;
         }
-        let file_id = crate::http::percent_decode(file_id);
+        let file_id = crate::net::http::percent_decode(file_id);
         let user = match bearer_user(shard, req) {
             Ok(u) => u,
             Err(r) => {

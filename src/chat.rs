@@ -18,16 +18,18 @@ use std::sync::Arc;
 use rusqlite::OptionalExtension;
 use tungstenite::Utf8Bytes;
 
+use crate::app::{AppMsg, Shard, ShardExt};
 use crate::auth::User;
-use crate::conn::{AutoJoin, Sub};
 use crate::generation::Generation;
+use crate::net::{ConnId, MayBlock, ShardMsg};
 use crate::protocol::{now_rfc3339, ChatRequest, ClientMsg, ErrorCode, Event, MessageView};
 use crate::server::ServerCtx;
 use crate::session::{connected_event, send_error, send_error_retry};
-use crate::shard::{topic_item, ConnId, Shard, ShardMsg, TopicEvent, TopicKind};
+use crate::session::{AutoJoin, Sub};
 use crate::store::read::MessageRow;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{StoreError, WriteJob};
+use crate::topic::{topic_item, TopicEvent, TopicKind};
 
 pub fn dispatch(
     shard: &mut Shard,
@@ -116,7 +118,7 @@ pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &Event) -> TopicEvent {
 /// Returns false when it was already subscribed (live or pending).
 pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> bool {
     let fresh = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return false;
         };
         if ws.subs.contains_key(conv) {
@@ -132,7 +134,7 @@ pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> boo
         }
     };
     if fresh {
-        shard.topic_local_add(conv, slot);
+        shard.subscribe(conv, slot);
     }
     fresh
 }
@@ -140,7 +142,7 @@ pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> boo
 /// The store confirmed access: deliver what buffered, go live.
 pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
     let buffered = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         match ws.subs.get_mut(conv) {
@@ -158,7 +160,7 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
     };
     if buffered.is_empty() {
         // Might not have been registered (e.g. a conversation created elsewhere).
-        shard.topic_local_add(conv, slot);
+        shard.subscribe(conv, slot);
     }
     for ev in buffered {
         shard.queue(slot, topic_item(&ev));
@@ -168,7 +170,7 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
 /// The store refused: forget a pending subscription (and what it buffered).
 pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
     let was_pending = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         if matches!(ws.subs.get(conv), Some(Sub::Pending { .. })) {
@@ -179,14 +181,17 @@ pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
         }
     };
     if was_pending {
-        shard.topic_local_remove(conv, slot);
+        shard.unsubscribe(conv, slot);
     }
 }
 
 /// Run `f` on the connection's shard (from any thread that may block).
 pub fn run_on(ctx: &ServerCtx, conn: ConnId, f: impl FnOnce(&mut Shard, usize) + Send + 'static) {
-    ctx.shards
-        .send(conn.shard as usize, ShardMsg::Run(conn, Box::new(f)));
+    ctx.net.shards.send(
+        MayBlock::worker(),
+        conn.shard as usize,
+        ShardMsg::App(AppMsg::Run(conn, Box::new(f))),
+    );
 }
 
 /// The conversation of `room` as joined on this connection; else `FORBIDDEN` is sent
@@ -198,9 +203,7 @@ pub fn joined_room(
     id: &Option<String>,
 ) -> Option<Arc<str>> {
     let joined = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
+        .session_mut(slot)
         .and_then(|ws| ws.rooms.get(room).cloned());
     if joined.is_none() {
         send_error(
@@ -217,7 +220,7 @@ pub fn joined_room(
 // ---------------------------------------------------------------- chat
 
 fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, req: ChatRequest) {
-    let ctx = shard.ctx.clone();
+    let ctx = shard.app().clone();
     if req.message.trim().is_empty() {
         return send_error(shard, slot, ErrorCode::EmptyMessage, "message is empty", id);
     }
@@ -247,9 +250,7 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     // created with `ai: true`.
     let ai_room = match &req.room_id {
         Some(r) => shard
-            .conns
-            .get_mut(slot)
-            .and_then(|c| c.ws())
+            .session_mut(slot)
             .is_some_and(|ws| ws.ai_rooms.iter().any(|a| **a == **r)),
         None => false,
     };
@@ -372,10 +373,10 @@ fn after_chat(
         &added,
     );
     ev.exclude = Some(conn);
-    let recipients = ctx.hub.publish(&ctx.shards, ev);
+    let recipients = ctx.net.publish(MayBlock::worker(), ev);
     if out.room_id.is_some() {
         let _ = recipients;
-        let n = ctx.hub.topic_subscribers(&conv).saturating_sub(1);
+        let n = ctx.net.topics.subscribers(&conv).saturating_sub(1);
         let dc = Event::DeliveryConfirmation {
             id,
             message_id: out.user_msg.id,
@@ -383,7 +384,7 @@ fn after_chat(
             recipients: n as u64,
             timestamp: now_rfc3339(),
         };
-        ctx.shards.send_event(conn, &dc);
+        ctx.send_event(MayBlock::worker(), conn, &dc);
     }
     if let (Some(asst), Some(plan), Some(res)) = (out.assistant, plan, reservation) {
         let gen = Generation::new(conv.clone(), asst.id, asst.seq, user.id.clone());
@@ -394,8 +395,8 @@ fn after_chat(
             message: asst.view(),
             replayed: None,
         };
-        ctx.hub.publish(
-            &ctx.shards,
+        ctx.net.publish(
+            MayBlock::worker(),
             topic_event(&conv, TopicKind::Added { seq: asst.seq }, &added),
         );
         crate::llm::start(
@@ -413,7 +414,11 @@ fn after_chat(
 }
 
 fn stop(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, conv: &str) {
-    let n = shard.ctx.hub.generations.cancel(conv, &user.id, user.admin);
+    let n = shard
+        .app()
+        .hub
+        .generations
+        .cancel(conv, &user.id, user.admin);
     if n == 0 {
         send_error(
             shard,
@@ -457,7 +462,7 @@ pub fn subscribe(
         return;
     };
     {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         if let Some(Sub::Pending { .. }) = ws.subs.get(&conv) {
@@ -477,9 +482,9 @@ pub fn subscribe(
             },
         );
     }
-    shard.topic_local_add(&conv, slot);
+    shard.subscribe(&conv, slot);
     let user = user.clone();
-    let replay_max = shard.ctx.cfg.store.replay_max;
+    let replay_max = shard.app().cfg.store.replay_max;
     let conv2 = conv.clone();
     let id2 = id.clone();
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
@@ -502,7 +507,7 @@ pub fn subscribe(
             }
         });
     });
-    if shard.ctx.store.try_read(job).is_err() {
+    if shard.app().store.try_read(job).is_err() {
         drop_pending(shard, slot, &conv);
         send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
     }
@@ -559,7 +564,7 @@ pub fn finish_replay(
     id: Option<String>,
 ) {
     let buffered = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         match ws.subs.remove(conv) {
@@ -605,7 +610,7 @@ pub fn finish_replay(
     }
     shard.queue(
         slot,
-        crate::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())),
+        crate::net::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())),
     );
     // Replies that ended recently may still have events in flight to us.
     let recent = crate::protocol::now_ms() - 60_000;
@@ -615,7 +620,7 @@ pub fn finish_replay(
         .filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent)
         .map(|m| m.id)
         .collect();
-    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+    if let Some(ws) = shard.session_mut(slot) {
         ws.subs.insert(
             conv.clone(),
             Sub::Live {
@@ -641,11 +646,8 @@ pub fn finish_replay(
         };
         if deliver {
             if let TopicKind::Added { seq } = ev.kind {
-                if let Some(Sub::Live { last_seq, .. }) = shard
-                    .conns
-                    .get_mut(slot)
-                    .and_then(|c| c.ws())
-                    .and_then(|ws| ws.subs.get_mut(conv))
+                if let Some(Sub::Live { last_seq, .. }) =
+                    shard.session_mut(slot).and_then(|ws| ws.subs.get_mut(conv))
                 {
                     *last_seq = (*last_seq).max(seq);
                 }
@@ -657,13 +659,11 @@ pub fn finish_replay(
 
 fn unsubscribe(shard: &mut Shard, slot: usize, id: Option<String>, conv: &str) {
     let had = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
+        .session_mut(slot)
         .map(|ws| ws.subs.remove(conv).is_some())
         .unwrap_or(false);
     if had {
-        shard.topic_local_remove(conv, slot);
+        shard.unsubscribe(conv, slot);
     }
     shard.send(
         slot,
@@ -701,16 +701,15 @@ fn read(
                     seq: marker,
                     read_at: now_rfc3339(),
                 };
-                let delivered = ctx
-                    .hub
-                    .publish(&ctx.shards, topic_event(&c, TopicKind::Ephemeral, &ev));
+                let delivered = ctx.net.publish(
+                    MayBlock::worker(),
+                    topic_event(&c, TopicKind::Ephemeral, &ev),
+                );
                 let _ = delivered;
                 // The reader's own connection hears back even if it is not subscribed.
                 run_on(ctx, conn_id, move |shard, slot| {
                     let subscribed = shard
-                        .conns
-                        .get_mut(slot)
-                        .and_then(|c| c.ws())
+                        .session_mut(slot)
                         .is_some_and(|ws| ws.subs.get(&c).is_some_and(Sub::is_live));
                     if !subscribed {
                         shard.send(slot, &ev);
@@ -721,11 +720,14 @@ fn read(
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
             let (code, msg) = e.client_error();
             ctx.metrics.error(code);
-            ctx.shards
-                .send_event(conn_id, &Event::error(code, msg, id_fail));
+            ctx.send_event(
+                MayBlock::worker(),
+                conn_id,
+                &Event::error(code, msg, id_fail),
+            );
         }),
     };
-    if shard.ctx.store.try_write(job).is_err() {
+    if shard.app().store.try_write(job).is_err() {
         send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
     }
 }
@@ -738,9 +740,9 @@ fn typing(
     conv: Option<String>,
     on: bool,
 ) {
-    let timeout = shard.ctx.cfg.rooms.typing_timeout;
+    let timeout = shard.app().cfg.rooms.typing_timeout;
     let target = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         let t = match (&room_id, &conv) {
@@ -776,20 +778,16 @@ fn typing(
 
 /// Tell the other members of `conv` that this connection's user is (not) typing.
 pub fn publish_typing(shard: &mut Shard, slot: usize, conv: &Arc<str>, on: bool) {
-    let Some(user) = shard.conns.get(slot).and_then(|c| c.user().cloned()) else {
+    let Some(user) = shard.session(slot).and_then(|s| s.user.clone()) else {
         return;
     };
-    let room_id = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
-        .and_then(|ws| {
-            ws.rooms
-                .iter()
-                .find(|(_, c)| *c == conv)
-                .map(|(r, _)| r.to_string())
-        });
-    publish_typing_as(&shard.ctx, conv, room_id, &user.id, &user.name, on, true);
+    let room_id = shard.session_mut(slot).and_then(|ws| {
+        ws.rooms
+            .iter()
+            .find(|(_, c)| *c == conv)
+            .map(|(r, _)| r.to_string())
+    });
+    publish_typing_as(shard.app(), conv, room_id, &user.id, &user.name, on, true);
 }
 
 pub fn publish_typing_as(
@@ -815,9 +813,9 @@ pub fn publish_typing_as(
     let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
     te.exclude_user = Some(Arc::from(user_id));
     if from_shard {
-        ctx.hub.publish_nonblocking(&ctx.shards, te);
+        ctx.net.try_publish(te);
     } else {
-        ctx.hub.publish(&ctx.shards, te);
+        ctx.net.publish(MayBlock::worker(), te);
     }
 }
 
@@ -843,7 +841,7 @@ pub fn on_connected(
             }
         });
     });
-    if let Err(_busy) = shard.ctx.store.try_read(job) {
+    if let Err(_busy) = shard.app().store.try_read(job) {
         // The read queue is full: say hello anyway, without the room list, and still
         // join the room the upgrade asked for (a write; it answers BUSY itself if the
         // writer is full too).
@@ -864,7 +862,7 @@ pub fn on_disconnect(
     typing: Vec<Arc<str>>,
 ) {
     for conv in typing {
-        publish_typing_as(&shard.ctx, &conv, None, &user.id, &user.name, false, true);
+        publish_typing_as(shard.app(), &conv, None, &user.id, &user.name, false, true);
     }
     crate::rooms::on_disconnect(shard, id, user, left, rooms);
 }

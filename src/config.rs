@@ -590,7 +590,7 @@ impl Raw {
         let mut cors_origins = Vec::with_capacity(s.cors_origins.len());
         for o in s.cors_origins {
             let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
-            if !crate::origin::is_origin(&o) {
+            if !crate::net::origin::is_origin(&o) {
                 return Err(invalid(
                     "server.cors_origins",
                     format!("{o:?} is not an origin: write scheme://host[:port], e.g. \"https://chat.example.com\" (no path, no wildcard)"),

@@ -30,19 +30,16 @@
 //! the back-pressure. See `docs/architecture.md` for the full picture.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
-pub mod conn;
 pub mod generation;
-pub mod http;
 pub mod hub;
-pub mod iplimit;
 pub mod llm;
 pub mod logging;
 pub mod metrics;
-pub mod origin;
-pub mod outqueue;
+pub mod net;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rooms;
@@ -50,10 +47,8 @@ pub mod rooms_api;
 pub mod routes;
 pub mod server;
 pub mod session;
-pub mod shard;
 pub mod store;
-pub mod timer;
-pub mod transport;
+pub mod topic;
 pub mod uploads;
 
 pub use config::Config;

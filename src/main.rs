@@ -170,7 +170,7 @@ fn serve(args: &Args) -> ExitCode {
         }
     };
     let addr = server.addr;
-    let scheme = if server.ctx.tls.is_some() {
+    let scheme = if server.ctx.net.tls.is_some() {
         "https"
     } else {
         "http"

@@ -12,23 +12,10 @@ use parking_lot::Mutex;
 
 use crate::protocol::ErrorCode;
 
-/// Close codes counted individually; anything else lands in "other".
-pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 1013];
+use crate::net::stats::{NetMetrics, CLOSE_CODES};
 
 pub struct Metrics {
     pub started: Instant,
-    pub connections: AtomicI64,
-    pub ws_connections: AtomicI64,
-    pub connections_total: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub http_requests: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub tokens_out: AtomicU64,
-    pub token_merges: AtomicU64,
-    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
     pub store_commits: AtomicU64,
     pub store_writes: AtomicU64,
@@ -39,7 +26,6 @@ pub struct Metrics {
     pub llm_running: AtomicI64,
     pub llm_completed: AtomicU64,
     pub llm_failed: AtomicU64,
-    pub inbox_dropped: AtomicU64,
     pub uploads_active: AtomicI64,
     pub uploads_completed: AtomicU64,
     pub uploads_failed: AtomicU64,
@@ -58,18 +44,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            connections: AtomicI64::new(0),
-            ws_connections: AtomicI64::new(0),
-            connections_total: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
-            http_requests: AtomicU64::new(0),
-            messages_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            tokens_out: AtomicU64::new(0),
-            token_merges: AtomicU64::new(0),
-            closes: Default::default(),
             errors: Default::default(),
             store_commits: AtomicU64::new(0),
             store_writes: AtomicU64::new(0),
@@ -79,7 +53,6 @@ impl Default for Metrics {
             llm_running: AtomicI64::new(0),
             llm_completed: AtomicU64::new(0),
             llm_failed: AtomicU64::new(0),
-            inbox_dropped: AtomicU64::new(0),
             uploads_active: AtomicI64::new(0),
             uploads_completed: AtomicU64::new(0),
             uploads_failed: AtomicU64::new(0),
@@ -92,14 +65,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn close(&self, code: u16) {
-        let i = CLOSE_CODES
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(CLOSE_CODES.len());
-        self.closes[i].fetch_add(1, Relaxed);
-    }
-
     pub fn error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
     }
@@ -108,7 +73,9 @@ impl Metrics {
         self.started.elapsed().as_secs()
     }
 
-    pub fn prometheus(&self) -> String {
+    /// The Prometheus text page: the transport's counters (`net`, plus the messages
+    /// dropped on full inboxes) and the application's.
+    pub fn prometheus(&self, net: &NetMetrics, inbox_dropped: u64) -> String {
         let mut s = String::with_capacity(4096);
         let mut line = |name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(
@@ -120,67 +87,67 @@ impl Metrics {
             "connections",
             "Open TCP connections (HTTP and WebSocket).",
             "gauge",
-            self.connections.load(Relaxed).to_string(),
+            net.connections.load(Relaxed).to_string(),
         );
         line(
             "ws_connections",
             "Open WebSocket connections.",
             "gauge",
-            self.ws_connections.load(Relaxed).to_string(),
+            net.ws_connections.load(Relaxed).to_string(),
         );
         line(
             "connections_total",
             "Connections accepted.",
             "counter",
-            self.connections_total.load(Relaxed).to_string(),
+            net.connections_total.load(Relaxed).to_string(),
         );
         line(
             "connections_refused_total",
             "Connections refused at the connection cap.",
             "counter",
-            self.connections_refused.load(Relaxed).to_string(),
+            net.connections_refused.load(Relaxed).to_string(),
         );
         line(
             "http_requests_total",
             "Plain HTTP requests served.",
             "counter",
-            self.http_requests.load(Relaxed).to_string(),
+            net.http_requests.load(Relaxed).to_string(),
         );
         line(
             "messages_in_total",
             "WebSocket messages received.",
             "counter",
-            self.messages_in.load(Relaxed).to_string(),
+            net.messages_in.load(Relaxed).to_string(),
         );
         line(
             "messages_out_total",
             "WebSocket messages sent.",
             "counter",
-            self.messages_out.load(Relaxed).to_string(),
+            net.messages_out.load(Relaxed).to_string(),
         );
         line(
             "bytes_in_total",
             "WebSocket payload bytes received.",
             "counter",
-            self.bytes_in.load(Relaxed).to_string(),
+            net.bytes_in.load(Relaxed).to_string(),
         );
         line(
             "bytes_out_total",
             "WebSocket payload bytes sent.",
             "counter",
-            self.bytes_out.load(Relaxed).to_string(),
+            net.bytes_out.load(Relaxed).to_string(),
         );
         line(
             "tokens_out_total",
             "Token events queued to connections.",
             "counter",
-            self.tokens_out.load(Relaxed).to_string(),
+            net.tokens_out.load(Relaxed).to_string(),
         );
         line(
             "token_merges_total",
             "Token deltas merged into an earlier queued token for a slow reader.",
             "counter",
-            self.token_merges.load(Relaxed).to_string(),
+            net.token_merges.load(Relaxed).to_string(),
         );
         line(
             "store_commits_total",
@@ -228,7 +195,7 @@ impl Metrics {
             "inbox_dropped_total",
             "Ephemeral events dropped because a shard inbox was full.",
             "counter",
-            self.inbox_dropped.load(Relaxed).to_string(),
+            inbox_dropped.to_string(),
         );
         for (name, help, kind, v) in [
             (
@@ -275,13 +242,13 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "confab_closes_total{{code=\"{c}\"}} {}",
-                self.closes[i].load(Relaxed)
+                net.closes[i].load(Relaxed)
             );
         }
         let _ = writeln!(
             s,
             "confab_closes_total{{code=\"other\"}} {}",
-            self.closes[CLOSE_CODES.len()].load(Relaxed)
+            net.closes[CLOSE_CODES.len()].load(Relaxed)
         );
         let _ = writeln!(s, "# HELP confab_errors_total Error events sent, by code.\n# TYPE confab_errors_total counter");
         for code in ErrorCode::ALL {

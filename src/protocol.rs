@@ -96,6 +96,12 @@ impl ErrorCode {
     }
 }
 
+impl crate::net::http::ErrorName for ErrorCode {
+    fn name(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl Serialize for ErrorCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -104,18 +110,7 @@ impl Serialize for ErrorCode {
 
 // ---------------------------------------------------------------- close codes
 
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const OVERLOADED: u16 = 1013;
-    /// Not sent on the wire: the TCP connection ended without a close handshake.
-    pub const ABNORMAL: u16 = 1006;
-}
+pub use crate::net::close;
 
 // ---------------------------------------------------------------- inbound
 

@@ -9,14 +9,16 @@
 
 use std::sync::Arc;
 
+use crate::app::{Shard, ShardExt};
 use crate::auth::User;
 use crate::chat::{new_conversation_id, run_on, subscribe, topic_event};
-use crate::conn::AutoJoin;
+use crate::net::{ConnId, MayBlock};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
 use crate::server::ServerCtx;
+use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
-use crate::shard::{ConnId, Shard, TopicKind};
 use crate::store::{writer, StoreError, WriteJob};
+use crate::topic::TopicKind;
 
 fn publish_presence(
     ctx: &ServerCtx,
@@ -33,7 +35,7 @@ fn publish_presence(
     };
     let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
     te.exclude_user = Some(Arc::from(user.id.as_str()));
-    ctx.hub.publish_nonblocking(&ctx.shards, te);
+    ctx.net.try_publish(te);
 }
 
 pub fn join(
@@ -47,7 +49,7 @@ pub fn join(
     let Some(conn_id) = shard.conn_id(slot) else {
         return;
     };
-    let ctx = shard.ctx.clone();
+    let ctx = shard.app().clone();
     let create_allowed = ctx.cfg.rooms.create_on_join;
     let u = user.clone();
     let id_fail = id.clone();
@@ -78,8 +80,11 @@ pub fn join(
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
             let (code, msg) = e.client_error();
             ctx.metrics.error(code);
-            ctx.shards
-                .send_event(conn_id, &Event::error(code, msg, id_fail));
+            ctx.send_event(
+                MayBlock::worker(),
+                conn_id,
+                &Event::error(code, msg, id_fail),
+            );
         }),
     };
     if ctx.store.try_write(job).is_err() {
@@ -106,7 +111,7 @@ fn joined(
     let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
     let room_key: Arc<str> = Arc::from(room.room_id.as_str());
     let already = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         if room.ai && !ws.ai_rooms.contains(&room_key) {
@@ -114,11 +119,11 @@ fn joined(
         }
         ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
     };
-    if !already && shard.ctx.hub.presence_add(&conv, &user.id, &user.name) {
-        publish_presence(&shard.ctx, &room.room_id, &conv, user, "joined");
+    if !already && shard.app().hub.presence_add(&conv, &user.id, &user.name) {
+        publish_presence(shard.app(), &room.room_id, &conv, user, "joined");
     }
     let participants = shard
-        .ctx
+        .app()
         .hub
         .presence_list(&conv)
         .into_iter()
@@ -140,9 +145,7 @@ fn joined(
     // Replay what was missed (or nothing: from the seq at join time), then live events.
     let from = after_seq.unwrap_or(room.last_seq);
     let already_live = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
+        .session_mut(slot)
         .is_some_and(|ws| ws.subs.contains_key(&conv));
     if !already_live || after_seq.is_some() {
         subscribe(shard, slot, user, None, conv, from);
@@ -151,7 +154,7 @@ fn joined(
 
 pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, room_id: &str) {
     let conv = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         ws.ai_rooms.retain(|r| &**r != room_id);
@@ -171,7 +174,7 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
     let (conv, was_typing) = conv;
     if was_typing {
         crate::chat::publish_typing_as(
-            &shard.ctx,
+            shard.app(),
             &conv,
             Some(room_id.to_string()),
             &user.id,
@@ -180,9 +183,9 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
             true,
         );
     }
-    shard.topic_local_remove(&conv, slot);
-    if shard.ctx.hub.presence_remove(&conv, &user.id) {
-        publish_presence(&shard.ctx, room_id, &conv, user, "left");
+    shard.unsubscribe(&conv, slot);
+    if shard.app().hub.presence_remove(&conv, &user.id) {
+        publish_presence(shard.app(), room_id, &conv, user, "left");
     }
     shard.send(
         slot,
@@ -202,8 +205,8 @@ pub fn on_disconnect(
     rooms: Vec<(Arc<str>, Arc<str>)>,
 ) {
     for (room_id, conv) in rooms {
-        if shard.ctx.hub.presence_remove(&conv, &user.id) {
-            publish_presence(&shard.ctx, &room_id, &conv, user, "left");
+        if shard.app().hub.presence_remove(&conv, &user.id) {
+            publish_presence(shard.app(), &room_id, &conv, user, "left");
         }
     }
 }

@@ -10,19 +10,20 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::api::{reply, store_error};
+use crate::app::{AppMsg, Shard, ShardExt};
 use crate::auth::User;
 use crate::chat::{new_conversation_id, run_on, topic_event};
-use crate::conn::AfterWrite;
-use crate::http::{Request, Response};
+use crate::net::http::{Request, Response};
+use crate::net::{MayBlock, ShardMsg};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, RoomType};
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
-use crate::shard::{Shard, ShardMsg, TopicKind};
 use crate::store::writer::{self, RoomRow};
 use crate::store::{StoreError, WriteJob};
+use crate::topic::TopicKind;
 
 fn respond(shard: &mut Shard, slot: usize, r: Response) {
-    shard.start_http_write(slot, r.to_bytes(), AfterWrite::Close);
+    shard.respond(slot, r);
 }
 
 fn room_json(r: &RoomRow) -> serde_json::Value {
@@ -46,7 +47,7 @@ fn write_then_reply(
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
-    shard.http_wait(slot);
+    shard.defer(slot);
     let job = WriteJob {
         enqueued: std::time::Instant::now(),
         op: Box::new(move |db, st| {
@@ -58,7 +59,7 @@ fn write_then_reply(
         }),
         on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| reply(ctx, conn, store_error(e))),
     };
-    if shard.ctx.store.try_write(job).is_err() {
+    if shard.app().store.try_write(job).is_err() {
         respond(
             shard,
             slot,
@@ -113,7 +114,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         .trim_start_matches("/v1/rooms")
         .split('/')
         .filter(|p| !p.is_empty())
-        .map(crate::http::percent_decode)
+        .map(crate::net::http::percent_decode)
         .collect();
     match (method, is_broadcast, parts.as_slice()) {
         ("POST", true, _) => broadcast(shard, slot, &user, &body),
@@ -195,7 +196,7 @@ fn create(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::V
                 .collect()
         })
         .unwrap_or_default();
-    if members.len() as u32 > shard.ctx.cfg.rooms.max_members {
+    if members.len() as u32 > shard.app().cfg.rooms.max_members {
         return respond(
             shard,
             slot,
@@ -234,7 +235,7 @@ fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
-    shard.http_wait(slot);
+    shard.defer(slot);
     let user = user.clone();
     let job: crate::store::ReadJob = Box::new(move |db, ctx| {
         let r = (|| -> Result<Response, StoreError> {
@@ -270,7 +271,7 @@ fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
         })();
         reply(ctx, conn, r.unwrap_or_else(|e| store_error(&e)));
     });
-    if shard.ctx.store.try_read(job).is_err() {
+    if shard.app().store.try_read(job).is_err() {
         respond(
             shard,
             slot,
@@ -302,8 +303,8 @@ fn delete(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
                 room_id: room.room_id.clone(),
                 reason: Some("deleted"),
             };
-            ctx.hub.publish(
-                &ctx.shards,
+            ctx.net.publish(
+                MayBlock::worker(),
                 topic_event(
                     &conv,
                     TopicKind::RoomClosed {
@@ -326,7 +327,7 @@ fn members(
     add: bool,
 ) {
     let user = user.clone();
-    let max = shard.ctx.cfg.rooms.max_members as i64;
+    let max = shard.app().cfg.rooms.max_members as i64;
     write_then_reply(shard, slot, move |db, st| {
         let Some(room) = writer::room_by_id(db, &room_id)? else {
             return Err(StoreError::refused(
@@ -377,18 +378,16 @@ fn members(
 
 fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
     let in_room = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
+        .session_mut(slot)
         .is_some_and(|ws| ws.rooms.contains_key(room_id));
     if !in_room {
         return;
     }
-    let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
+    let user = shard.session(slot).and_then(|s| s.user.clone());
     crate::session::room_closed_locally(shard, slot, Arc::from(room_id), Arc::from(conv));
     if let Some(u) = user {
         if !shard
-            .ctx
+            .app()
             .hub
             .presence_list(conv)
             .iter()
@@ -400,10 +399,10 @@ fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
                 username: u.name.clone(),
                 status: "left",
             };
-            shard.ctx.hub.publish_nonblocking(
-                &shard.ctx.shards,
-                topic_event(&Arc::from(conv), TopicKind::Ephemeral, &ev),
-            );
+            shard
+                .app()
+                .net
+                .try_publish(topic_event(&Arc::from(conv), TopicKind::Ephemeral, &ev));
         }
     }
     shard.send(
@@ -450,11 +449,12 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
         None => {
             // Everyone connected: one message per shard, each writes to its own connections.
             let frame = tungstenite::Utf8Bytes::from(ev.encode());
-            for s in 0..shard.ctx.shards.len() {
-                shard.ctx.shards.try_send(s, ShardMsg::All(frame.clone()));
+            let net = &shard.app().net;
+            for s in 0..net.shards.len() {
+                net.shards
+                    .try_send(s, ShardMsg::App(AppMsg::All(frame.clone())));
             }
-            let n = shard
-                .ctx
+            let n = net
                 .metrics
                 .ws_connections
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -471,14 +471,16 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
             let Some(conn) = shard.conn_id(slot) else {
                 return;
             };
-            shard.http_wait(slot);
+            shard.defer(slot);
             let job: crate::store::ReadJob = Box::new(move |db, ctx| {
                 let r = match writer::room_by_id(db, &rid) {
                     Ok(Some(room)) => {
                         let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-                        ctx.hub
-                            .publish(&ctx.shards, topic_event(&conv, TopicKind::Ephemeral, &ev));
-                        let n = ctx.hub.topic_subscribers(&conv);
+                        ctx.net.publish(
+                            MayBlock::worker(),
+                            topic_event(&conv, TopicKind::Ephemeral, &ev),
+                        );
+                        let n = ctx.net.topics.subscribers(&conv);
                         Response::json_value(
                             200,
                             &json!({"sent": true, "scope": "room", "room_id": rid, "connections": n}),
@@ -491,7 +493,7 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
                 };
                 reply(ctx, conn, r);
             });
-            if shard.ctx.store.try_read(job).is_err() {
+            if shard.app().store.try_read(job).is_err() {
                 respond(
                     shard,
                     slot,

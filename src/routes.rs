@@ -9,18 +9,19 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::app::Shard;
 use crate::auth::{AuthError, User};
 use crate::config::Config;
-use crate::conn::{AfterWrite, AutoJoin, Upgrade, WsKind};
-use crate::http::{self, Cors, Request, Response};
-use crate::origin;
+use crate::net::http::{self, Cors, Request, Response};
+use crate::net::origin;
+use crate::net::Upgrade;
 use crate::protocol::{ErrorCode, RoomType};
-use crate::shard::Shard;
+use crate::session::{AutoJoin, Session, WsKind};
 
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
 
 fn respond(shard: &mut Shard, slot: usize, resp: Response) {
-    shard.start_http_write(slot, resp.to_bytes(), AfterWrite::Close);
+    shard.respond(slot, resp);
 }
 
 /// The CORS answer for a request (policy: `http::Cors`, docs/security.md). A request
@@ -53,7 +54,7 @@ fn preflight(req: &Request, cfg: &Config) -> Response {
 }
 
 pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
-    let ctx = shard.ctx.clone();
+    let ctx = shard.app().clone();
     let path = req.path.as_str();
     if req.method == "OPTIONS" {
         let r = preflight(&req, &ctx.cfg);
@@ -82,15 +83,18 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             let unhealthy = ctx.metrics.store_unhealthy.load(Relaxed) != 0;
             let body = json!({
                 "status": if unhealthy { "degraded" } else { "ok" },
-                "connections": ctx.metrics.ws_connections.load(Relaxed).max(0),
+                "connections": ctx.net.metrics.ws_connections.load(Relaxed).max(0),
                 "uptime_s": ctx.metrics.uptime_s(),
                 "store": if unhealthy { "failing" } else { "ok" },
             });
             Response::json_value(if unhealthy { 503 } else { 200 }, &body)
         }
-        ("GET", "/metrics") => {
-            Response::text(200, "text/plain; version=0.0.4", ctx.metrics.prometheus())
-        }
+        ("GET", "/metrics") => Response::text(
+            200,
+            "text/plain; version=0.0.4",
+            ctx.metrics
+                .prometheus(&ctx.net.metrics, ctx.net.shards.dropped()),
+        ),
         ("GET", "/") | ("GET", "/index.html") => {
             Response::text(200, "text/html; charset=utf-8", INDEX_HTML)
         }
@@ -153,14 +157,14 @@ pub fn bearer_user(shard: &Shard, req: &Request) -> Result<User, Response> {
             "missing Authorization: Bearer <JWT>",
         ));
     };
-    shard.ctx.auth.verify(token).map_err(|e| match e {
+    shard.app().auth.verify(token).map_err(|e| match e {
         AuthError::Expired => Response::error(401, ErrorCode::AuthFailed, "token expired"),
         AuthError::Invalid(m) => Response::error(401, ErrorCode::AuthFailed, &m),
     })
 }
 
 fn mint_token(shard: &mut Shard, req: &Request) -> Response {
-    let ctx = &shard.ctx;
+    let ctx = shard.app();
     let body: serde_json::Value = if req.body.is_empty() {
         json!({})
     } else {
@@ -249,7 +253,7 @@ fn dev_token_allowed(req: &Request, cfg: &Config) -> Result<(), Response> {
 }
 
 fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
-    let ctx = shard.ctx.clone();
+    let ctx = shard.app().clone();
     // Subprotocols: `confab.v1` is selected when offered; `bearer.<JWT>` carries a token.
     let offered: Vec<String> = req
         .headers
@@ -325,11 +329,22 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
             );
         }
     }
-    let up = Upgrade {
-        kind,
-        user,
-        leftover: req.leftover,
-        auto_join,
+    let now = std::time::Instant::now();
+    let authed = user.is_some();
+    let mut session = Session::new(kind, user, now);
+    session.auto_join = auto_join;
+    if kind == WsKind::Native && !authed {
+        session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
+    }
+    let (config, out_cap) = match kind {
+        WsKind::Native => (ctx.ws_config, ctx.cfg.ws.out_queue_max_bytes),
+        WsKind::Echo => (ctx.echo_ws_config, ctx.echo_ws_config.max_write_buffer_size),
     };
-    shard.start_http_write(slot, bytes, AfterWrite::Upgrade(Box::new(up)));
+    let up = Upgrade {
+        session,
+        config,
+        out_cap,
+        leftover: req.leftover,
+    };
+    shard.upgrade(slot, bytes, up);
 }

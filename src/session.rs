@@ -1,23 +1,134 @@
-//! The native protocol on an open WebSocket: what each client message does.
+//! One WebSocket's protocol session: its state ([`Session`]) and the rules of the native
+//! protocol on an open connection — authentication, rate limit, token expiry, typing
+//! expiry — before each message goes to the service that handles it (`chat.rs`,
+//! `rooms.rs`, `uploads.rs`).
 //!
 //! Runs on the shard that owns the connection and never blocks: work that needs SQLite or
 //! a model goes to the store writer, the read pool or the generation pool with `try_send`,
 //! and a full queue is answered at once with `BUSY`. Results come back to the shard as
-//! [`ShardMsg`](crate::shard::ShardMsg)s.
+//! typed messages through its inbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::debug;
 
+use crate::app::{Shard, ShardExt};
 use crate::auth::{AuthError, User};
-use crate::conn::{AutoJoin, Phase};
+use crate::net::ConnId;
 use crate::protocol::{close, ClientMsg, ErrorCode, Event, Incoming, UserInfo};
-use crate::ratelimit::Verdict;
-use crate::shard::{ConnId, Shard};
+use crate::ratelimit::{RateWindow, Verdict};
+use crate::topic::TopicEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsKind {
+    /// The native protocol on `/v1/ws`.
+    Native,
+    /// `server.echo_path`: every message is sent back unchanged.
+    Echo,
+}
+
+/// `?room_id=&room_type=&room_name=` on the upgrade request: join at once.
+#[derive(Debug, Clone)]
+pub struct AutoJoin {
+    pub room_id: String,
+    pub room_type: Option<crate::protocol::RoomType>,
+    pub room_name: Option<String>,
+}
+
+/// A subscription of this connection to a conversation.
+pub enum Sub {
+    /// Live events are delivered as they come, minus what this connection already has.
+    /// The store writer publishes after COMMIT, so a replay on a reader thread can see a
+    /// committed message whose live event is still on its way; these two fields make
+    /// such a late event a no-op instead of a duplicate.
+    Live {
+        /// Highest `seq` delivered in a `message_added` (live events arrive in seq order:
+        /// one writer publishes them in commit order).
+        last_seq: i64,
+        /// Replies a replay showed as final: their late token/updated/complete events
+        /// are dropped. Only replies that were recently active, so this stays tiny.
+        finals: Vec<i64>,
+    },
+    /// Waiting for the store (an access check, or a replay): live events wait here and,
+    /// after a replay, are filtered against it (see `generation.rs`).
+    Pending { buffered: Vec<Arc<TopicEvent>> },
+}
+
+impl Sub {
+    pub fn live() -> Sub {
+        Sub::Live {
+            last_seq: 0,
+            finals: Vec::new(),
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, Sub::Live { .. })
+    }
+}
+
+/// The application's state for one WebSocket.
+pub struct Session {
+    pub kind: WsKind,
+    pub user: Option<Arc<User>>,
+    /// Joined when the WebSocket opens (from the upgrade's query string).
+    pub auto_join: Option<AutoJoin>,
+    /// No token yet: the time to send `{"type":"auth"}` by.
+    pub auth_deadline: Option<Instant>,
+    /// When the token expires (then TOKEN_EXPIRED is sent) and, after it, the grace end.
+    pub expiry_at: Option<Instant>,
+    pub expiry_warned: bool,
+    pub rate: RateWindow,
+    pub strikes: u32,
+    pub strikes_window: Instant,
+    pub subs: HashMap<Arc<str>, Sub>,
+    /// Rooms joined on this connection (room id → its conversation id).
+    pub rooms: HashMap<Arc<str>, Arc<str>>,
+    /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
+    pub ai_rooms: Vec<Arc<str>>,
+    /// Typing indicators this connection has on: target conversation → expiry.
+    pub typing: HashMap<Arc<str>, Instant>,
+    /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
+    pub uploads: Vec<crate::uploads::OpenUpload>,
+}
+
+impl Session {
+    pub fn new(kind: WsKind, user: Option<Arc<User>>, now: Instant) -> Session {
+        Session {
+            kind,
+            user,
+            auto_join: None,
+            auth_deadline: None,
+            expiry_at: None,
+            expiry_warned: false,
+            rate: RateWindow::new(now),
+            strikes: 0,
+            strikes_window: now,
+            subs: HashMap::new(),
+            rooms: HashMap::new(),
+            ai_rooms: Vec::new(),
+            typing: HashMap::new(),
+            uploads: Vec::new(),
+        }
+    }
+
+    /// The earliest of the session's own deadlines (auth, token expiry, typing).
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            self.auth_deadline,
+            self.expiry_at,
+            self.typing.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
 
 pub fn send_error(shard: &mut Shard, slot: usize, code: ErrorCode, msg: &str, id: Option<String>) {
-    shard.ctx.metrics.error(code);
+    shard.app().metrics.error(code);
     shard.send(slot, &Event::error(code, msg, id));
 }
 
@@ -29,7 +140,7 @@ pub fn send_error_retry(
     id: Option<String>,
     retry_after: f64,
 ) {
-    shard.ctx.metrics.error(code);
+    shard.app().metrics.error(code);
     shard.send(
         slot,
         &Event::Error {
@@ -44,7 +155,7 @@ pub fn send_error_retry(
 /// A text frame arrived on a native connection.
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     let now = Instant::now();
-    let decoded = shard.decoder.decode(text);
+    let decoded = shard.local().decode(text);
     // The next chunk of an upload this connection has open is paced by the upload queue
     // (BUSY) and bounded by the upload's declared size, not by the message rate.
     if let Ok(Incoming {
@@ -64,11 +175,11 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             return;
         }
     }
-    let window = shard.ctx.cfg.limits.rate_window;
-    let max = shard.ctx.cfg.limits.rate_max_messages;
-    let strikes_max = shard.ctx.cfg.limits.rate_strikes;
+    let window = shard.app().cfg.limits.rate_window;
+    let max = shard.app().cfg.limits.rate_max_messages;
+    let strikes_max = shard.app().cfg.limits.rate_strikes;
     let verdict = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         let v = ws.rate.check(now, window, max);
@@ -115,7 +226,7 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
 
 fn dispatch(shard: &mut Shard, slot: usize, inc: Incoming) {
     let Incoming { id, msg } = inc;
-    let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
+    let user = shard.session(slot).and_then(|s| s.user.clone());
     match msg {
         ClientMsg::Auth { token } => on_auth_message(shard, slot, &token, id),
         ClientMsg::Ping => shard.send(
@@ -142,15 +253,15 @@ fn dispatch(shard: &mut Shard, slot: usize, inc: Incoming) {
 }
 
 fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<String>) {
-    let current = shard.conns.get(slot).and_then(|c| c.user().cloned());
-    match shard.ctx.auth.verify(token) {
+    let current = shard.session(slot).and_then(|s| s.user.clone());
+    match shard.app().auth.verify(token) {
         Ok(user) => {
             match current {
                 // Token refresh on an open connection: same user, new expiry.
                 Some(cur) if cur.id == user.id => {
                     let user = Arc::new(user);
                     set_expiry(shard, slot, &user);
-                    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+                    if let Some(ws) = shard.session_mut(slot) {
                         ws.user = Some(user.clone());
                     }
                     shard.send(
@@ -165,7 +276,7 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                     );
                 }
                 Some(_) => {
-                    shard.ctx.metrics.error(ErrorCode::AuthFailed);
+                    shard.app().metrics.error(ErrorCode::AuthFailed);
                     shard.send(
                         slot,
                         &Event::AuthError {
@@ -179,8 +290,13 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                     let Some(conn_id) = shard.conn_id(slot) else {
                         return;
                     };
-                    let cap = shard.ctx.cfg.server.max_connections_per_user;
-                    if shard.ctx.hub.user_connect(&user.id, conn_id, cap).is_err() {
+                    let cap = shard.app().cfg.server.max_connections_per_user;
+                    if shard
+                        .app()
+                        .hub
+                        .user_connect(&user.id, conn_id, cap)
+                        .is_err()
+                    {
                         send_error(
                             shard,
                             slot,
@@ -204,8 +320,11 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                 AuthError::Expired => "token expired".to_string(),
                 AuthError::Invalid(m) => m,
             };
-            debug!("[s{} c{slot}] auth message refused: {message}", shard.idx);
-            shard.ctx.metrics.error(ErrorCode::AuthFailed);
+            debug!(
+                "[{}] auth message refused: {message}",
+                conn_label(shard, slot)
+            );
+            shard.app().metrics.error(ErrorCode::AuthFailed);
             shard.send(
                 slot,
                 &Event::AuthError {
@@ -221,7 +340,7 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
 fn set_expiry(shard: &mut Shard, slot: usize, user: &User) {
     let now_s = crate::auth::now_s();
     let left = Duration::from_secs(user.exp.saturating_sub(now_s));
-    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+    if let Some(ws) = shard.session_mut(slot) {
         ws.expiry_at = Some(Instant::now() + left);
         ws.expiry_warned = false;
     }
@@ -240,7 +359,7 @@ pub fn on_authenticated(
         return;
     };
     {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         ws.user = Some(user.clone());
@@ -278,7 +397,7 @@ pub fn connected_event(
         },
         server_time: crate::protocol::now_rfc3339(),
         protocol: crate::protocol::PROTOCOL,
-        heartbeat_interval: shard.ctx.cfg.ws.heartbeat_interval.as_secs().max(1),
+        heartbeat_interval: shard.app().cfg.ws.heartbeat_interval.as_secs().max(1),
         rooms,
     }
 }
@@ -291,14 +410,14 @@ pub fn on_disconnect(
     rooms: Vec<(Arc<str>, Arc<str>)>,
     typing: Vec<Arc<str>>,
 ) {
-    let left = shard.ctx.hub.user_disconnect(&user.id, id);
+    let left = shard.app().hub.user_disconnect(&user.id, id);
     crate::chat::on_disconnect(shard, id, user, left, rooms, typing);
 }
 
 /// Typing indicators that were not refreshed expire.
 pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
     let expired: Vec<Arc<str>> = {
-        let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+        let Some(ws) = shard.session_mut(slot) else {
             return;
         };
         let e: Vec<Arc<str>> = ws
@@ -319,20 +438,111 @@ pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
 
 /// A room this connection was in was deleted.
 pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, conv: Arc<str>) {
-    let user = shard.conns.get(slot).and_then(|c| c.user().cloned());
-    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+    let ctx = shard.app().clone();
+    if let Some(ws) = shard.session_mut(slot) {
         let was_in = ws.rooms.remove(&room_id).is_some();
         ws.subs.remove(&conv);
         ws.typing.remove(&conv);
-        if let (true, Some(u)) = (was_in, user) {
-            shard.ctx.hub.presence_remove(&conv, &u.id);
+        if let (true, Some(u)) = (was_in, &ws.user) {
+            ctx.hub.presence_remove(&conv, &u.id);
         }
     }
     // The room-closed event itself is queued by the caller; after it, no more events.
-    shard.topic_local_remove(&conv, slot);
+    shard.unsubscribe(&conv, slot);
 }
 
 /// Is this slot an open, authenticated native WebSocket?
 pub fn is_native(shard: &Shard, slot: usize) -> bool {
-    matches!(shard.conns.get(slot).map(|c| &c.phase), Some(Phase::Ws(ws)) if ws.user.is_some())
+    shard
+        .session(slot)
+        .is_some_and(|s| s.kind == WsKind::Native && s.user.is_some())
+}
+
+/// `sN cSLOT.GEN` for log lines.
+pub fn conn_label(shard: &Shard, slot: usize) -> String {
+    match shard.conn_id(slot) {
+        Some(id) => format!("s{} c{}.{}", id.shard, id.slot, id.gen),
+        None => format!("s{} c{slot}", shard.idx()),
+    }
+}
+
+/// The session's own deadlines: authentication, token expiry, typing indicators.
+pub fn on_timer(shard: &mut Shard, slot: usize, now: Instant) {
+    let grace = shard.app().cfg.auth.expiry_grace;
+    enum Then {
+        Nothing,
+        AuthTimeout,
+        WarnExpiry,
+        CloseExpired,
+    }
+    let then = {
+        let Some(s) = shard.session_mut(slot) else {
+            return;
+        };
+        if s.auth_deadline.is_some_and(|d| now >= d) {
+            s.auth_deadline = None;
+            Then::AuthTimeout
+        } else if s.expiry_at.is_some_and(|d| now >= d) {
+            if s.expiry_warned {
+                Then::CloseExpired
+            } else {
+                s.expiry_warned = true;
+                s.expiry_at = Some(now + grace);
+                Then::WarnExpiry
+            }
+        } else {
+            Then::Nothing
+        }
+    };
+    match then {
+        Then::Nothing => {}
+        Then::AuthTimeout => {
+            shard.send(
+                slot,
+                &Event::AuthError {
+                    message: "no auth message in time".into(),
+                    code: ErrorCode::AuthRequired,
+                },
+            );
+            shard.close_ws(slot, close::POLICY, "authentication timeout");
+            return;
+        }
+        Then::WarnExpiry => {
+            let e = Event::error(
+                ErrorCode::TokenExpired,
+                "token expired: send a fresh {\"type\":\"auth\"} to stay connected",
+                None,
+            );
+            shard.send(slot, &e);
+        }
+        Then::CloseExpired => {
+            shard.close_ws(slot, close::POLICY, "token expired");
+            return;
+        }
+    }
+    expire_typing(shard, slot, now);
+}
+
+/// The WebSocket is gone: abort its uploads, leave its topics, and tell the rest of the
+/// server (presence, typing, the per-user count).
+pub fn on_close(shard: &mut Shard, id: ConnId, session: Session) {
+    let Session {
+        user,
+        subs,
+        rooms,
+        typing,
+        uploads,
+        ..
+    } = session;
+    for up in uploads {
+        shard.app().uploads.abort(up.file_id);
+    }
+    for conv in subs.keys() {
+        shard.unsubscribe(conv, id.slot as usize);
+    }
+    if let Some(user) = user {
+        let rooms: Vec<(Arc<str>, Arc<str>)> = rooms.into_iter().collect();
+        let typing: Vec<Arc<str>> = typing.into_keys().collect();
+        on_disconnect(shard, id, &user, rooms, typing);
+    }
 }

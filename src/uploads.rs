@@ -32,13 +32,14 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
+use crate::app::{Shard, ShardExt};
 use crate::auth::User;
 use crate::config::UploadsConfig;
-use crate::http::Response;
+use crate::net::http::Response;
+use crate::net::{ConnId, MayBlock};
 use crate::protocol::{ErrorCode, Event, Upload, UploadEvent};
 use crate::server::ServerCtx;
 use crate::session::{send_error, send_error_retry};
-use crate::shard::{ConnId, Shard};
 use crate::store::{StoreError, WriteJob};
 
 /// Base64 as browsers' `btoa` and most clients write it; padding optional.
@@ -194,7 +195,7 @@ pub fn on_message(
     id: Option<String>,
     up: Upload,
 ) {
-    let ctx = shard.ctx.clone();
+    let ctx = shard.app().clone();
     let cfg = &ctx.cfg.uploads;
     let Some(conn) = shard.conn_id(slot) else {
         return;
@@ -219,7 +220,7 @@ pub fn on_message(
                 },
                 (None, None) => None,
             };
-            let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) else {
+            let Some(ws) = shard.session_mut(slot) else {
                 return;
             };
             if ws.uploads.len() >= cfg.max_per_connection {
@@ -328,9 +329,7 @@ const FREE_RESENDS: u8 = 3;
 /// order, endless resends) is an ordinary message and is rate-limited like any other.
 pub fn exempt_chunk(shard: &mut Shard, slot: usize, file_id: &str, index: u32) -> bool {
     let Some(up) = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
+        .session_mut(slot)
         .and_then(|ws| ws.uploads.iter_mut().find(|u| &*u.file_id == file_id))
     else {
         return false;
@@ -354,16 +353,12 @@ fn open_upload(
     file_id: &str,
     id: &Option<String>,
 ) -> Option<Arc<str>> {
-    let found = shard
-        .conns
-        .get_mut(slot)
-        .and_then(|c| c.ws())
-        .and_then(|ws| {
-            ws.uploads
-                .iter()
-                .find(|u| &*u.file_id == file_id)
-                .map(|u| u.file_id.clone())
-        });
+    let found = shard.session_mut(slot).and_then(|ws| {
+        ws.uploads
+            .iter()
+            .find(|u| &*u.file_id == file_id)
+            .map(|u| u.file_id.clone())
+    });
     if found.is_none() {
         send_error(
             shard,
@@ -377,7 +372,7 @@ fn open_upload(
 }
 
 fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
-    if let Some(ws) = shard.conns.get_mut(slot).and_then(|c| c.ws()) {
+    if let Some(ws) = shard.session_mut(slot) {
         ws.uploads.retain(|u| &*u.file_id != file_id);
     }
 }
@@ -387,7 +382,7 @@ fn finish(ctx: &ServerCtx, conn: ConnId, file_id: Arc<str>, ev: Event) {
     crate::chat::run_on(ctx, conn, move |shard, slot| {
         forget(shard, slot, &file_id);
         if let Event::Error { code, .. } = &ev {
-            shard.ctx.metrics.error(*code);
+            shard.app().metrics.error(*code);
         }
         shard.send(slot, &ev);
     });
@@ -582,10 +577,11 @@ impl Worker {
                     conversation_id,
                 );
                 match r {
-                    Ok(ev) => self
-                        .ctx
-                        .shards
-                        .send_event(conn, &Event::FileUpload(Box::new(UploadEvent { id, ..ev }))),
+                    Ok(ev) => self.ctx.send_event(
+                        MayBlock::worker(),
+                        conn,
+                        &Event::FileUpload(Box::new(UploadEvent { id, ..ev })),
+                    ),
                     Err((code, msg)) => {
                         let retry_after = (code == ErrorCode::Busy).then_some(1.0);
                         let ev = Event::Error {
@@ -606,10 +602,11 @@ impl Worker {
                 total_chunks,
                 data,
             } => match self.chunk(&file_id, chunk_index, total_chunks, &data) {
-                Ok(ev) => self
-                    .ctx
-                    .shards
-                    .send_event(conn, &Event::FileUpload(Box::new(UploadEvent { id, ..ev }))),
+                Ok(ev) => self.ctx.send_event(
+                    MayBlock::worker(),
+                    conn,
+                    &Event::FileUpload(Box::new(UploadEvent { id, ..ev })),
+                ),
                 Err((code, msg, fatal)) => {
                     let ev = Event::error(code, msg, id);
                     if fatal {
@@ -620,7 +617,7 @@ impl Worker {
                         finish(&self.ctx, conn, file_id, ev);
                     } else {
                         self.ctx.metrics.error(code);
-                        self.ctx.shards.send_event(conn, &ev);
+                        self.ctx.send_event(MayBlock::worker(), conn, &ev);
                     }
                 }
             },
@@ -823,8 +820,11 @@ impl Worker {
         let want = checksum.trim().to_ascii_lowercase();
         let soft_error = |code: ErrorCode, msg: String| {
             ctx.metrics.error(code);
-            ctx.shards
-                .send_event(conn, &Event::error(code, msg, id.clone()));
+            ctx.send_event(
+                MayBlock::worker(),
+                conn,
+                &Event::error(code, msg, id.clone()),
+            );
         };
         if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
             return soft_error(

@@ -196,7 +196,7 @@ fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
             break false;
         }
         if sent % 20000 == 0
-            && s.ctx().metrics.closes[8].load(std::sync::atomic::Ordering::Relaxed) > 0
+            && s.ctx().net.metrics.closes[8].load(std::sync::atomic::Ordering::Relaxed) > 0
         {
             break true;
         }
@@ -276,6 +276,7 @@ fn two_thousand_concurrent_connections_are_each_answered() {
     }
     assert_eq!(
         s.ctx()
+            .net
             .metrics
             .ws_connections
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -291,6 +292,7 @@ fn two_thousand_concurrent_connections_are_each_answered() {
     // Both shards carry load.
     let loads: Vec<usize> = s
         .ctx()
+        .net
         .shard_load
         .iter()
         .map(|l| l.load(std::sync::atomic::Ordering::Relaxed))
@@ -448,4 +450,29 @@ fn dev_tokens_are_minted_on_loopback_and_bearer_tokens_exchanged() {
     let off = TestServer::start("dev-token-off", |c| c.auth.dev_tokens = false);
     let (st, body) = off.http("POST", "/v1/token", None, Some(&json!({"sub": "dev"})));
     assert_eq!((st, body["code"].as_str()), (401, Some("AUTH_REQUIRED")));
+}
+
+#[test]
+fn a_client_still_sending_after_a_too_big_message_reads_the_1009() {
+    // The server must not drop the socket while the client's bytes are unread: the
+    // kernel would answer with a reset and the close frame would be lost.
+    let s = TestServer::start("close-1009-linger", |_| {});
+    let max = s.ctx().cfg.ws.max_message_bytes;
+    for round in 0..10 {
+        let mut c = s.client(&format!("big{round}"));
+        // One message over the limit, then more traffic right behind it.
+        c.ws.write(Message::text("x".repeat(max + 1))).unwrap();
+        for _ in 0..20 {
+            let _ = c.ws.write(Message::text("y".repeat(30_000)));
+        }
+        let _ = c.ws.flush();
+        let code = loop {
+            match c.ws.read() {
+                Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                Ok(_) => continue,
+                Err(e) => panic!("round {round}: no close frame, got {e}"),
+            }
+        };
+        assert_eq!(code, 1009, "round {round}");
+    }
 }

@@ -169,6 +169,7 @@ fn a_second_connection_on_another_shard_replays_then_follows_live() {
     // Both shards were used.
     let loads: Vec<usize> = s
         .ctx()
+        .net
         .shard_load
         .iter()
         .map(|l| l.load(std::sync::atomic::Ordering::Relaxed))
@@ -499,5 +500,5 @@ fn busy_from_a_full_store_queue_answers_the_id_and_forgets_the_subscription() {
     }
     assert!(busy > 0, "the burst never filled the queue ({acked} acked)");
     // Every acked conversation keeps its subscriber; the refused ones left nothing behind.
-    assert_eq!(s.ctx().hub.topic_count(), acked);
+    assert_eq!(s.ctx().net.topics.count(), acked);
 }

@@ -549,5 +549,5 @@ fn a_slow_reader_gets_merged_token_events_with_the_same_text() {
     assert_eq!(text, done["response"].as_str().unwrap());
     assert_eq!(next, 20_000);
     assert!(events < 20_000, "no merging happened ({events} events)");
-    assert!(m.token_merges.load(Relaxed) > 0);
+    assert!(s.ctx().net.metrics.token_merges.load(Relaxed) > 0);
 }

@@ -29,10 +29,11 @@ use crate::chat::{publish_typing_as, topic_event};
 use crate::config::{AgentConfig, Config, ProviderKind};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
+use crate::net::MayBlock;
 use crate::protocol::{ChatRequest, CompletionMeta, ErrorCode, Event};
 use crate::server::ServerCtx;
-use crate::shard::TopicKind;
 use crate::store::{StoreError, WriteJob};
+use crate::topic::TopicKind;
 
 pub use sse::Usage;
 
@@ -240,8 +241,8 @@ fn progress(ctx: &ServerCtx, gen: &Generation, step: &'static str, message: &str
         message: message.into(),
         percent,
     };
-    ctx.hub.publish(
-        &ctx.shards,
+    ctx.net.publish(
+        MayBlock::worker(),
         topic_event(&gen.conversation_id, TopicKind::Ephemeral, &ev),
     );
 }
@@ -386,8 +387,10 @@ fn generate(
                 index,
                 text: Arc::from(delta),
             };
-            ctx.hub
-                .publish(&ctx.shards, topic_event(&gen.conversation_id, kind, &ev));
+            ctx.net.publish(
+                MayBlock::worker(),
+                topic_event(&gen.conversation_id, kind, &ev),
+            );
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
@@ -562,8 +565,8 @@ fn announce_end(
             id: client_id,
             retry_after: None,
         };
-        ctx.hub.publish(
-            &ctx.shards,
+        ctx.net.publish(
+            MayBlock::worker(),
             topic_event(
                 conv,
                 TopicKind::Updated {
@@ -579,8 +582,8 @@ fn announce_end(
             room_id: room_id.clone(),
             message: view,
         };
-        ctx.hub.publish(
-            &ctx.shards,
+        ctx.net.publish(
+            MayBlock::worker(),
             topic_event(
                 conv,
                 TopicKind::Updated {
@@ -598,8 +601,8 @@ fn announce_end(
         finish_reason: reason,
         metadata: meta,
     };
-    ctx.hub.publish(
-        &ctx.shards,
+    ctx.net.publish(
+        MayBlock::worker(),
         topic_event(
             conv,
             TopicKind::Complete {

@@ -18,6 +18,8 @@ use tungstenite::Utf8Bytes;
 /// Framing overhead charged per queued event, so a flood of tiny events is bounded too.
 const PER_ITEM_OVERHEAD: usize = 64;
 
+/// A text delta of one streamed message, kept unencoded so that deltas can merge. The
+/// wire form belongs to the connection's codec, which sets `encode`.
 #[derive(Debug, Clone)]
 pub struct TokenItem {
     pub conversation_id: Arc<str>,
@@ -27,18 +29,13 @@ pub struct TokenItem {
     /// How many deltas `text` holds.
     pub count: u64,
     pub text: String,
+    /// The codec's encoder for this item (a plain function: data, not a closure).
+    pub encode: fn(&TokenItem) -> String,
 }
 
 impl TokenItem {
     pub fn encode(&self) -> String {
-        crate::protocol::Event::Token {
-            conversation_id: self.conversation_id.to_string(),
-            message_id: self.message_id,
-            index: self.index,
-            token: self.text.clone(),
-            count: (self.count > 1).then_some(self.count),
-        }
-        .encode()
+        (self.encode)(self)
     }
 }
 
@@ -151,6 +148,7 @@ mod tests {
             index,
             count: 1,
             text: text.into(),
+            encode: |t| t.text.clone(),
         })
     }
 

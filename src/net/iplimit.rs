@@ -8,7 +8,7 @@
 //! whole /64, so counting single addresses would let it open 2^64 × the cap.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
@@ -44,9 +44,7 @@ impl IpLimit {
     }
 
     fn stripe(&self, k: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        let mut h = self.hasher.build_hasher();
-        k.hash(&mut h);
-        &self.stripes[h.finish() as usize % STRIPES]
+        &self.stripes[self.hasher.hash_one(k) as usize % STRIPES]
     }
 
     /// Take a place for a connection from `ip`. `false`: the address is at its cap.

@@ -5,7 +5,17 @@
 //! listings, tokens and health checks, not for high request rates, and one request per
 //! connection keeps the state machine small.
 
-use crate::protocol::ErrorCode;
+/// A machine-readable error code for a JSON error body (`{"error","code"}`). The
+/// application's error enum implements it; the transport uses plain strings.
+pub trait ErrorName {
+    fn name(&self) -> &str;
+}
+
+impl ErrorName for &str {
+    fn name(&self) -> &str {
+        self
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -35,12 +45,12 @@ pub enum HeadError {
 impl HeadError {
     pub fn response(&self) -> Response {
         match self {
-            HeadError::Malformed(m) => Response::error(400, ErrorCode::BadRequest, m),
+            HeadError::Malformed(m) => Response::error(400, "BAD_REQUEST", m),
             HeadError::HeadTooLarge => {
-                Response::error(431, ErrorCode::BadRequest, "request head too large")
+                Response::error(431, "BAD_REQUEST", "request head too large")
             }
             HeadError::BodyTooLarge => {
-                Response::error(413, ErrorCode::MessageTooLarge, "request body too large")
+                Response::error(413, "MESSAGE_TOO_LARGE", "request body too large")
             }
         }
     }
@@ -253,10 +263,10 @@ impl Response {
         }
     }
 
-    pub fn error(status: u16, code: ErrorCode, msg: &str) -> Response {
+    pub fn error(status: u16, code: impl ErrorName, msg: &str) -> Response {
         Response::json_value(
             status,
-            &serde_json::json!({ "error": msg, "code": code.as_str() }),
+            &serde_json::json!({ "error": msg, "code": code.name() }),
         )
     }
 
@@ -313,7 +323,7 @@ fn is_websocket_key(key: &str) -> bool {
 pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<Vec<u8>, Response> {
     if req.method != "GET" {
         return Err(
-            Response::error(405, ErrorCode::BadRequest, "WebSocket upgrade needs GET")
+            Response::error(405, "BAD_REQUEST", "WebSocket upgrade needs GET")
                 .with_header("Allow", "GET"),
         );
     }
@@ -321,21 +331,21 @@ pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<V
     if req.version < 1 {
         return Err(Response::error(
             400,
-            ErrorCode::BadRequest,
+            "BAD_REQUEST",
             "a WebSocket upgrade needs HTTP/1.1",
         ));
     }
     if !req.header_has_token("connection", "upgrade") {
         return Err(Response::error(
             400,
-            ErrorCode::BadRequest,
+            "BAD_REQUEST",
             "missing `Connection: Upgrade`",
         ));
     }
     if req.header("sec-websocket-version") != Some("13") {
         return Err(Response::error(
             426,
-            ErrorCode::BadRequest,
+            "BAD_REQUEST",
             "unsupported WebSocket version (need 13)",
         )
         .with_header("Sec-WebSocket-Version", "13"));
@@ -343,7 +353,7 @@ pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<V
     let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Err(Response::error(
             400,
-            ErrorCode::BadRequest,
+            "BAD_REQUEST",
             "missing Sec-WebSocket-Key",
         ));
     };
@@ -351,7 +361,7 @@ pub fn switching_protocols(req: &Request, subprotocol: Option<&str>) -> Result<V
     if !is_websocket_key(key) {
         return Err(Response::error(
             400,
-            ErrorCode::BadRequest,
+            "BAD_REQUEST",
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
     }

@@ -2,43 +2,39 @@
 //!
 //! ```text
 //!  Accepted ─▶ Head ──(bad head / plain HTTP)──────────────▶ HttpWrite ─▶ closed
-//!   [TLS       │  └──(needs a store read)──▶ HttpWait ──────▶ HttpWrite ─▶ closed
-//!  handshake   └──(valid upgrade + auth ok)─▶ HttpWrite(101) ─▶ Ws ─▶ closing ─▶ closed
+//!   [TLS       │  └──(deferred: answer from a worker)──▶ HttpWait ─▶ HttpWrite ─▶ closed
+//!  handshake   └──(App::on_request upgrades)─▶ HttpWrite(101) ─▶ Ws ─▶ closing ─▶ closed
 //!  inside Head]
 //! ```
 //! - `Head`: bytes are read until a complete request (head + body) is buffered; bounded by
-//!   `server.max_header_bytes` + `server.max_body_bytes` and by `server.head_timeout_ms`
-//!   (which also covers the TLS handshake, driven transparently by [`Transport`]).
+//!   `max_header_bytes` + `max_body_bytes` and by `head_timeout` (which also covers the
+//!   TLS handshake, driven transparently by [`Transport`]).
 //! - `HttpWrite`: a response is written out; then the connection closes or, after a 101,
 //!   becomes a WebSocket (bytes the client sent after its request are kept and read first).
-//! - `Ws`: an open WebSocket. Outbound events wait in a byte-bounded [`OutQueue`]; the
+//! - `Ws`: an open WebSocket. Outbound frames wait in a byte-bounded [`OutQueue`]; the
 //!   shard feeds tungstenite only while the socket accepts bytes (`blocked == false`).
-//!   Deadlines: auth (no token yet), heartbeat, pong, token expiry, close handshake.
+//!   The transport's deadlines are heartbeat, pong and the close handshake; the
+//!   application's session (`S`) adds its own through `App::deadline`.
 //!
 //! Every deadline of a connection is folded into one armed timer ([`Conn::next_deadline`]).
 
-use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering::Relaxed;
-
-use tungstenite::protocol::WebSocketContext;
+use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::auth::User;
-use crate::metrics::Metrics;
-use crate::outqueue::{OutItem, OutQueue};
-use crate::ratelimit::RateWindow;
-use crate::shard::TopicEvent;
-use crate::transport::Transport;
+use super::outqueue::{OutItem, OutQueue};
+use super::stats::NetMetrics;
+use super::transport::Transport;
 
-pub struct Conn {
+pub struct Conn<S> {
     pub gen: u32,
     pub io: Transport,
-    pub phase: Phase,
+    pub phase: Phase<S>,
     pub peer: SocketAddr,
     pub head_deadline: Instant,
     /// The deadline currently in the shard's timer heap for this connection.
@@ -49,132 +45,65 @@ pub struct Conn {
     pub dirty: bool,
 }
 
-pub enum Phase {
+pub enum Phase<S> {
     Head(Vec<u8>),
     HttpWait,
     HttpWrite {
         buf: Vec<u8>,
         pos: usize,
-        then: AfterWrite,
+        then: AfterWrite<S>,
         /// Released when the write ends (a download's memory permit).
-        hold: Option<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
+        hold: Option<Arc<dyn std::fmt::Debug + Send + Sync>>,
     },
-    Ws(Box<Ws>),
+    Ws(Box<Ws<S>>),
     Done,
 }
 
-pub enum AfterWrite {
+pub enum AfterWrite<S> {
     Close,
-    Upgrade(Box<Upgrade>),
+    Upgrade(Box<Upgrade<S>>),
 }
 
 /// What becomes of a connection after its 101 response is written.
-pub struct Upgrade {
-    pub kind: WsKind,
-    pub user: Option<Arc<User>>,
+pub struct Upgrade<S> {
+    /// The application's state for this WebSocket.
+    pub session: S,
+    /// Limits for this endpoint (message and frame size, buffers).
+    pub config: WebSocketConfig,
+    /// Outbound bytes queued before the client counts as a slow consumer (close 1013).
+    pub out_cap: usize,
+    /// Bytes that followed the request: the client's first frames.
     pub leftover: Vec<u8>,
-    /// `?room_id=&room_type=&room_name=` on the upgrade request: join at once.
-    pub auto_join: Option<AutoJoin>,
 }
 
-#[derive(Debug, Clone)]
-pub struct AutoJoin {
-    pub room_id: String,
-    pub room_type: Option<crate::protocol::RoomType>,
-    pub room_name: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WsKind {
-    /// The native protocol on `/v1/ws`.
-    Native,
-    /// `server.echo_path`: every message is sent back unchanged.
-    Echo,
-}
-
-/// A subscription of this connection to a conversation.
-pub enum Sub {
-    /// Live events are delivered as they come, minus what this connection already has.
-    /// The store writer publishes after COMMIT, so a replay on a reader thread can see a
-    /// committed message whose live event is still on its way; these two fields make
-    /// such a late event a no-op instead of a duplicate.
-    Live {
-        /// Highest `seq` delivered in a `message_added` (live events arrive in seq order:
-        /// one writer publishes them in commit order).
-        last_seq: i64,
-        /// Replies a replay showed as final: their late token/updated/complete events
-        /// are dropped. Only replies that were recently active, so this stays tiny.
-        finals: Vec<i64>,
-    },
-    /// Waiting for the store (an access check, or a replay): live events wait here and,
-    /// after a replay, are filtered against it (see `generation.rs`).
-    Pending { buffered: Vec<Arc<TopicEvent>> },
-}
-
-pub struct Ws {
+/// An open WebSocket: the transport's half (frames, queue, liveness) and the
+/// application's session.
+pub struct Ws<S> {
     pub ctx: WebSocketContext,
-    pub kind: WsKind,
-    pub out: crate::outqueue::OutQueue,
+    pub out: OutQueue,
     /// The socket returned WouldBlock on write; wait for a writable event.
     pub blocked: bool,
-    pub user: Option<Arc<User>>,
-    pub auth_deadline: Option<Instant>,
     pub next_heartbeat: Instant,
     pub pong_deadline: Option<Instant>,
-    /// When the token expires (then TOKEN_EXPIRED is sent) and, after it, the grace end.
-    pub expiry_at: Option<Instant>,
-    pub expiry_warned: bool,
     /// Set once our close frame is queued: the time to give up on the peer's close.
     pub close_deadline: Option<Instant>,
-    pub rate: RateWindow,
-    pub strikes: u32,
-    pub strikes_window: Instant,
-    pub subs: HashMap<Arc<str>, Sub>,
-    /// Rooms joined on this connection (room id → its conversation id).
-    pub rooms: HashMap<Arc<str>, Arc<str>>,
-    /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
-    pub ai_rooms: Vec<Arc<str>>,
-    /// Typing indicators this connection has on: target conversation → expiry.
-    pub typing: HashMap<Arc<str>, Instant>,
-    /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
-    pub uploads: Vec<crate::uploads::OpenUpload>,
+    /// Closed for a violation: input is read and thrown away (never buffered) until
+    /// the peer closes or `close_deadline`, so our close frame is not lost to a reset.
+    pub discard: bool,
+    pub session: S,
 }
 
-impl Sub {
-    pub fn live() -> Sub {
-        Sub::Live {
-            last_seq: 0,
-            finals: Vec::new(),
-        }
-    }
-
-    pub fn is_live(&self) -> bool {
-        matches!(self, Sub::Live { .. })
-    }
-}
-
-impl Ws {
-    pub fn new(ctx: WebSocketContext, kind: WsKind, out_cap: usize, now: Instant) -> Ws {
+impl<S> Ws<S> {
+    pub fn new(ctx: WebSocketContext, out_cap: usize, now: Instant, session: S) -> Ws<S> {
         Ws {
             ctx,
-            kind,
             out: OutQueue::new(out_cap),
             blocked: false,
-            user: None,
-            auth_deadline: None,
             next_heartbeat: now,
             pong_deadline: None,
-            expiry_at: None,
-            expiry_warned: false,
             close_deadline: None,
-            rate: RateWindow::new(now),
-            strikes: 0,
-            strikes_window: now,
-            subs: HashMap::new(),
-            rooms: HashMap::new(),
-            ai_rooms: Vec::new(),
-            typing: HashMap::new(),
-            uploads: Vec::new(),
+            discard: false,
+            session,
         }
     }
 
@@ -182,26 +111,20 @@ impl Ws {
         self.close_deadline.is_some()
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self, session_deadline: Option<Instant>) -> Option<Instant> {
         if let Some(c) = self.close_deadline {
             return Some(c);
         }
-        let mut d = Some(self.next_heartbeat);
-        let mut fold = |x: Option<Instant>| {
-            if let Some(x) = x {
-                d = Some(d.map_or(x, |d| d.min(x)));
-            }
-        };
-        fold(self.auth_deadline);
-        fold(self.pong_deadline);
-        fold(self.expiry_at);
-        fold(self.typing.values().min().copied());
-        d
+        let mut d = self.next_heartbeat;
+        for x in [self.pong_deadline, session_deadline].into_iter().flatten() {
+            d = d.min(x);
+        }
+        Some(d)
     }
 }
 
-impl Conn {
-    pub fn new(gen: u32, io: Transport, peer: SocketAddr, head_deadline: Instant) -> Conn {
+impl<S> Conn<S> {
+    pub fn new(gen: u32, io: Transport, peer: SocketAddr, head_deadline: Instant) -> Conn<S> {
         Conn {
             gen,
             io,
@@ -214,24 +137,21 @@ impl Conn {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// The earliest deadline; `session_deadline` is the application's for its session.
+    pub fn next_deadline(
+        &self,
+        session_deadline: impl Fn(&S) -> Option<Instant>,
+    ) -> Option<Instant> {
         match &self.phase {
             Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } => Some(self.head_deadline),
-            Phase::Ws(ws) => ws.next_deadline(),
+            Phase::Ws(ws) => ws.next_deadline(session_deadline(&ws.session)),
             Phase::Done => None,
         }
     }
 
-    pub fn ws(&mut self) -> Option<&mut Ws> {
+    pub fn ws(&mut self) -> Option<&mut Ws<S>> {
         match &mut self.phase {
             Phase::Ws(ws) => Some(ws),
-            _ => None,
-        }
-    }
-
-    pub fn user(&self) -> Option<&Arc<User>> {
-        match &self.phase {
-            Phase::Ws(ws) => ws.user.as_ref(),
             _ => None,
         }
     }
@@ -256,7 +176,7 @@ pub fn drain_queue<S: Read + Write>(
     ctx: &mut WebSocketContext,
     io: &mut S,
     out: &mut OutQueue,
-    metrics: &Metrics,
+    metrics: &NetMetrics,
 ) -> Drain {
     loop {
         while let Some(item) = out.pop() {
@@ -297,7 +217,7 @@ pub fn drain_queue<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outqueue::TokenItem;
+    use crate::net::outqueue::TokenItem;
     use tungstenite::protocol::{Role, WebSocketConfig};
 
     /// An in-memory socket that takes at most `chunk` bytes per write and `budget` bytes
@@ -366,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_socket_that_blocks_mid_frame_loses_and_repeats_nothing() {
-        let metrics = Metrics::default();
+        let metrics = NetMetrics::default();
         let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
         for i in 0..100 {
@@ -410,7 +330,7 @@ mod tests {
 
     #[test]
     fn tokens_queued_while_blocked_go_out_merged_with_the_same_text() {
-        let metrics = Metrics::default();
+        let metrics = NetMetrics::default();
         let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
         let mut peer = SlowPeer {
@@ -425,6 +345,10 @@ mod tests {
                 index: i,
                 count: 1,
                 text: format!("t{i} "),
+                encode: |t| {
+                    serde_json::json!({"index": t.index, "count": t.count, "token": t.text})
+                        .to_string()
+                },
             }))
             .unwrap();
         }

@@ -1,0 +1,647 @@
+//! A shard's connection I/O: accept, read heads, write HTTP answers, upgrade, read and
+//! write WebSocket frames, close, remove, and the transport's deadlines. Everything
+//! protocol-specific is handed to the application through the `App` callbacks.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
+use tungstenite::{Message, Utf8Bytes};
+
+use super::bus::ConnId;
+use super::conn::{drain_queue, AfterWrite, Conn, Drain, Phase, Upgrade, Ws};
+use super::http::{self, Response};
+use super::outqueue::{OutItem, Overflow, Pushed};
+use super::shard::{Shard, CONN_OFFSET};
+use super::transport::Transport;
+use super::{close, App};
+
+/// Iterations of one drive before we call it a spin and close the connection.
+const LOOP_GUARD: u32 = 100_000;
+/// How long a peer gets to answer our close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+pub(super) enum Io {
+    /// Keep going.
+    Continue,
+    /// Nothing more now (WouldBlock).
+    Blocked,
+    /// The connection is finished.
+    Closed,
+}
+
+impl<A: App> Shard<A> {
+    // ------------------------------------------------------------ accept
+
+    /// A connection counted by the acceptor is gone.
+    fn uncount(&self, peer: SocketAddr) {
+        let net = self.app.net();
+        net.metrics.connections.fetch_sub(1, Relaxed);
+        net.shard_load[self.idx].fetch_sub(1, Relaxed);
+        net.ip_limit.release(peer.ip());
+    }
+
+    pub(super) fn accept(&mut self, sock: TcpStream, peer: SocketAddr) {
+        if self.shutdown_at.is_some() {
+            self.uncount(peer);
+            return;
+        }
+        let io = match &self.app.net().tls {
+            None => Transport::Plain(sock),
+            Some(cfg) => match Transport::tls(sock, cfg.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!("shard {}: TLS session for {peer} failed: {e}", self.idx);
+                    self.uncount(peer);
+                    return;
+                }
+            },
+        };
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let deadline = Instant::now() + self.app.net().cfg.head_timeout;
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        let conn = entry.insert(Conn::new(gen, io, peer, deadline));
+        // Edge-triggered, both directions, once: a writable edge only fires after the
+        // socket was full, so this costs no wakeups in steady state and saves an
+        // epoll_ctl per blocked write.
+        if let Err(e) = self.poll.registry().register(
+            conn.io.socket_mut(),
+            Token(slot + CONN_OFFSET),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("shard {}: register {peer}: {e}", self.idx);
+            self.conns.remove(slot);
+            self.uncount(peer);
+            return;
+        }
+        debug!("[s{} c{slot}.{gen}] accepted {peer}", self.idx);
+        self.rearm(slot);
+    }
+
+    // ------------------------------------------------------------ driving I/O
+
+    pub(super) fn drive(&mut self, slot: usize, readable: bool, writable: bool) {
+        let mut guard = 0u32;
+        loop {
+            guard += 1;
+            if guard > LOOP_GUARD {
+                warn!(
+                    "[s{} c{slot}] probable infinite loop bug: closing the connection",
+                    self.idx
+                );
+                self.remove(slot, close::INTERNAL);
+                return;
+            }
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let r = match &mut conn.phase {
+                Phase::Head(_) if readable => self.read_head(slot),
+                Phase::Head(_) | Phase::HttpWait => Io::Blocked,
+                Phase::HttpWrite { .. } => self.write_http(slot),
+                Phase::Ws(ws) => {
+                    if writable {
+                        ws.blocked = false;
+                    }
+                    self.mark_dirty(slot);
+                    if readable {
+                        self.read_ws(slot)
+                    } else {
+                        Io::Blocked
+                    }
+                }
+                Phase::Done => Io::Closed,
+            };
+            match r {
+                Io::Continue => continue,
+                Io::Blocked => break,
+                Io::Closed => {
+                    self.remove(slot, close::ABNORMAL);
+                    return;
+                }
+            }
+        }
+        self.rearm(slot);
+    }
+
+    fn read_head(&mut self, slot: usize) -> Io {
+        let max_head = self.app.net().cfg.max_header_bytes;
+        let max_body = self.app.net().cfg.max_body_bytes;
+        let conn = &mut self.conns[slot];
+        let Phase::Head(buf) = &mut conn.phase else {
+            return Io::Blocked;
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match conn.io.read(&mut chunk) {
+                Ok(0) => return Io::Closed,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > max_head + max_body + 4096 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(
+                        "[s{} c{slot}.{}] read error before request: {e}",
+                        self.idx, conn.gen
+                    );
+                    return Io::Closed;
+                }
+            }
+        }
+        if buf.is_empty() {
+            return Io::Blocked;
+        }
+        match http::parse_request(buf, max_head, max_body) {
+            Ok(None) => Io::Blocked,
+            Ok(Some(req)) => {
+                self.app.net().metrics.http_requests.fetch_add(1, Relaxed);
+                A::on_request(self, slot, req);
+                Io::Continue
+            }
+            Err(e) => {
+                self.respond(slot, e.response());
+                Io::Continue
+            }
+        }
+    }
+
+    /// Write `bytes`, then close or upgrade; `hold` lives until the write ends. A large
+    /// body (a file download) gets more time: the head deadline plus one second per 64
+    /// KiB. (A later deadline needs no new timer: the armed one fires, sees the deadline
+    /// has not passed, and re-arms for it.)
+    pub(super) fn start_http_write(
+        &mut self,
+        slot: usize,
+        bytes: Vec<u8>,
+        then: AfterWrite<A::Session>,
+        hold: Option<Arc<dyn std::fmt::Debug + Send + Sync>>,
+    ) {
+        let big = bytes.len() > 1 << 16;
+        let timeout = self.app.net().cfg.head_timeout;
+        if let Some(c) = self.conns.get_mut(slot) {
+            if big {
+                let extra = Duration::from_secs((bytes.len() >> 16) as u64);
+                c.head_deadline = c.head_deadline.max(Instant::now() + timeout + extra);
+            }
+            c.phase = Phase::HttpWrite {
+                buf: bytes,
+                pos: 0,
+                then,
+                hold,
+            };
+            // Written on the next drive (right away when called from a drive; else the
+            // connection goes on the pending list).
+            if !c.pending {
+                c.pending = true;
+                self.pending.push(slot);
+            }
+        }
+    }
+
+    fn write_http(&mut self, slot: usize) -> Io {
+        let conn = &mut self.conns[slot];
+        let Phase::HttpWrite { buf, pos, .. } = &mut conn.phase else {
+            return Io::Blocked;
+        };
+        while *pos < buf.len() {
+            match conn.io.write(&buf[*pos..]) {
+                Ok(0) => return Io::Closed,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Io::Closed,
+            }
+        }
+        match conn.io.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
+            Err(_) => return Io::Closed,
+        }
+        let Phase::HttpWrite { then, .. } = std::mem::replace(&mut conn.phase, Phase::Done) else {
+            return Io::Closed;
+        };
+        match then {
+            AfterWrite::Close => {
+                conn.io.send_close_notify();
+                let _ = conn.io.socket().shutdown(std::net::Shutdown::Write);
+                Io::Closed
+            }
+            AfterWrite::Upgrade(up) => {
+                self.open_ws(slot, *up);
+                Io::Continue
+            }
+        }
+    }
+
+    fn open_ws(&mut self, slot: usize, up: Upgrade<A::Session>) {
+        let now = Instant::now();
+        let ctx = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(up.config));
+        let mut ws = Ws::new(ctx, up.out_cap, now, up.session);
+        ws.next_heartbeat = now + self.app.net().cfg.heartbeat_interval;
+        self.app.net().metrics.ws_connections.fetch_add(1, Relaxed);
+        self.conns[slot].phase = Phase::Ws(Box::new(ws));
+        A::on_ws_open(self, slot);
+        // Bytes that came with the request may already hold frames: read them now.
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.pending {
+                c.pending = true;
+                self.pending.push(slot);
+            }
+        }
+    }
+
+    fn read_ws(&mut self, slot: usize) -> Io {
+        let mut budget = self.app.net().cfg.read_budget_messages;
+        loop {
+            if budget == 0 {
+                // Others get their turn; this connection is read again next turn.
+                if let Some(c) = self.conns.get_mut(slot) {
+                    if !c.pending {
+                        c.pending = true;
+                        self.pending.push(slot);
+                    }
+                }
+                return Io::Blocked;
+            }
+            let (res, closing) = {
+                let Some(conn) = self.conns.get_mut(slot) else {
+                    return Io::Blocked;
+                };
+                let Phase::Ws(ws) = &mut conn.phase else {
+                    return Io::Blocked;
+                };
+                if ws.discard {
+                    return discard_input(&mut conn.io);
+                }
+                let r = ws.ctx.read(&mut conn.io);
+                if r.is_ok() {
+                    ws.pong_deadline = None; // any frame proves the peer alive
+                }
+                (r, ws.closing())
+            };
+            let metrics = &self.app.net().metrics;
+            match res {
+                Ok(msg) => {
+                    budget -= 1;
+                    match msg {
+                        Message::Text(t) => {
+                            metrics.messages_in.fetch_add(1, Relaxed);
+                            metrics.bytes_in.fetch_add(t.len() as u64, Relaxed);
+                            if !closing {
+                                A::on_text(self, slot, t);
+                            }
+                        }
+                        Message::Binary(b) => {
+                            metrics.messages_in.fetch_add(1, Relaxed);
+                            metrics.bytes_in.fetch_add(b.len() as u64, Relaxed);
+                            if !closing {
+                                A::on_binary(self, slot, b);
+                            }
+                        }
+                        // tungstenite queued the pong / the close reply; flush soon.
+                        Message::Ping(_) | Message::Close(_) => self.mark_dirty(slot),
+                        Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.mark_dirty(slot);
+                    return Io::Blocked;
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
+                    self.remove(slot, close::NORMAL);
+                    return Io::Blocked;
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    debug!("[s{} c{slot}] too big: {e}", self.idx);
+                    self.close_violation(slot, close::TOO_BIG, "message too big");
+                    return Io::Continue;
+                }
+                Err(tungstenite::Error::Utf8(_)) => {
+                    self.close_violation(slot, close::INVALID_DATA, "invalid UTF-8");
+                    return Io::Continue;
+                }
+                Err(tungstenite::Error::Protocol(e)) => {
+                    debug!("[s{} c{slot}] protocol error: {e}", self.idx);
+                    if closing {
+                        self.remove(slot, close::PROTOCOL_ERROR);
+                        return Io::Blocked;
+                    }
+                    self.close_violation(slot, close::PROTOCOL_ERROR, "protocol error");
+                    return Io::Continue;
+                }
+                Err(e) => {
+                    debug!("[s{} c{slot}] read: {e}", self.idx);
+                    return Io::Closed;
+                }
+            }
+        }
+    }
+
+    /// Close for a violation of the protocol (too big, bad UTF-8, bad framing): the
+    /// reader's state cannot be trusted any more, so input is thrown away from now on —
+    /// never buffered — until the peer closes or the close handshake times out. Dropping
+    /// the socket at once would make the kernel answer the peer's unread bytes with a
+    /// reset, which many clients see instead of our close frame.
+    fn close_violation(&mut self, slot: usize, code: u16, reason: &str) {
+        self.close_ws(slot, code, reason);
+        if let Some(ws) = self.conns.get_mut(slot).and_then(|c| c.ws()) {
+            ws.discard = true;
+            let linger = self.app.net().cfg.close_linger;
+            ws.close_deadline = Some(Instant::now() + linger);
+        }
+        self.rearm(slot);
+    }
+
+    pub(super) fn write_binary(&mut self, slot: usize, b: tungstenite::Bytes) {
+        let full = {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let Phase::Ws(ws) = &mut conn.phase else {
+                return;
+            };
+            match ws.ctx.write(&mut conn.io, Message::Binary(b)) {
+                Ok(()) => false,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ws.blocked = true;
+                    false
+                }
+                Err(tungstenite::Error::WriteBufferFull(_)) => true,
+                Err(_) => false,
+            }
+        };
+        if full {
+            self.close_ws(slot, close::OVERLOADED, "slow consumer");
+        } else {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// Write queued events until the queue is empty or the socket is full.
+    fn flush_ws(&mut self, slot: usize) -> Io {
+        let metrics = &self.app.net().metrics;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Io::Closed;
+        };
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return Io::Blocked;
+        };
+        if ws.blocked {
+            return Io::Blocked;
+        }
+        match drain_queue(&mut ws.ctx, &mut conn.io, &mut ws.out, metrics) {
+            Drain::Done => Io::Blocked,
+            Drain::Blocked => {
+                ws.blocked = true;
+                Io::Blocked
+            }
+            Drain::Closed => Io::Closed,
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        for slot in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            c.dirty = false;
+            if let Io::Closed = self.flush_ws(slot) {
+                let code = match self.conns.get(slot).map(|c| &c.phase) {
+                    Some(Phase::Ws(ws)) if ws.closing() => close::NORMAL,
+                    _ => close::ABNORMAL,
+                };
+                self.remove(slot, code);
+            } else {
+                self.rearm(slot);
+            }
+        }
+    }
+
+    /// Queue an event for a connection; a slow consumer over its cap is closed with 1013.
+    pub fn queue(&mut self, slot: usize, item: OutItem) {
+        let metrics = &self.app.net().metrics;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.closing() {
+            return;
+        }
+        let is_token = matches!(item, OutItem::Token(_));
+        match ws.out.push(item) {
+            Ok(Pushed::Queued) => {
+                if is_token {
+                    metrics.tokens_out.fetch_add(1, Relaxed);
+                }
+            }
+            Ok(Pushed::Merged) => {
+                metrics.tokens_out.fetch_add(1, Relaxed);
+                metrics.token_merges.fetch_add(1, Relaxed);
+            }
+            Err(Overflow) => {
+                info!(
+                    "[s{} c{slot}.{}] slow consumer: {} bytes queued, closing 1013",
+                    self.idx,
+                    conn.gen,
+                    ws.out.bytes()
+                );
+                ws.out.clear();
+                self.close_ws(
+                    slot,
+                    close::OVERLOADED,
+                    "slow consumer: outbound queue over its cap",
+                );
+                return;
+            }
+        }
+        self.mark_dirty(slot);
+    }
+
+    /// Start the close handshake: what is queued still goes out first (except for a slow
+    /// consumer, whose queue was dropped), then the close frame. Not a WebSocket: dropped.
+    pub fn close_ws(&mut self, slot: usize, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Phase::Ws(ws) = &mut conn.phase else {
+            self.remove(slot, code);
+            return;
+        };
+        if ws.closing() {
+            return;
+        }
+        // Hand everything queued to tungstenite (its buffer is capped) before the close.
+        while let Some(item) = ws.out.pop() {
+            let text = match item {
+                OutItem::Frame(b) => b,
+                OutItem::Token(t) => Utf8Bytes::from(t.encode()),
+            };
+            match ws.ctx.write(&mut conn.io, Message::Text(text)) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        ws.out.clear();
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_string().into(),
+        };
+        let _ = ws.ctx.close(&mut conn.io, Some(frame));
+        ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
+        ws.blocked = false;
+        self.app.net().metrics.close(code);
+        debug!("[s{} c{slot}.{gen}] closing {code} {reason}", self.idx);
+        self.mark_dirty(slot);
+        self.rearm(slot);
+    }
+
+    /// Drop a connection and everything that refers to it.
+    pub(super) fn remove(&mut self, slot: usize, code: u16) {
+        let Some(mut conn) = self.conns.try_remove(slot) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(conn.io.socket_mut());
+        self.uncount(conn.peer);
+        let id = ConnId {
+            shard: self.idx as u16,
+            slot: slot as u32,
+            gen: conn.gen,
+        };
+        match conn.phase {
+            // The 101 never finished: the session was made but never opened.
+            Phase::HttpWrite {
+                then: AfterWrite::Upgrade(up),
+                ..
+            } => A::on_close(self, id, up.session, code),
+            Phase::Ws(ws) => {
+                let metrics = &self.app.net().metrics;
+                metrics.ws_connections.fetch_sub(1, Relaxed);
+                if !ws.closing() {
+                    // Closed without our close frame (peer vanished, error): count it here.
+                    metrics.close(code);
+                }
+                A::on_close(self, id, ws.session, code);
+            }
+            _ => {}
+        }
+        debug!("[s{} c{slot}.{}] removed ({code})", self.idx, conn.gen);
+    }
+
+    // ------------------------------------------------------------ deadlines
+
+    pub(super) fn on_timer(&mut self, slot: usize, now: Instant) {
+        let hb = self.app.net().cfg.heartbeat_interval;
+        let pong = self.app.net().cfg.pong_timeout;
+        enum Then {
+            Nothing,
+            Remove,
+            RequestTimeout,
+            Heartbeat,
+        }
+        let then = {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let Conn {
+                io,
+                phase,
+                head_deadline,
+                ..
+            } = conn;
+            match phase {
+                Phase::Head(buf) if now >= *head_deadline => {
+                    if buf.is_empty() {
+                        Then::Remove
+                    } else {
+                        *head_deadline = now + Duration::from_secs(1);
+                        Then::RequestTimeout
+                    }
+                }
+                Phase::HttpWait | Phase::HttpWrite { .. } if now >= *head_deadline => Then::Remove,
+                Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } | Phase::Done => return,
+                Phase::Ws(ws) => {
+                    if let Some(d) = ws.close_deadline {
+                        // The peer never answered our close frame.
+                        if now >= d {
+                            Then::Remove
+                        } else {
+                            return;
+                        }
+                    } else if ws.pong_deadline.is_some_and(|d| now >= d) {
+                        debug!("[s{} c{slot}] pong timeout", self.idx);
+                        Then::Remove
+                    } else if now >= ws.next_heartbeat {
+                        ws.next_heartbeat = now + hb;
+                        if ws.pong_deadline.is_none() {
+                            ws.pong_deadline = Some(now + pong);
+                        }
+                        let _ = ws.ctx.write(io, Message::Ping(Default::default()));
+                        Then::Heartbeat
+                    } else {
+                        Then::Nothing
+                    }
+                }
+            }
+        };
+        match then {
+            Then::Nothing => {}
+            Then::Remove => {
+                debug!("[s{} c{slot}] deadline passed, dropping", self.idx);
+                self.remove(slot, close::ABNORMAL);
+                return;
+            }
+            Then::RequestTimeout => {
+                let r = Response::error(408, "BAD_REQUEST", "request timeout");
+                self.respond(slot, r);
+                return;
+            }
+            Then::Heartbeat => {
+                self.mark_dirty(slot);
+                A::on_heartbeat(self, slot);
+            }
+        }
+        A::on_timer(self, slot, now);
+    }
+}
+
+/// Read and throw away whatever the peer sends (a connection closed for a violation).
+fn discard_input(io: &mut Transport) -> Io {
+    let mut scratch = [0u8; 4096];
+    loop {
+        match io.read(&mut scratch) {
+            Ok(0) => return Io::Closed,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Io::Closed,
+        }
+    }
+}

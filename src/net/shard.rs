@@ -1,0 +1,376 @@
+//! A shard: one event-loop thread that owns its connections outright.
+//!
+//! It owns a `mio::Poll`, a `Slab<Conn>`, a timer heap and its local topic lists
+//! (topic → local connection slots). Other threads reach it only through its bounded
+//! inbox ([`ShardMsg`]) plus its `mio::Waker`; nothing else touches a `Conn`. A shard
+//! never blocks: no SQLite, no HTTP client, no lock held across I/O, and its own sends to
+//! other threads are `try_send`.
+//!
+//! One turn of the loop:
+//! 1. poll, with the timeout taken from the timer heap (zero when work is pending);
+//! 2. for each readiness event, drive that connection (`io.rs`): read until `WouldBlock`
+//!    or until its read budget is spent (then it goes on `pending` and the next poll
+//!    won't sleep);
+//! 3. drain the inbox (bounded per turn): accepted sockets, frames for connections, topic
+//!    fan-out, deferred HTTP answers, the application's messages;
+//! 4. fire due timers;
+//! 5. flush every connection that got output this turn (one write burst per connection
+//!    per turn, however many events it got).
+//!
+//! The fields are private: the application acts on its connections through the methods
+//! below, which are the whole of what it may do to a connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use log::{info, warn};
+use mio::{Events, Poll, Token};
+use slab::Slab;
+use tungstenite::{Bytes, Utf8Bytes};
+
+use super::bus::{self, ConnId, ShardMsg, WAKER};
+use super::conn::{AfterWrite, Conn, Phase, Upgrade};
+use super::http::Response;
+use super::outqueue::OutItem;
+use super::timer::Timers;
+use super::{close, App};
+
+pub(super) const CONN_OFFSET: usize = 1;
+/// Inbox messages handled per turn before connections get their turn again.
+const INBOX_BUDGET: usize = 8192;
+
+pub struct Shard<A: App> {
+    pub(super) idx: usize,
+    pub(super) poll: Poll,
+    rx: Receiver<ShardMsg<A>>,
+    pub(super) conns: Slab<Conn<A::Session>>,
+    pub(super) next_gen: u32,
+    pub(super) timers: Timers,
+    pub(super) pending: Vec<usize>,
+    pub(super) dirty: Vec<usize>,
+    /// Local subscribers by topic: (slot, generation), so a stale entry never reaches
+    /// the connection that reused its slot.
+    topics: HashMap<Arc<str>, Vec<(usize, u32)>>,
+    pub(super) app: Arc<A>,
+    local: A::Local,
+    pub(super) shutdown_at: Option<Instant>,
+    inbox_left: bool,
+}
+
+impl<A: App> Shard<A> {
+    pub fn new(idx: usize, poll: Poll, rx: Receiver<ShardMsg<A>>, app: Arc<A>) -> Shard<A> {
+        Shard {
+            idx,
+            poll,
+            rx,
+            conns: Slab::with_capacity(1024),
+            next_gen: 1,
+            timers: Timers::default(),
+            pending: Vec::new(),
+            dirty: Vec::new(),
+            topics: HashMap::new(),
+            app,
+            local: A::Local::default(),
+            shutdown_at: None,
+            inbox_left: false,
+        }
+    }
+
+    // ------------------------------------------------------------ the application's handle
+
+    pub fn idx(&self) -> usize {
+        self.idx
+    }
+
+    /// The application (shared by every thread).
+    pub fn app(&self) -> &Arc<A> {
+        &self.app
+    }
+
+    /// The application's state for this shard.
+    pub fn local(&mut self) -> &mut A::Local {
+        &mut self.local
+    }
+
+    pub fn conn_id(&self, slot: usize) -> Option<ConnId> {
+        self.conns.get(slot).map(|c| ConnId {
+            shard: self.idx as u16,
+            slot: slot as u32,
+            gen: c.gen,
+        })
+    }
+
+    /// The slot of `id` if it still names a live connection of this shard.
+    pub fn resolve(&self, id: ConnId) -> Option<usize> {
+        let slot = id.slot as usize;
+        match self.conns.get(slot) {
+            Some(c) if c.gen == id.gen && id.shard as usize == self.idx => Some(slot),
+            _ => None,
+        }
+    }
+
+    pub fn peer(&self, slot: usize) -> Option<std::net::SocketAddr> {
+        self.conns.get(slot).map(|c| c.peer)
+    }
+
+    /// The session of an open WebSocket.
+    pub fn session(&self, slot: usize) -> Option<&A::Session> {
+        match &self.conns.get(slot)?.phase {
+            Phase::Ws(ws) => Some(&ws.session),
+            _ => None,
+        }
+    }
+
+    pub fn session_mut(&mut self, slot: usize) -> Option<&mut A::Session> {
+        match &mut self.conns.get_mut(slot)?.phase {
+            Phase::Ws(ws) => Some(&mut ws.session),
+            _ => None,
+        }
+    }
+
+    /// Is the WebSocket on `slot` closing (our close frame queued)?
+    pub fn is_closing(&self, slot: usize) -> bool {
+        match self.conns.get(slot).map(|c| &c.phase) {
+            Some(Phase::Ws(ws)) => ws.closing(),
+            _ => true,
+        }
+    }
+
+    /// The slots of every open WebSocket on this shard.
+    pub fn ws_slots(&self) -> Vec<usize> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Ws(_)))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Queue a text frame.
+    pub fn send_frame(&mut self, slot: usize, frame: Utf8Bytes) {
+        self.queue(slot, OutItem::Frame(frame));
+    }
+
+    /// Answer an HTTP request and close.
+    pub fn respond(&mut self, slot: usize, resp: Response) {
+        let bytes = resp.to_bytes();
+        self.start_http_write(slot, bytes, AfterWrite::Close, resp.hold);
+    }
+
+    /// The answer will come later as `ShardMsg::Http` (a worker is on it); until then the
+    /// connection waits, bounded by the head deadline.
+    pub fn defer(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.phase = Phase::HttpWait;
+        }
+    }
+
+    /// Write the `101` answer, then become a WebSocket with this session.
+    pub fn upgrade(&mut self, slot: usize, response_101: Vec<u8>, up: Upgrade<A::Session>) {
+        self.start_http_write(slot, response_101, AfterWrite::Upgrade(Box::new(up)), None);
+    }
+
+    /// Send a binary frame straight to tungstenite (bounded by its write buffer cap; over
+    /// it the connection is closed 1013). For the echo endpoint.
+    pub fn send_binary(&mut self, slot: usize, data: Bytes) {
+        self.write_binary(slot, data)
+    }
+
+    /// Subscribe a local connection to a topic's events.
+    pub fn subscribe(&mut self, topic: &Arc<str>, slot: usize) {
+        let Some(gen) = self.conns.get(slot).map(|c| c.gen) else {
+            return;
+        };
+        let list = self.topics.entry(topic.clone()).or_default();
+        if list.iter().any(|(s, _)| *s == slot) {
+            return;
+        }
+        list.push((slot, gen));
+        self.app.net().topics.add(topic, self.idx);
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str, slot: usize) {
+        let Some(list) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|(s, _)| *s != slot);
+        if list.len() < before {
+            self.app.net().topics.remove(topic, self.idx);
+        }
+        if list.is_empty() {
+            self.topics.remove(topic);
+        }
+    }
+
+    // ------------------------------------------------------------ the loop
+
+    pub fn run(mut self) {
+        bus::mark_shard_thread();
+        let mut events = Events::with_capacity(1024);
+        info!("shard {} started", self.idx);
+        loop {
+            let now = Instant::now();
+            let timeout = if !self.pending.is_empty() || self.inbox_left {
+                Some(Duration::ZERO)
+            } else {
+                let t = self.timers.timeout(now);
+                match self.shutdown_at {
+                    Some(_) => Some(
+                        t.unwrap_or(Duration::from_millis(50))
+                            .min(Duration::from_millis(50)),
+                    ),
+                    None => t,
+                }
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!("shard {}: poll failed: {e}", self.idx);
+                break;
+            }
+            // Readiness: drive each connection that has something to do.
+            for ev in events.iter() {
+                match ev.token() {
+                    // The inbox is drained below, every turn.
+                    WAKER => {}
+                    Token(t) => {
+                        let slot = t - CONN_OFFSET;
+                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        self.drive(slot, readable, ev.is_writable());
+                    }
+                }
+            }
+            // Connections whose read budget ran out last time get another go.
+            for slot in std::mem::take(&mut self.pending) {
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.pending = false;
+                    self.drive(slot, true, false);
+                }
+            }
+            self.drain_inbox();
+            self.fire_timers();
+            self.flush_dirty();
+            if let Some(deadline) = self.shutdown_at {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let left = self.conns.len();
+        for slot in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.remove(slot, close::GOING_AWAY);
+        }
+        info!(
+            "shard {} stopped ({} connections dropped at the deadline)",
+            self.idx, left
+        );
+    }
+
+    // ------------------------------------------------------------ inbox
+
+    fn drain_inbox(&mut self) {
+        // Clear first: a message sent after this point wakes us again.
+        self.app.net().shards.clear_notified(self.idx);
+        self.inbox_left = false;
+        for _ in 0..INBOX_BUDGET {
+            let Ok(msg) = self.rx.try_recv() else { return };
+            self.on_msg(msg);
+        }
+        self.inbox_left = !self.rx.is_empty();
+    }
+
+    fn on_msg(&mut self, msg: ShardMsg<A>) {
+        match msg {
+            ShardMsg::Accept(sock, peer) => self.accept(sock, peer),
+            ShardMsg::Send(id, item) => {
+                if let Some(slot) = self.resolve(id) {
+                    self.queue(slot, item);
+                }
+            }
+            ShardMsg::Http(id, resp) => {
+                if let Some(slot) = self.resolve(id) {
+                    if matches!(self.conns[slot].phase, Phase::HttpWait) {
+                        self.respond(slot, resp);
+                    }
+                }
+            }
+            ShardMsg::Close(id, code, reason) => {
+                if let Some(slot) = self.resolve(id) {
+                    self.close_ws(slot, code, &reason);
+                }
+            }
+            ShardMsg::Topic(ev) => self.deliver_topic(ev),
+            ShardMsg::App(m) => A::on_msg(self, m),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        self.shutdown_at = Some(Instant::now() + self.app.net().cfg.shutdown_timeout);
+        let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        info!(
+            "shard {}: shutting down, closing {} connections",
+            self.idx,
+            slots.len()
+        );
+        for slot in slots {
+            match self.conns[slot].phase {
+                Phase::Ws(_) => self.close_ws(slot, close::GOING_AWAY, "server shutting down"),
+                // HTTP requests in flight finish; idle heads are dropped.
+                Phase::Head(_) => self.remove(slot, close::GOING_AWAY),
+                _ => {}
+            }
+        }
+    }
+
+    fn deliver_topic(&mut self, ev: Arc<A::Topic>) {
+        let Some(list) = self.topics.get(A::topic_key(&ev)) else {
+            return;
+        };
+        let subscribers = list.clone();
+        for (slot, gen) in subscribers {
+            if self.conns.get(slot).is_some_and(|c| c.gen == gen) {
+                A::on_topic(self, slot, &ev);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// Make sure the timer heap holds this connection's earliest deadline (call after
+    /// changing a session deadline).
+    pub fn rearm(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Some(next) = c.next_deadline(A::deadline) else {
+            return;
+        };
+        if c.armed.is_none_or(|a| next < a) {
+            c.armed = Some(next);
+            self.timers.arm(next, slot, c.gen);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(e) = self.timers.pop_due(now) {
+            let Some(c) = self.conns.get_mut(e.slot) else {
+                continue;
+            };
+            if c.gen != e.gen || c.armed != Some(e.at) {
+                continue; // stale entry
+            }
+            c.armed = None;
+            self.on_timer(e.slot, now);
+            self.rearm(e.slot);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Topic events: what is fanned out to every subscriber of a conversation, encoded once,
+//! and the per-subscriber filter that keeps a resumed subscription free of gaps and
+//! duplicates (`on_topic`).
+
+use std::sync::Arc;
+
+use tungstenite::Utf8Bytes;
+
+use crate::app::Shard;
+use crate::net::{close, ConnId, OutItem, TokenItem};
+use crate::session::Sub;
+
+/// What a live event is, so that a resuming subscriber can drop what its replay held.
+#[derive(Debug, Clone)]
+pub enum TopicKind {
+    /// A stored message appeared with this seq.
+    Added { seq: i64 },
+    /// A stored message changed (streaming status, final content).
+    Updated { message_id: i64 },
+    /// A token delta of a streaming reply.
+    Token {
+        message_id: i64,
+        index: u64,
+        text: Arc<str>,
+    },
+    /// The end of a streaming reply.
+    Complete { message_id: i64 },
+    /// Typing, presence, receipts, room notices: not part of the log.
+    Ephemeral,
+    /// The room was deleted: members' connections leave it.
+    RoomClosed { room_id: Arc<str> },
+}
+
+/// One event for every local subscriber of a conversation, encoded once.
+#[derive(Debug)]
+pub struct TopicEvent {
+    pub conversation_id: Arc<str>,
+    pub kind: TopicKind,
+    pub frame: Utf8Bytes,
+    /// Not delivered to this connection (e.g. a typing user's own connection).
+    pub exclude: Option<ConnId>,
+    /// Not delivered to any connection of this user.
+    pub exclude_user: Option<Arc<str>>,
+}
+
+/// The native wire form of a (possibly merged) token delta.
+pub fn encode_token(t: &TokenItem) -> String {
+    crate::protocol::Event::Token {
+        conversation_id: t.conversation_id.to_string(),
+        message_id: t.message_id,
+        index: t.index,
+        token: t.text.clone(),
+        count: (t.count > 1).then_some(t.count),
+    }
+    .encode()
+}
+
+/// The queue item for one subscriber: token events stay mergeable, the rest are shared.
+pub fn topic_item(ev: &TopicEvent) -> OutItem {
+    match &ev.kind {
+        TopicKind::Token {
+            message_id,
+            index,
+            text,
+        } => OutItem::Token(TokenItem {
+            conversation_id: ev.conversation_id.clone(),
+            message_id: *message_id,
+            index: *index,
+            count: 1,
+            text: text.to_string(),
+            encode: encode_token,
+        }),
+        _ => OutItem::Frame(ev.frame.clone()),
+    }
+}
+
+/// A topic event for one local subscriber: skip what it already has, buffer while its
+/// subscription is pending, deliver the rest.
+pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
+    enum Then {
+        Skip,
+        Deliver,
+        Overloaded,
+    }
+    let me = shard.conn_id(slot);
+    let then = {
+        let Some(s) = shard.session_mut(slot) else {
+            return;
+        };
+        let excluded = (ev.exclude.is_some() && ev.exclude == me)
+            || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
+        match s.subs.get_mut(&ev.conversation_id) {
+            _ if excluded => Then::Skip,
+            Some(Sub::Pending { buffered }) => {
+                if buffered.len() >= 100_000 {
+                    // A replay that never finishes must not grow without bound.
+                    Then::Overloaded
+                } else {
+                    buffered.push(ev.clone());
+                    Then::Skip
+                }
+            }
+            Some(Sub::Live { last_seq, finals }) => match &ev.kind {
+                // Already delivered (by a replay, or earlier live).
+                TopicKind::Added { seq } if *seq <= *last_seq => Then::Skip,
+                TopicKind::Added { seq } => {
+                    *last_seq = *seq;
+                    Then::Deliver
+                }
+                TopicKind::Token { message_id, .. }
+                | TopicKind::Updated { message_id }
+                | TopicKind::Complete { message_id }
+                    if finals.contains(message_id) =>
+                {
+                    Then::Skip
+                }
+                _ => Then::Deliver,
+            },
+            None => Then::Skip,
+        }
+    };
+    match then {
+        Then::Skip => {}
+        Then::Overloaded => {
+            shard.close_ws(slot, close::OVERLOADED, "too many events during replay")
+        }
+        Then::Deliver => {
+            if let TopicKind::RoomClosed { room_id } = &ev.kind {
+                crate::session::room_closed_locally(
+                    shard,
+                    slot,
+                    room_id.clone(),
+                    ev.conversation_id.clone(),
+                );
+            }
+            shard.queue(slot, topic_item(ev));
+        }
+    }
+}
