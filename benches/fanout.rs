@@ -5,9 +5,10 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use confab::codec::NATIVE;
 use confab::net::outqueue::OutQueue;
 use confab::protocol::{Event, MessageView};
-use confab::topic::{topic_item, TopicEvent, TopicKind};
+use confab::topic::{topic_event, topic_item, TopicKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn fanout(c: &mut Criterion) {
@@ -33,15 +34,9 @@ fn fanout(c: &mut Criterion) {
                     },
                     replayed: None,
                 };
-                let te = TopicEvent {
-                    conversation_id: conv.clone(),
-                    kind: TopicKind::Added { seq: 2 },
-                    frame: ev.encode().into(),
-                    exclude: None,
-                    exclude_user: None,
-                };
+                let te = topic_event(&conv, TopicKind::Added { seq: 2 }, &ev);
                 for q in queues.iter_mut() {
-                    let _ = q.push(topic_item(black_box(&te)));
+                    let _ = q.push(topic_item(black_box(&te), &NATIVE));
                 }
                 for q in queues.iter_mut() {
                     black_box(q.pop());

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tungstenite::{Bytes, Utf8Bytes};
 
+use crate::codec::{Codec, Encoded, NATIVE};
 use crate::net::{self, App, ConnId, MayBlock, ShardMsg};
 use crate::protocol::{Decoder, ErrorCode, Event};
 use crate::server::ServerCtx;
@@ -26,8 +27,15 @@ pub type ShardTask = Box<dyn FnOnce(&mut Shard, usize) + Send>;
 pub enum AppMsg {
     /// Run against one connection of the shard.
     Run(ConnId, ShardTask),
-    /// One frame for every authenticated native connection (admin broadcast).
-    All(Utf8Bytes),
+    /// One event for one connection, encoded there by its codec.
+    Event(ConnId, Box<Event>),
+    /// One event for every authenticated protocol connection (admin broadcast).
+    All(Arc<Encoded>),
+}
+
+/// The codec of a connection (the native one for a slot that is not a WebSocket).
+pub fn codec_of(shard: &Shard, slot: usize) -> &'static dyn Codec {
+    shard.session(slot).map_or(&NATIVE, |s| s.codec)
 }
 
 /// Sending typed events on a shard.
@@ -38,7 +46,8 @@ pub trait ShardExt {
 
 impl ShardExt for Shard {
     fn send(&mut self, slot: usize, ev: &Event) {
-        self.send_frame(slot, Utf8Bytes::from(ev.encode()));
+        let frame = codec_of(self, slot).encode(ev);
+        self.send_frame(slot, frame);
     }
 }
 
@@ -84,7 +93,7 @@ impl App for ServerCtx {
     fn on_text(sh: &mut Shard, slot: usize, text: Utf8Bytes) {
         match sh.session(slot).map(|s| s.kind) {
             Some(WsKind::Echo) => sh.send_frame(slot, text),
-            Some(WsKind::Native) => crate::session::on_text(sh, slot, &text),
+            Some(WsKind::Protocol) => crate::session::on_text(sh, slot, &text),
             None => {}
         }
     }
@@ -94,7 +103,7 @@ impl App for ServerCtx {
             // Binary echo bypasses the text queue: tungstenite buffers it, capped by its
             // max_write_buffer_size.
             Some(WsKind::Echo) => sh.send_binary(slot, data),
-            Some(WsKind::Native) => crate::session::send_error(
+            Some(WsKind::Protocol) => crate::session::send_error(
                 sh,
                 slot,
                 ErrorCode::BadRequest,
@@ -108,7 +117,7 @@ impl App for ServerCtx {
     fn on_heartbeat(sh: &mut Shard, slot: usize) {
         if sh
             .session(slot)
-            .is_some_and(|s| s.kind == WsKind::Native && s.user.is_some())
+            .is_some_and(|s| s.kind == WsKind::Protocol && s.user.is_some())
         {
             sh.send(
                 slot,
@@ -138,10 +147,16 @@ impl App for ServerCtx {
                     f(sh, slot);
                 }
             }
-            AppMsg::All(frame) => {
+            AppMsg::Event(id, ev) => {
+                if let Some(slot) = sh.resolve(id) {
+                    sh.send(slot, &ev);
+                }
+            }
+            AppMsg::All(ev) => {
                 for slot in sh.ws_slots() {
                     if crate::session::is_native(sh, slot) {
-                        sh.send_frame(slot, frame.clone());
+                        let frame = ev.frame(codec_of(sh, slot));
+                        sh.send_frame(slot, frame);
                     }
                 }
             }

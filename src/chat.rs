@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension;
-use tungstenite::Utf8Bytes;
 
 use crate::app::{AppMsg, Shard, ShardExt};
 use crate::auth::User;
@@ -29,7 +28,7 @@ use crate::session::{AutoJoin, Sub};
 use crate::store::read::MessageRow;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{StoreError, WriteJob};
-use crate::topic::{topic_item, TopicEvent, TopicKind};
+use crate::topic::{topic_event, topic_item, TopicKind};
 
 pub fn dispatch(
     shard: &mut Shard,
@@ -98,20 +97,6 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{}", crate::protocol::hex(&b))
 }
 
-fn user_event(ev: &Event) -> Utf8Bytes {
-    Utf8Bytes::from(ev.encode())
-}
-
-pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &Event) -> TopicEvent {
-    TopicEvent {
-        conversation_id: conv.clone(),
-        kind,
-        frame: user_event(ev),
-        exclude: None,
-        exclude_user: None,
-    }
-}
-
 // ---------------------------------------------------------------- subscriptions
 
 /// Register `slot` for `conv`'s live events, buffering until confirmed.
@@ -162,8 +147,9 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
         // Might not have been registered (e.g. a conversation created elsewhere).
         shard.subscribe(conv, slot);
     }
+    let codec = crate::app::codec_of(shard, slot);
     for ev in buffered {
-        shard.queue(slot, topic_item(&ev));
+        shard.queue(slot, topic_item(&ev, codec));
     }
 }
 
@@ -563,6 +549,7 @@ pub fn finish_replay(
     r: Replay,
     id: Option<String>,
 ) {
+    let codec = crate::app::codec_of(shard, slot);
     let buffered = {
         let Some(ws) = shard.session_mut(slot) else {
             return;
@@ -596,21 +583,17 @@ pub fn finish_replay(
     let last = r
         .last_seq
         .max(r.rows.iter().map(|m| m.seq).max().unwrap_or(0));
-    let mut sub =
-        serde_json::json!({"type": "subscribed", "conversation_id": &**conv, "last_seq": last});
-    if let Some(id) = &id {
-        sub["id"] = serde_json::Value::String(id.clone());
-    }
-    if let Some(rid) = &r.room_id {
-        sub["room_id"] = serde_json::Value::String(rid.clone());
-    }
-    if r.more {
-        sub["more"] = serde_json::Value::Bool(true);
-        sub["first_seq"] = serde_json::json!(first_seq);
-    }
-    shard.queue(
+    let more = r.more;
+    shard.send(
         slot,
-        crate::net::outqueue::OutItem::Frame(Utf8Bytes::from(sub.to_string())),
+        &Event::Subscribed {
+            id,
+            conversation_id: conv.to_string(),
+            last_seq: last,
+            room_id: r.room_id.clone(),
+            more: more.then_some(true),
+            first_seq: if more { first_seq } else { None },
+        },
     );
     // Replies that ended recently may still have events in flight to us.
     let recent = crate::protocol::now_ms() - 60_000;
@@ -652,7 +635,7 @@ pub fn finish_replay(
                     *last_seq = (*last_seq).max(seq);
                 }
             }
-            shard.queue(slot, topic_item(&ev));
+            shard.queue(slot, topic_item(&ev, codec));
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod chat;
+pub mod codec;
 pub mod config;
 pub mod generation;
 pub mod hub;

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use crate::app::{Shard, ShardExt};
 use crate::auth::User;
-use crate::chat::{new_conversation_id, run_on, subscribe, topic_event};
+use crate::chat::{new_conversation_id, run_on, subscribe};
 use crate::net::{ConnId, MayBlock};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
 use crate::server::ServerCtx;
 use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
 use crate::store::{writer, StoreError, WriteJob};
+use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
 fn publish_presence(

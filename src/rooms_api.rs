@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::api::{reply, store_error};
 use crate::app::{AppMsg, Shard, ShardExt};
 use crate::auth::User;
-use crate::chat::{new_conversation_id, run_on, topic_event};
+use crate::chat::{new_conversation_id, run_on};
 use crate::net::http::{Request, Response};
 use crate::net::{MayBlock, ShardMsg};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, RoomType};
@@ -20,6 +20,7 @@ use crate::routes::bearer_user;
 use crate::server::ServerCtx;
 use crate::store::writer::{self, RoomRow};
 use crate::store::{StoreError, WriteJob};
+use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
 fn respond(shard: &mut Shard, slot: usize, r: Response) {
@@ -448,11 +449,11 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
     match room_id {
         None => {
             // Everyone connected: one message per shard, each writes to its own connections.
-            let frame = tungstenite::Utf8Bytes::from(ev.encode());
+            let shared = Arc::new(crate::codec::Encoded::new(ev.clone()));
             let net = &shard.app().net;
             for s in 0..net.shards.len() {
                 net.shards
-                    .try_send(s, ShardMsg::App(AppMsg::All(frame.clone())));
+                    .try_send(s, ShardMsg::App(AppMsg::All(shared.clone())));
             }
             let n = net
                 .metrics

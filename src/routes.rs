@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::app::Shard;
 use crate::auth::{AuthError, User};
+use crate::codec::Codec;
 use crate::config::Config;
 use crate::net::http::{self, Cors, Request, Response};
 use crate::net::origin;
@@ -60,12 +61,15 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
         let r = preflight(&req, &ctx.cfg);
         return respond(shard, slot, r);
     }
-    if path == "/v1/ws" || ctx.cfg.server.echo_path.as_deref() == Some(path) {
-        let kind = if path == "/v1/ws" {
-            WsKind::Native
-        } else {
-            WsKind::Echo
-        };
+    // WebSocket endpoints: a codec's path, or the echo path.
+    let endpoint = match crate::codec::for_path(path) {
+        Some(codec) => Some((WsKind::Protocol, codec)),
+        None if ctx.cfg.server.echo_path.as_deref() == Some(path) => {
+            Some((WsKind::Echo, &crate::codec::NATIVE as &'static dyn Codec))
+        }
+        None => None,
+    };
+    if let Some((kind, codec)) = endpoint {
         if !req.is_websocket_upgrade() {
             let r = Response::error(
                 426,
@@ -75,7 +79,7 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             .with_header("Upgrade", "websocket");
             return respond(shard, slot, r);
         }
-        return upgrade(shard, slot, req, kind);
+        return upgrade(shard, slot, req, kind, codec);
     }
     let method = req.method.as_str();
     let resp = match (method, path) {
@@ -252,9 +256,10 @@ fn dev_token_allowed(req: &Request, cfg: &Config) -> Result<(), Response> {
     Ok(())
 }
 
-fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
+fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'static dyn Codec) {
     let ctx = shard.app().clone();
-    // Subprotocols: `confab.v1` is selected when offered; `bearer.<JWT>` carries a token.
+    // Subprotocols: the codec's own (`confab.v1`) is selected when offered;
+    // `bearer.<JWT>` carries a token.
     let offered: Vec<String> = req
         .headers
         .iter()
@@ -262,12 +267,11 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
         .flat_map(|(_, v)| v.split(',').map(|p| p.trim().to_string()))
         .filter(|p| !p.is_empty())
         .collect();
-    let subprotocol = offered
-        .iter()
-        .find(|p| *p == crate::protocol::PROTOCOL)
-        .cloned();
+    let subprotocol = codec
+        .subprotocol()
+        .filter(|own| kind == WsKind::Protocol && offered.iter().any(|p| p == own));
     let mut user = None;
-    if kind == WsKind::Native {
+    if kind == WsKind::Protocol {
         let token = req
             .query_param("token")
             .filter(|t| !t.is_empty())
@@ -305,7 +309,7 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
                 .and_then(|t| RoomType::parse(&t)),
             room_name: req.query_param("room_name").filter(|n| !n.is_empty()),
         });
-    let bytes = match http::switching_protocols(&req, subprotocol.as_deref()) {
+    let bytes = match http::switching_protocols(&req, subprotocol) {
         Ok(b) => b,
         Err(r) => return respond(shard, slot, r),
     };
@@ -331,13 +335,13 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind) {
     }
     let now = std::time::Instant::now();
     let authed = user.is_some();
-    let mut session = Session::new(kind, user, now);
+    let mut session = Session::new(kind, codec, user, now);
     session.auto_join = auto_join;
-    if kind == WsKind::Native && !authed {
+    if kind == WsKind::Protocol && !authed {
         session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
     }
     let (config, out_cap) = match kind {
-        WsKind::Native => (ctx.ws_config, ctx.cfg.ws.out_queue_max_bytes),
+        WsKind::Protocol => (ctx.ws_config, ctx.cfg.ws.out_queue_max_bytes),
         WsKind::Echo => (ctx.echo_ws_config, ctx.echo_ws_config.max_write_buffer_size),
     };
     let up = Upgrade {

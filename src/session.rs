@@ -16,6 +16,7 @@ use log::debug;
 
 use crate::app::{Shard, ShardExt};
 use crate::auth::{AuthError, User};
+use crate::codec::Codec;
 use crate::net::ConnId;
 use crate::protocol::{close, ClientMsg, ErrorCode, Event, Incoming, UserInfo};
 use crate::ratelimit::{RateWindow, Verdict};
@@ -23,8 +24,8 @@ use crate::topic::TopicEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WsKind {
-    /// The native protocol on `/v1/ws`.
-    Native,
+    /// A chat protocol (the connection's codec says which wire form).
+    Protocol,
     /// `server.echo_path`: every message is sent back unchanged.
     Echo,
 }
@@ -72,6 +73,8 @@ impl Sub {
 /// The application's state for one WebSocket.
 pub struct Session {
     pub kind: WsKind,
+    /// The wire form of this connection (chosen by the upgrade path).
+    pub codec: &'static dyn Codec,
     pub user: Option<Arc<User>>,
     /// Joined when the WebSocket opens (from the upgrade's query string).
     pub auto_join: Option<AutoJoin>,
@@ -95,9 +98,15 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(kind: WsKind, user: Option<Arc<User>>, now: Instant) -> Session {
+    pub fn new(
+        kind: WsKind,
+        codec: &'static dyn Codec,
+        user: Option<Arc<User>>,
+        now: Instant,
+    ) -> Session {
         Session {
             kind,
+            codec,
             user,
             auto_join: None,
             auth_deadline: None,
@@ -155,7 +164,8 @@ pub fn send_error_retry(
 /// A text frame arrived on a native connection.
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     let now = Instant::now();
-    let decoded = shard.local().decode(text);
+    let codec = crate::app::codec_of(shard, slot);
+    let decoded = codec.decode(shard.local(), text);
     // The next chunk of an upload this connection has open is paced by the upload queue
     // (BUSY) and bounded by the upload's declared size, not by the message rate.
     if let Ok(Incoming {
@@ -455,7 +465,7 @@ pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, co
 pub fn is_native(shard: &Shard, slot: usize) -> bool {
     shard
         .session(slot)
-        .is_some_and(|s| s.kind == WsKind::Native && s.user.is_some())
+        .is_some_and(|s| s.kind == WsKind::Protocol && s.user.is_some())
 }
 
 /// `sN cSLOT.GEN` for log lines.

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use tungstenite::Utf8Bytes;
-
 use crate::app::Shard;
+use crate::codec::{Codec, Encoded};
 use crate::net::{close, ConnId, OutItem, TokenItem};
 use crate::session::Sub;
 
@@ -31,32 +30,32 @@ pub enum TopicKind {
     RoomClosed { room_id: Arc<str> },
 }
 
-/// One event for every local subscriber of a conversation, encoded once.
+/// One event for every local subscriber of a conversation, encoded once per codec.
 #[derive(Debug)]
 pub struct TopicEvent {
     pub conversation_id: Arc<str>,
     pub kind: TopicKind,
-    pub frame: Utf8Bytes,
+    pub encoded: Encoded,
     /// Not delivered to this connection (e.g. a typing user's own connection).
     pub exclude: Option<ConnId>,
     /// Not delivered to any connection of this user.
     pub exclude_user: Option<Arc<str>>,
 }
 
-/// The native wire form of a (possibly merged) token delta.
-pub fn encode_token(t: &TokenItem) -> String {
-    crate::protocol::Event::Token {
-        conversation_id: t.conversation_id.to_string(),
-        message_id: t.message_id,
-        index: t.index,
-        token: t.text.clone(),
-        count: (t.count > 1).then_some(t.count),
+/// An event for every subscriber of `conv`, with its native frame encoded now.
+pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &crate::protocol::Event) -> TopicEvent {
+    TopicEvent {
+        conversation_id: conv.clone(),
+        kind,
+        encoded: Encoded::new(ev.clone()),
+        exclude: None,
+        exclude_user: None,
     }
-    .encode()
 }
 
-/// The queue item for one subscriber: token events stay mergeable, the rest are shared.
-pub fn topic_item(ev: &TopicEvent) -> OutItem {
+/// The queue item for one subscriber speaking `codec`: token events stay mergeable, the
+/// rest share the codec's frame.
+pub fn topic_item(ev: &TopicEvent, codec: &dyn Codec) -> OutItem {
     match &ev.kind {
         TopicKind::Token {
             message_id,
@@ -68,9 +67,9 @@ pub fn topic_item(ev: &TopicEvent) -> OutItem {
             index: *index,
             count: 1,
             text: text.to_string(),
-            encode: encode_token,
+            encode: codec.token_encoder(),
         }),
-        _ => OutItem::Frame(ev.frame.clone()),
+        _ => OutItem::Frame(ev.encoded.frame(codec)),
     }
 }
 
@@ -83,13 +82,14 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
         Overloaded,
     }
     let me = shard.conn_id(slot);
-    let then = {
+    let (then, codec) = {
         let Some(s) = shard.session_mut(slot) else {
             return;
         };
+        let codec = s.codec;
         let excluded = (ev.exclude.is_some() && ev.exclude == me)
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
-        match s.subs.get_mut(&ev.conversation_id) {
+        let then = match s.subs.get_mut(&ev.conversation_id) {
             _ if excluded => Then::Skip,
             Some(Sub::Pending { buffered }) => {
                 if buffered.len() >= 100_000 {
@@ -117,7 +117,8 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
                 _ => Then::Deliver,
             },
             None => Then::Skip,
-        }
+        };
+        (then, codec)
     };
     match then {
         Then::Skip => {}
@@ -133,7 +134,7 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
                     ev.conversation_id.clone(),
                 );
             }
-            shard.queue(slot, topic_item(ev));
+            shard.queue(slot, topic_item(ev, codec));
         }
     }
 }

@@ -502,3 +502,32 @@ fn busy_from_a_full_store_queue_answers_the_id_and_forgets_the_subscription() {
     // Every acked conversation keeps its subscriber; the refused ones left nothing behind.
     assert_eq!(s.ctx().net.topics.count(), acked);
 }
+
+#[test]
+fn a_replay_cut_at_replay_max_says_more_and_where_it_starts() {
+    let s = TestServer::start("replay-more", |c| c.store.replay_max = 3);
+    let mut a = s.client("alice");
+    a.send(json!({"type": "chat", "id": "m0", "message": "m0", "ai": false}));
+    let conv = a.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 1..6 {
+        a.send(json!({"type": "chat", "id": format!("m{i}"), "conversation_id": conv, "message": format!("m{i}"), "ai": false}));
+        a.recv_type("ack");
+    }
+    let mut b = s.client("alice");
+    b.send(json!({"type": "subscribe", "id": "s", "conversation_id": conv, "after_seq": 0}));
+    let sub = b.recv_type("subscribed");
+    assert_eq!(sub["id"], "s");
+    assert_eq!(sub["last_seq"], 6);
+    assert_eq!(sub["more"], true, "{sub}");
+    assert_eq!(sub["first_seq"], 4, "{sub}");
+    // Caught up: no `more`.
+    b.send(json!({"type": "subscribe", "conversation_id": conv, "after_seq": 5}));
+    let sub = b.recv_type("subscribed");
+    assert!(
+        sub.get("more").is_none() && sub.get("first_seq").is_none(),
+        "{sub}"
+    );
+}

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::chat::{publish_typing_as, topic_event};
+use crate::chat::publish_typing_as;
 use crate::config::{AgentConfig, Config, ProviderKind};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
@@ -33,6 +33,7 @@ use crate::net::MayBlock;
 use crate::protocol::{ChatRequest, CompletionMeta, ErrorCode, Event};
 use crate::server::ServerCtx;
 use crate::store::{StoreError, WriteJob};
+use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
 pub use sse::Usage;

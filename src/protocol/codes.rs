@@ -1,0 +1,96 @@
+//! Error codes (the `code` of an `error` event and of JSON error bodies) and the
+//! WebSocket close codes the server uses.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    AuthRequired,
+    AuthFailed,
+    TokenExpired,
+    Forbidden,
+    BadRequest,
+    EmptyMessage,
+    MessageTooLarge,
+    NotFound,
+    RateLimit,
+    Busy,
+    LlmError,
+    UploadTooLarge,
+    UploadType,
+    ChecksumMismatch,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::AuthRequired,
+        ErrorCode::AuthFailed,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::BadRequest,
+        ErrorCode::EmptyMessage,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimit,
+        ErrorCode::Busy,
+        ErrorCode::LlmError,
+        ErrorCode::UploadTooLarge,
+        ErrorCode::UploadType,
+        ErrorCode::ChecksumMismatch,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthRequired => "AUTH_REQUIRED",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::TokenExpired => "TOKEN_EXPIRED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::EmptyMessage => "EMPTY_MESSAGE",
+            ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::RateLimit => "RATE_LIMIT",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::LlmError => "LLM_ERROR",
+            ErrorCode::UploadTooLarge => "UPLOAD_TOO_LARGE",
+            ErrorCode::UploadType => "UPLOAD_TYPE",
+            ErrorCode::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        ErrorCode::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+
+    /// The HTTP status that goes with this code in JSON error bodies.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::TokenExpired => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MessageTooLarge | ErrorCode::UploadTooLarge => 413,
+            ErrorCode::RateLimit => 429,
+            ErrorCode::Busy => 503,
+            ErrorCode::Internal | ErrorCode::LlmError => 500,
+            _ => 400,
+        }
+    }
+}
+
+impl crate::net::http::ErrorName for ErrorCode {
+    fn name(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes (defined by the transport).
+pub use crate::net::close;
