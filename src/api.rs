@@ -7,15 +7,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde_json::json;
 
 use crate::app::Shard;
-use crate::auth::User;
+use crate::completion::{HttpThen, Reply};
 use crate::net::http::{Request, Response};
-use crate::net::{ConnId, MayBlock, ShardMsg};
 use crate::protocol::ErrorCode;
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
 use crate::store::read;
-use crate::store::writer;
-use crate::store::StoreError;
+use crate::store::{ReadCmd, ReadDone, StoreError};
 
 /// Requests answered on the shard without I/O. `None`: not one of these.
 pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response> {
@@ -47,39 +45,57 @@ fn stats(ctx: &ServerCtx) -> Response {
     Response::json_value(200, &body)
 }
 
-/// Send a worker's HTTP answer to the connection waiting for it.
-pub fn reply(ctx: &ServerCtx, conn: ConnId, resp: Response) {
-    ctx.net.shards.send(
-        MayBlock::worker(),
-        conn.shard as usize,
-        ShardMsg::Http(conn, resp),
-    );
-}
-
 /// A store refusal or failure as an HTTP error.
 pub fn store_error(e: &StoreError) -> Response {
     let (code, msg) = e.client_error();
     Response::error(code.http_status(), code, &msg)
 }
 
-/// Hand a read to the pool; the connection waits for the answer.
-fn defer_read(
-    shard: &mut Shard,
-    slot: usize,
-    f: impl FnOnce(&rusqlite::Connection, &ServerCtx) -> Response + Send + 'static,
-) {
+/// Hand a read to the pool; the connection waits for the answer (`render_read`).
+fn defer_read(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
     shard.defer(slot);
-    let job: crate::store::ReadJob = Box::new(move |db, ctx| {
-        let r = f(db, ctx);
-        reply(ctx, conn, r);
-    });
-    if shard.app().store.try_read(job).is_err() {
+    if shard
+        .app()
+        .store
+        .try_read(cmd, Reply::Http { conn, then })
+        .is_err()
+    {
         let r = Response::error(503, ErrorCode::Busy, "the store is busy")
             .with_header("Retry-After", "1");
         shard.respond(slot, r);
+    }
+}
+
+/// The HTTP answer to a store read (on a reader thread).
+pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response {
+    match (then, done) {
+        (HttpThen::Conversations, ReadDone::Conversations { list, next_cursor }) => {
+            Response::json_value(
+                200,
+                &json!({ "conversations": list, "next_cursor": next_cursor }),
+            )
+        }
+        (
+            HttpThen::History,
+            ReadDone::History {
+                conversation_id,
+                messages,
+                last_seq,
+                has_more,
+                room_id,
+            },
+        ) => {
+            let messages: Vec<_> = messages.iter().map(|r| r.view()).collect();
+            Response::json_value(
+                200,
+                &json!({ "conversation_id": conversation_id, "messages": messages, "last_seq": last_seq, "has_more": has_more, "room_id": room_id }),
+            )
+        }
+        (HttpThen::File, ReadDone::File(file)) => crate::uploads::serve(ctx, file),
+        (then, done) => crate::rooms_api::render_read(ctx, then, done),
     }
 }
 
@@ -144,14 +160,12 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
                 }
             },
         };
-        defer_read(shard, slot, move |db, _ctx| match read::list_conversations(
-            db, &user.id, cursor, limit,
-        ) {
-            Ok((list, next)) => {
-                Response::json_value(200, &json!({ "conversations": list, "next_cursor": next }))
-            }
-            Err(e) => store_error(&e),
-        });
+        let cmd = ReadCmd::Conversations {
+            user_id: user.id,
+            cursor,
+            limit,
+        };
+        defer_read(shard, slot, cmd, HttpThen::Conversations);
         return true;
     }
 
@@ -184,9 +198,15 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
                 return true;
             }
         };
-        defer_read(shard, slot, move |db, _ctx| {
-            history(db, &user, &conv, before, after, limit)
-        });
+        let cmd = ReadCmd::History {
+            conversation_id: conv,
+            user_id: user.id,
+            admin: user.admin,
+            before_seq: before,
+            after_seq: after,
+            limit,
+        };
+        defer_read(shard, slot, cmd, HttpThen::History);
         return true;
     }
     if let Some(file_id) = path.strip_prefix("/v1/files/") {
@@ -201,47 +221,21 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
                 return true;
             }
         };
-        defer_read(shard, slot, move |db, ctx| {
-            crate::uploads::download(db, ctx, &user, &file_id)
-        });
+        // Only ids this server makes (`f_` + 24 hex digits) ever name a file on disk.
+        if !crate::uploads::well_formed_id(&file_id) {
+            shard.respond(
+                slot,
+                Response::error(404, ErrorCode::NotFound, "no such file"),
+            );
+            return true;
+        }
+        let cmd = ReadCmd::File {
+            file_id,
+            user_id: user.id,
+            admin: user.admin,
+        };
+        defer_read(shard, slot, cmd, HttpThen::File);
         return true;
     }
     crate::rooms_api::deferred(shard, slot, req)
-}
-
-fn history(
-    db: &rusqlite::Connection,
-    user: &User,
-    conv: &str,
-    before: Option<i64>,
-    after: Option<i64>,
-    limit: u32,
-) -> Response {
-    let access = match writer::conv_access(db, conv, &user.id) {
-        Ok(a) => a,
-        Err(e) => return store_error(&e),
-    };
-    if !access.is_member && !user.admin {
-        return Response::error(
-            403,
-            ErrorCode::Forbidden,
-            "you are not a participant of this conversation",
-        );
-    }
-    match read::history(db, conv, before, after, limit) {
-        Ok(rows) => {
-            let first = rows.first().map(|r| r.seq);
-            let has_more = match (after, first) {
-                (None, Some(f)) => f > 1,
-                _ => rows.len() as u32 == limit,
-            };
-            let messages: Vec<_> = rows.iter().map(|r| r.view()).collect();
-            let last_seq = read::last_seq(db, conv).unwrap_or(0);
-            Response::json_value(
-                200,
-                &json!({ "conversation_id": conv, "messages": messages, "last_seq": last_seq, "has_more": has_more, "room_id": access.room_id }),
-            )
-        }
-        Err(e) => store_error(&e),
-    }
 }

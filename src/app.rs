@@ -10,27 +10,77 @@ use std::time::Instant;
 
 use tungstenite::{Bytes, Utf8Bytes};
 
+use crate::auth::User;
 use crate::codec::{Codec, Encoded, NATIVE};
 use crate::net::{self, App, ConnId, MayBlock, ShardMsg};
+use crate::protocol::RoomSummary;
 use crate::protocol::{Decoder, ErrorCode, Event};
 use crate::server::ServerCtx;
+use crate::session::AutoJoin;
 use crate::session::{Session, WsKind};
+use crate::store::read::Replay;
+use crate::store::writer::RoomRow;
 use crate::topic::TopicEvent;
 
 /// A shard of this application.
 pub type Shard = net::Shard<ServerCtx>;
 
-/// Work that must run on a connection's shard, by slot.
-pub type ShardTask = Box<dyn FnOnce(&mut Shard, usize) + Send>;
-
-/// The application's messages to a shard.
+/// The application's messages to a shard: data, never closures.
 pub enum AppMsg {
-    /// Run against one connection of the shard.
-    Run(ConnId, ShardTask),
-    /// One event for one connection, encoded there by its codec.
-    Event(ConnId, Box<Event>),
+    /// Something for one connection of the shard (dropped if it is gone).
+    Conn(ConnId, ConnMsg),
     /// One event for every authenticated protocol connection (admin broadcast).
     All(Arc<Encoded>),
+}
+
+/// A follow-up for one connection, sent by a worker or the store's completions.
+pub enum ConnMsg {
+    /// One event, encoded here by the connection's codec.
+    Event(Box<Event>),
+    /// A chat was committed: confirm the pending subscription, then the ack.
+    Acked {
+        conversation_id: Arc<str>,
+        ack: Box<Event>,
+    },
+    /// A request was refused or failed: forget its pending subscription, send the error.
+    Refused {
+        conversation_id: Option<Arc<str>>,
+        error: Box<Event>,
+    },
+    /// A read receipt: the reader's own connection hears it even when not subscribed.
+    Receipt {
+        conversation_id: Arc<str>,
+        event: Box<Event>,
+    },
+    /// A `join_room` was committed.
+    Joined {
+        id: Option<String>,
+        user: Arc<User>,
+        room: Box<RoomRow>,
+        after_seq: Option<i64>,
+    },
+    /// A `subscribe` replay was read.
+    Replayed {
+        id: Option<String>,
+        conversation_id: Arc<str>,
+        replay: Box<Replay>,
+    },
+    /// The room list for the `connected` event was read.
+    Connected {
+        user: Arc<User>,
+        rooms: Vec<RoomSummary>,
+        auto_join: Option<AutoJoin>,
+    },
+    /// The user was removed from a room: this connection leaves it.
+    Kick {
+        room_id: String,
+        conversation_id: String,
+    },
+    /// An upload ended (its answer, if any, goes to the client).
+    UploadDone {
+        file_id: Arc<str>,
+        event: Option<Box<Event>>,
+    },
 }
 
 /// The codec of a connection (the native one for a slot that is not a WebSocket).
@@ -142,14 +192,9 @@ impl App for ServerCtx {
 
     fn on_msg(sh: &mut Shard, msg: AppMsg) {
         match msg {
-            AppMsg::Run(id, f) => {
+            AppMsg::Conn(id, m) => {
                 if let Some(slot) = sh.resolve(id) {
-                    f(sh, slot);
-                }
-            }
-            AppMsg::Event(id, ev) => {
-                if let Some(slot) = sh.resolve(id) {
-                    sh.send(slot, &ev);
+                    on_conn_msg(sh, slot, id, m);
                 }
             }
             AppMsg::All(ev) => {
@@ -165,5 +210,76 @@ impl App for ServerCtx {
 
     fn on_close(sh: &mut Shard, id: ConnId, session: Session, _code: u16) {
         crate::session::on_close(sh, id, session)
+    }
+}
+
+/// A follow-up for one live connection of this shard.
+fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
+    match m {
+        ConnMsg::Event(ev) => sh.send(slot, &ev),
+        ConnMsg::Acked {
+            conversation_id,
+            ack,
+        } => {
+            crate::chat::confirm_subscription(sh, slot, &conversation_id);
+            sh.send(slot, &ack);
+        }
+        ConnMsg::Refused {
+            conversation_id,
+            error,
+        } => {
+            if let Some(conv) = conversation_id {
+                crate::chat::drop_pending(sh, slot, &conv);
+            }
+            sh.send(slot, &error);
+        }
+        ConnMsg::Receipt {
+            conversation_id,
+            event,
+        } => {
+            let subscribed = sh.session(slot).is_some_and(|s| {
+                s.subs
+                    .get(&conversation_id)
+                    .is_some_and(crate::session::Sub::is_live)
+            });
+            if !subscribed {
+                sh.send(slot, &event);
+            }
+        }
+        ConnMsg::Joined {
+            id,
+            user,
+            room,
+            after_seq,
+        } => crate::rooms::joined(sh, slot, &user, id, *room, after_seq),
+        ConnMsg::Replayed {
+            id,
+            conversation_id,
+            replay,
+        } => crate::chat::finish_replay(sh, slot, &conversation_id, *replay, id),
+        ConnMsg::Connected {
+            user,
+            rooms,
+            auto_join,
+        } => {
+            let ev = crate::session::connected_event(sh, id, &user, rooms);
+            sh.send(slot, &ev);
+            if let Some(aj) = auto_join {
+                crate::rooms::join(sh, slot, &user, None, aj, None);
+            }
+        }
+        ConnMsg::Kick {
+            room_id,
+            conversation_id,
+        } => crate::rooms_api::kick(sh, slot, &room_id, &conversation_id),
+        ConnMsg::UploadDone { file_id, event } => {
+            crate::uploads::forget(sh, slot, &file_id);
+            if let Some(ev) = event {
+                if let Event::Error { code, .. } = &*ev {
+                    sh.app().metrics.error(*code);
+                }
+                sh.send(slot, &ev);
+            }
+        }
     }
 }

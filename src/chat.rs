@@ -1,9 +1,11 @@
 //! Conversations on a native connection: `chat`, `stop`, `subscribe`, `unsubscribe`,
 //! `read`, `typing` (rooms are in `rooms.rs`).
 //!
-//! Runs on the shard. Writes go to the store writer with `try_write` and come back, after
-//! COMMIT, as a `ShardMsg::Run` for the asking connection (ack, confirmation) and as hub
-//! publications for every subscriber. Reads (replay) go to the read pool the same way.
+//! Runs on the shard. Writes go to the store writer with `try_write` as typed commands;
+//! after COMMIT, `completion.rs` routes the results: an ack (`ConnMsg::Acked`) to the
+//! asking connection's shard, the message to every subscriber through the topics, the
+//! reply to the generation pool (`after_chat`). Reads (replay) go to the read pool the
+//! same way and come back as `ConnMsg::Replayed`.
 //!
 //! **Tentative subscriptions.** A connection that writes to (or subscribes to) a
 //! conversation is registered for its live events *before* the store is asked, in state
@@ -15,19 +17,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::OptionalExtension;
-
-use crate::app::{AppMsg, Shard, ShardExt};
+use crate::app::{ConnMsg, Shard, ShardExt};
 use crate::auth::User;
+use crate::completion::{ChatReply, Reply};
 use crate::generation::Generation;
-use crate::net::{ConnId, MayBlock, ShardMsg};
+use crate::net::{ConnId, MayBlock};
 use crate::protocol::{now_rfc3339, ChatRequest, ClientMsg, ErrorCode, Event, MessageView};
 use crate::server::ServerCtx;
 use crate::session::{connected_event, send_error, send_error_retry};
 use crate::session::{AutoJoin, Sub};
-use crate::store::read::MessageRow;
+use crate::store::read::Replay;
 use crate::store::writer::{self, ChatInput};
-use crate::store::{StoreError, WriteJob};
+use crate::store::{ReadCmd, WriteCmd};
 use crate::topic::{topic_event, topic_item, TopicKind};
 
 pub fn dispatch(
@@ -171,15 +172,6 @@ pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
     }
 }
 
-/// Run `f` on the connection's shard (from any thread that may block).
-pub fn run_on(ctx: &ServerCtx, conn: ConnId, f: impl FnOnce(&mut Shard, usize) + Send + 'static) {
-    ctx.net.shards.send(
-        MayBlock::worker(),
-        conn.shard as usize,
-        ShardMsg::App(AppMsg::Run(conn, Box::new(f))),
-    );
-}
-
 /// The conversation of `room` as joined on this connection; else `FORBIDDEN` is sent
 /// (answering `id`) and `None` returned.
 pub fn joined_room(
@@ -282,29 +274,16 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
         assistant: plan.as_ref().map(|p| p.agent.name.clone()),
         is_admin: user.admin,
     };
-    let id_fail = id.clone();
     let id_busy = id.clone();
-    let conv_fail = conv.clone();
-    let reservation = parking_lot::Mutex::new(reservation);
-    let user = user.clone();
-    let job = WriteJob {
-        enqueued: std::time::Instant::now(),
-        op: Box::new(move |conn, state| {
-            let out = writer::append_chat(conn, state, &input)?;
-            Ok(Box::new(move |ctx: &ServerCtx| {
-                after_chat(ctx, conn_id, id, out, plan, reservation.into_inner(), &user)
-            }))
-        }),
-        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
-            let (code, msg) = e.client_error();
-            ctx.metrics.error(code);
-            run_on(ctx, conn_id, move |shard, slot| {
-                drop_pending(shard, slot, &conv_fail);
-                shard.send(slot, &Event::error(code, msg, id_fail));
-            });
-        }),
-    };
-    if ctx.store.try_write(job).is_err() {
+    let reply = Reply::Chat(Box::new(ChatReply {
+        conn: conn_id,
+        id,
+        conversation_id: conv.clone(),
+        plan,
+        reservation,
+        user: user.clone(),
+    }));
+    if ctx.store.try_write(WriteCmd::Chat(input), reply).is_err() {
         // The job (and with it the reservation) was dropped.
         drop_pending(shard, slot, &conv);
         send_error_retry(
@@ -318,16 +297,17 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     }
 }
 
-/// After the user's message is committed: ack, fan-out, and start the reply.
-fn after_chat(
-    ctx: &ServerCtx,
-    conn: ConnId,
-    id: Option<String>,
-    out: writer::ChatOutcome,
-    plan: Option<crate::llm::Plan>,
-    reservation: Option<crate::llm::Reservation>,
-    user: &Arc<User>,
-) {
+/// After the user's message is committed (on the store writer's thread): the ack goes to
+/// the asking shard, the message to every subscriber, the reply to the generation pool.
+pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
+    let ChatReply {
+        conn,
+        id,
+        plan,
+        reservation,
+        user,
+        ..
+    } = r;
     let conv: Arc<str> = Arc::from(out.conversation_id.as_str());
     let ack = Event::Ack {
         id: id.clone(),
@@ -337,11 +317,13 @@ fn after_chat(
         timestamp: crate::protocol::rfc3339_ms(out.user_msg.created_at),
         duplicate: out.duplicate.then_some(true),
     };
-    let c2 = conv.clone();
-    run_on(ctx, conn, move |shard, slot| {
-        confirm_subscription(shard, slot, &c2);
-        shard.send(slot, &ack);
-    });
+    ctx.to_shard(
+        conn,
+        ConnMsg::Acked {
+            conversation_id: conv.clone(),
+            ack: Box::new(ack),
+        },
+    );
     if out.duplicate {
         return; // the original already fanned out and started its reply
     }
@@ -359,9 +341,8 @@ fn after_chat(
         &added,
     );
     ev.exclude = Some(conn);
-    let recipients = ctx.net.publish(MayBlock::worker(), ev);
+    ctx.net.publish(MayBlock::worker(), ev);
     if out.room_id.is_some() {
-        let _ = recipients;
         let n = ctx.net.topics.subscribers(&conv).saturating_sub(1);
         let dc = Event::DeliveryConfirmation {
             id,
@@ -426,15 +407,6 @@ enum Held {
     Streaming { tokens: u64 },
 }
 
-pub struct Replay {
-    pub rows: Vec<MessageRow>,
-    pub more: bool,
-    pub last_seq: i64,
-    /// In-flight replies: message id → (content so far, tokens so far).
-    pub snapshots: HashMap<i64, (String, u64)>,
-    pub room_id: Option<String>,
-}
-
 /// Subscribe with replay. `then` runs on the shard after `subscribed` (rooms use it).
 pub fn subscribe(
     shard: &mut Shard,
@@ -469,77 +441,22 @@ pub fn subscribe(
         );
     }
     shard.subscribe(&conv, slot);
-    let user = user.clone();
-    let replay_max = shard.app().cfg.store.replay_max;
-    let conv2 = conv.clone();
-    let id2 = id.clone();
-    let job: crate::store::ReadJob = Box::new(move |db, ctx| {
-        let result = (|| -> Result<Replay, StoreError> {
-            let a = writer::conv_access(db, &conv2, &user.id)?;
-            if !a.is_member && !user.admin {
-                return Err(StoreError::refused(
-                    ErrorCode::Forbidden,
-                    "you are not a participant of this conversation",
-                ));
-            }
-            load_replay(db, ctx, &conv2, after_seq, replay_max, a.room_id)
-        })();
-        run_on(ctx, conn_id, move |shard, slot| match result {
-            Ok(r) => finish_replay(shard, slot, &conv2, r, id2),
-            Err(e) => {
-                let (code, msg) = e.client_error();
-                drop_pending(shard, slot, &conv2);
-                send_error(shard, slot, code, &msg, id2);
-            }
-        });
-    });
-    if shard.app().store.try_read(job).is_err() {
+    let cmd = ReadCmd::Replay {
+        conversation_id: conv.to_string(),
+        user_id: user.id.clone(),
+        admin: user.admin,
+        after_seq,
+        limit: shard.app().cfg.store.replay_max,
+    };
+    let reply = Reply::Replay {
+        conn: conn_id,
+        id: id.clone(),
+        conversation_id: conv.clone(),
+    };
+    if shard.app().store.try_read(cmd, reply).is_err() {
         drop_pending(shard, slot, &conv);
         send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
     }
-}
-
-/// Read what a subscriber missed. Generation snapshots are taken BEFORE the rows are
-/// read (see `generation.rs` for why that order gives no gap and no duplicate).
-pub fn load_replay(
-    db: &rusqlite::Connection,
-    ctx: &ServerCtx,
-    conv: &str,
-    after_seq: i64,
-    limit: u32,
-    room_id: Option<String>,
-) -> Result<Replay, StoreError> {
-    let mut snapshots = HashMap::new();
-    for g in ctx.hub.generations.in_conversation(conv) {
-        let st = g.state.lock();
-        snapshots.insert(g.message_id, (st.content.clone(), st.tokens));
-    }
-    let (mut rows, more) = crate::store::read::replay(db, conv, after_seq, limit)?;
-    let last_seq = crate::store::read::last_seq(db, conv)?;
-    // A reply in flight that the client already "has" (seq <= after_seq) is replayed too:
-    // the client holds only part of it.
-    for mid in snapshots.keys() {
-        if !rows.iter().any(|r| r.id == *mid) {
-            if let Some(r) = db
-                .prepare_cached(&format!(
-                    "SELECT {} FROM messages WHERE id = ?1 AND status = 'streaming'",
-                    crate::store::read::MESSAGE_COLUMNS
-                ))?
-                .query_row([mid], crate::store::read::message_row)
-                .optional()?
-            {
-                rows.push(r);
-            }
-        }
-    }
-    rows.sort_by_key(|r| r.seq);
-    Ok(Replay {
-        rows,
-        more,
-        last_seq,
-        snapshots,
-        room_id,
-    })
 }
 
 pub fn finish_replay(
@@ -670,49 +587,43 @@ fn read(
     let Some(conn_id) = shard.conn_id(slot) else {
         return;
     };
-    let uid = user.id.clone();
-    let id_fail = id.clone();
-    let job = WriteJob {
-        enqueued: std::time::Instant::now(),
-        op: Box::new(move |db, _state| {
-            let marker = writer::mark_read(db, &conv, &uid, seq)?;
-            Ok(Box::new(move |ctx: &ServerCtx| {
-                let c: Arc<str> = Arc::from(conv.as_str());
-                let ev = Event::Receipt {
-                    conversation_id: conv.clone(),
-                    user_id: uid.clone(),
-                    seq: marker,
-                    read_at: now_rfc3339(),
-                };
-                let delivered = ctx.net.publish(
-                    MayBlock::worker(),
-                    topic_event(&c, TopicKind::Ephemeral, &ev),
-                );
-                let _ = delivered;
-                // The reader's own connection hears back even if it is not subscribed.
-                run_on(ctx, conn_id, move |shard, slot| {
-                    let subscribed = shard
-                        .session_mut(slot)
-                        .is_some_and(|ws| ws.subs.get(&c).is_some_and(Sub::is_live));
-                    if !subscribed {
-                        shard.send(slot, &ev);
-                    }
-                });
-            }))
-        }),
-        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
-            let (code, msg) = e.client_error();
-            ctx.metrics.error(code);
-            ctx.send_event(
-                MayBlock::worker(),
-                conn_id,
-                &Event::error(code, msg, id_fail),
-            );
-        }),
+    let cmd = WriteCmd::MarkRead {
+        conversation_id: conv.clone(),
+        user_id: user.id.clone(),
+        seq,
     };
-    if shard.app().store.try_write(job).is_err() {
+    let reply = Reply::MarkRead {
+        conn: conn_id,
+        id: id.clone(),
+        conversation_id: conv,
+        user_id: user.id.clone(),
+    };
+    if shard.app().store.try_write(cmd, reply).is_err() {
         send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
     }
+}
+
+/// A read marker was committed (store writer's thread): every subscriber hears the
+/// receipt; the reader's own connection too, even if it is not subscribed.
+pub fn after_read(ctx: &ServerCtx, conn: ConnId, conv: String, user_id: String, marker: i64) {
+    let c: Arc<str> = Arc::from(conv.as_str());
+    let ev = Event::Receipt {
+        conversation_id: conv,
+        user_id,
+        seq: marker,
+        read_at: now_rfc3339(),
+    };
+    ctx.net.publish(
+        MayBlock::worker(),
+        topic_event(&c, TopicKind::Ephemeral, &ev),
+    );
+    ctx.to_shard(
+        conn,
+        ConnMsg::Receipt {
+            conversation_id: c,
+            event: Box::new(ev),
+        },
+    );
 }
 
 fn typing(
@@ -811,26 +722,21 @@ pub fn on_connected(
     user: &Arc<User>,
     auto_join: Option<AutoJoin>,
 ) {
-    let uid = user.id.clone();
-    let u2 = user.clone();
-    let auto_join_retry = auto_join.clone();
-    let job: crate::store::ReadJob = Box::new(move |db, ctx| {
-        let rooms = crate::store::read::rooms_for_user(db, &uid).unwrap_or_default();
-        run_on(ctx, conn_id, move |shard, slot| {
-            let ev = connected_event(shard, conn_id, &u2, rooms);
-            shard.send(slot, &ev);
-            if let Some(aj) = auto_join {
-                crate::rooms::join(shard, slot, &u2, None, aj, None);
-            }
-        });
-    });
-    if let Err(_busy) = shard.app().store.try_read(job) {
+    let cmd = ReadCmd::RoomsOf {
+        user_id: user.id.clone(),
+    };
+    let reply = Reply::Connected {
+        conn: conn_id,
+        user: user.clone(),
+        auto_join: auto_join.clone(),
+    };
+    if let Err(_busy) = shard.app().store.try_read(cmd, reply) {
         // The read queue is full: say hello anyway, without the room list, and still
         // join the room the upgrade asked for (a write; it answers BUSY itself if the
         // writer is full too).
         let ev = connected_event(shard, conn_id, user, Vec::new());
         shard.send(slot, &ev);
-        if let Some(aj) = auto_join_retry {
+        if let Some(aj) = auto_join {
             crate::rooms::join(shard, slot, user, None, aj, None);
         }
     }

@@ -34,6 +34,7 @@ pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod codec;
+pub mod completion;
 pub mod config;
 pub mod generation;
 pub mod hub;

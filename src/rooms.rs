@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use crate::app::{Shard, ShardExt};
 use crate::auth::User;
-use crate::chat::{new_conversation_id, run_on, subscribe};
-use crate::net::{ConnId, MayBlock};
+use crate::chat::{new_conversation_id, subscribe};
+use crate::completion::Reply;
+use crate::net::ConnId;
 use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
 use crate::server::ServerCtx;
 use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
-use crate::store::{writer, StoreError, WriteJob};
+use crate::store::writer;
+use crate::store::WriteCmd;
 use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
@@ -52,56 +54,29 @@ pub fn join(
     };
     let ctx = shard.app().clone();
     let create_allowed = ctx.cfg.rooms.create_on_join;
-    let u = user.clone();
-    let id_fail = id.clone();
-    let id_busy = id.clone();
-    let new_conv = new_conversation_id();
-    let job = WriteJob {
-        enqueued: std::time::Instant::now(),
-        op: Box::new(move |db, st| {
-            let (room, created) = writer::join_room(
-                db,
-                st,
-                &u.id,
-                &u.name,
-                u.admin,
-                &req.room_id,
-                req.room_name.as_deref(),
-                req.room_type,
-                create_allowed,
-                &new_conv,
-            )?;
-            Ok(Box::new(move |ctx: &ServerCtx| {
-                let _ = created;
-                run_on(ctx, conn_id, move |shard, slot| {
-                    joined(shard, slot, &u, id, room, after_seq)
-                });
-            }))
-        }),
-        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
-            let (code, msg) = e.client_error();
-            ctx.metrics.error(code);
-            ctx.send_event(
-                MayBlock::worker(),
-                conn_id,
-                &Event::error(code, msg, id_fail),
-            );
-        }),
+    let cmd = WriteCmd::JoinRoom {
+        user_id: user.id.clone(),
+        user_name: user.name.clone(),
+        admin: user.admin,
+        room_id: req.room_id,
+        room_name: req.room_name,
+        room_type: req.room_type,
+        create_allowed,
+        new_conversation_id: new_conversation_id(),
     };
-    if ctx.store.try_write(job).is_err() {
-        send_error_retry(
-            shard,
-            slot,
-            ErrorCode::Busy,
-            "the store is busy",
-            id_busy,
-            0.5,
-        );
+    let reply = Reply::Join {
+        conn: conn_id,
+        id: id.clone(),
+        user: user.clone(),
+        after_seq,
+    };
+    if ctx.store.try_write(cmd, reply).is_err() {
+        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
     }
 }
 
 /// On the shard, after the join committed.
-fn joined(
+pub fn joined(
     shard: &mut Shard,
     slot: usize,
     user: &Arc<User>,

@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::api::{reply, store_error};
-use crate::app::{AppMsg, Shard, ShardExt};
+use crate::app::{AppMsg, ConnMsg, Shard, ShardExt};
 use crate::auth::User;
-use crate::chat::{new_conversation_id, run_on};
+use crate::chat::new_conversation_id;
+use crate::completion::{HttpThen, Reply};
 use crate::net::http::{Request, Response};
 use crate::net::{MayBlock, ShardMsg};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, RoomType};
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
-use crate::store::writer::{self, RoomRow};
-use crate::store::{StoreError, WriteJob};
+use crate::store::writer::RoomRow;
+use crate::store::{ReadCmd, ReadDone, WriteCmd, Written};
 use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
@@ -34,39 +34,135 @@ fn room_json(r: &RoomRow) -> serde_json::Value {
     })
 }
 
-/// Queue a write whose outcome is the HTTP answer.
-fn write_then_reply(
-    shard: &mut Shard,
-    slot: usize,
-    op: impl FnOnce(
-            &rusqlite::Connection,
-            &mut writer::WriterState,
-        ) -> Result<Box<dyn FnOnce(&ServerCtx) -> Response + Send>, StoreError>
-        + Send
-        + 'static,
-) {
+/// Queue a write whose result becomes the HTTP answer (`render_written`, after COMMIT).
+fn write_then_reply(shard: &mut Shard, slot: usize, cmd: WriteCmd, then: HttpThen) {
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
     shard.defer(slot);
-    let job = WriteJob {
-        enqueued: std::time::Instant::now(),
-        op: Box::new(move |db, st| {
-            let after = op(db, st)?;
-            Ok(Box::new(move |ctx: &ServerCtx| {
-                let r = after(ctx);
-                reply(ctx, conn, r)
-            }))
-        }),
-        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| reply(ctx, conn, store_error(e))),
+    if shard
+        .app()
+        .store
+        .try_write(cmd, Reply::Http { conn, then })
+        .is_err()
+    {
+        respond(shard, slot, busy());
+    }
+}
+
+/// Queue a read whose result becomes the HTTP answer (`api::render_read`).
+fn read_then_reply(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
+    let Some(conn) = shard.conn_id(slot) else {
+        return;
     };
-    if shard.app().store.try_write(job).is_err() {
-        respond(
-            shard,
-            slot,
-            Response::error(503, ErrorCode::Busy, "the store is busy")
-                .with_header("Retry-After", "1"),
-        );
+    shard.defer(slot);
+    if shard
+        .app()
+        .store
+        .try_read(cmd, Reply::Http { conn, then })
+        .is_err()
+    {
+        respond(shard, slot, busy());
+    }
+}
+
+fn busy() -> Response {
+    Response::error(503, ErrorCode::Busy, "the store is busy").with_header("Retry-After", "1")
+}
+
+/// The HTTP answer to a committed room write (on the store writer's thread). Deleting a
+/// room tells its live members; removing a member makes their connections leave.
+pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: Written) -> Response {
+    match (then, w) {
+        (HttpThen::RoomCreated { owner, members }, Written::RoomCreated(room)) => {
+            let mut v = room_json(&room);
+            let mut all = vec![owner.clone()];
+            all.extend(members.into_iter().filter(|m| *m != owner));
+            v["members"] = json!(all);
+            Response::json_value(201, &v)
+        }
+        (HttpThen::RoomDeleted, Written::RoomDeleted(room)) => {
+            let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
+            let ev = Event::RoomLeft {
+                id: None,
+                room_id: room.room_id.clone(),
+                reason: Some("deleted"),
+            };
+            ctx.net.publish(
+                MayBlock::worker(),
+                topic_event(
+                    &conv,
+                    TopicKind::RoomClosed {
+                        room_id: Arc::from(room.room_id.as_str()),
+                    },
+                    &ev,
+                ),
+            );
+            Response::json_value(200, &json!({"deleted": true, "room_id": room.room_id}))
+        }
+        (HttpThen::MemberChanged { member, add }, Written::MemberChanged(room)) => {
+            if !add {
+                // The removed user's connections leave the room now.
+                for c in ctx.hub.user_connections(&member) {
+                    ctx.to_shard(
+                        c,
+                        ConnMsg::Kick {
+                            room_id: room.room_id.clone(),
+                            conversation_id: room.conversation_id.clone(),
+                        },
+                    );
+                }
+            }
+            Response::json_value(
+                200,
+                &json!({"room_id": room.room_id, "user_id": member, "member": add}),
+            )
+        }
+        (_, w) => {
+            log::error!("rooms: unexpected store result {w:?}");
+            Response::error(500, ErrorCode::Internal, "unexpected store result")
+        }
+    }
+}
+
+/// The HTTP answer to a room read (on a reader thread).
+pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response {
+    match (then, done) {
+        (HttpThen::Room, ReadDone::Room { room, members }) => {
+            let members: Vec<_> = members
+                .into_iter()
+                .map(|(id, name)| json!({"user_id": id, "username": name}))
+                .collect();
+            let online: Vec<_> = ctx
+                .hub
+                .presence_list(&room.conversation_id)
+                .into_iter()
+                .map(|(id, name)| json!({"user_id": id, "username": name}))
+                .collect();
+            let mut v = room_json(&room);
+            v["members"] = json!(members);
+            v["online"] = json!(online);
+            Response::json_value(200, &v)
+        }
+        (HttpThen::Broadcast { room_id, event }, ReadDone::RoomById(found)) => match found {
+            Some(room) => {
+                let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
+                ctx.net.publish(
+                    MayBlock::worker(),
+                    topic_event(&conv, TopicKind::Ephemeral, &event),
+                );
+                let n = ctx.net.topics.subscribers(&conv);
+                Response::json_value(
+                    200,
+                    &json!({"sent": true, "scope": "room", "room_id": room_id, "connections": n}),
+                )
+            }
+            None => Response::error(404, ErrorCode::NotFound, &format!("no room {room_id}")),
+        },
+        (_, done) => {
+            log::error!("rooms: unexpected read result {done:?}");
+            Response::error(500, ErrorCode::Internal, "unexpected store result")
+        }
     }
 }
 
@@ -205,118 +301,39 @@ fn create(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::V
         );
     }
     let ai = body.get("ai").and_then(|v| v.as_bool()).unwrap_or(false);
-    let user = user.clone();
-    let conv = new_conversation_id();
-    write_then_reply(shard, slot, move |db, st| {
-        let room = writer::create_room(
-            db,
-            st,
-            &writer::NewRoom {
-                room_id: &room_id,
-                room_name: &room_name,
-                room_type,
-                owner: &user.id,
-                owner_name: &user.name,
-                members: &members,
-                ai,
-                conversation_id: &conv,
-            },
-        )?;
-        let mut v = room_json(&room);
-        let mut all = vec![user.id.clone()];
-        all.extend(members.into_iter().filter(|m| *m != user.id));
-        v["members"] = json!(all);
-        Ok(Box::new(move |_ctx: &ServerCtx| {
-            Response::json_value(201, &v)
-        }))
-    });
+    let cmd = WriteCmd::CreateRoom {
+        room_id,
+        room_name,
+        room_type,
+        owner: user.id.clone(),
+        owner_name: user.name.clone(),
+        members: members.clone(),
+        ai,
+        conversation_id: new_conversation_id(),
+    };
+    let then = HttpThen::RoomCreated {
+        owner: user.id.clone(),
+        members,
+    };
+    write_then_reply(shard, slot, cmd, then);
 }
 
 fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
-    let Some(conn) = shard.conn_id(slot) else {
-        return;
+    let cmd = ReadCmd::Room {
+        room_id,
+        user_id: user.id.clone(),
+        admin: user.admin,
     };
-    shard.defer(slot);
-    let user = user.clone();
-    let job: crate::store::ReadJob = Box::new(move |db, ctx| {
-        let r = (|| -> Result<Response, StoreError> {
-            let Some(room) = writer::room_by_id(db, &room_id)? else {
-                return Ok(Response::error(
-                    404,
-                    ErrorCode::NotFound,
-                    &format!("no room {room_id}"),
-                ));
-            };
-            let member = writer::is_member(db, &room.conversation_id, &user.id)?;
-            if !member && !user.admin && room.room_type != RoomType::Shared {
-                return Ok(Response::error(
-                    403,
-                    ErrorCode::Forbidden,
-                    "not a member of this room",
-                ));
-            }
-            let members: Vec<_> = crate::store::read::members(db, &room.conversation_id)?
-                .into_iter()
-                .map(|(id, name)| json!({"user_id": id, "username": name}))
-                .collect();
-            let online: Vec<_> = ctx
-                .hub
-                .presence_list(&room.conversation_id)
-                .into_iter()
-                .map(|(id, name)| json!({"user_id": id, "username": name}))
-                .collect();
-            let mut v = room_json(&room);
-            v["members"] = json!(members);
-            v["online"] = json!(online);
-            Ok(Response::json_value(200, &v))
-        })();
-        reply(ctx, conn, r.unwrap_or_else(|e| store_error(&e)));
-    });
-    if shard.app().store.try_read(job).is_err() {
-        respond(
-            shard,
-            slot,
-            Response::error(503, ErrorCode::Busy, "the store is busy"),
-        );
-    }
+    read_then_reply(shard, slot, cmd, HttpThen::Room);
 }
 
 fn delete(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
-    let user = user.clone();
-    write_then_reply(shard, slot, move |db, st| {
-        let Some(room) = writer::room_by_id(db, &room_id)? else {
-            return Err(StoreError::refused(
-                ErrorCode::NotFound,
-                format!("no room {room_id}"),
-            ));
-        };
-        if room.owner != user.id && !user.admin {
-            return Err(StoreError::refused(
-                ErrorCode::Forbidden,
-                "only the room's owner or an admin can delete it",
-            ));
-        }
-        writer::delete_room(db, st.now_ms, &room.conversation_id)?;
-        Ok(Box::new(move |ctx: &ServerCtx| {
-            let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-            let ev = Event::RoomLeft {
-                id: None,
-                room_id: room.room_id.clone(),
-                reason: Some("deleted"),
-            };
-            ctx.net.publish(
-                MayBlock::worker(),
-                topic_event(
-                    &conv,
-                    TopicKind::RoomClosed {
-                        room_id: Arc::from(room.room_id.as_str()),
-                    },
-                    &ev,
-                ),
-            );
-            Response::json_value(200, &json!({"deleted": true, "room_id": room.room_id}))
-        }))
-    });
+    let cmd = WriteCmd::DeleteRoom {
+        room_id,
+        user_id: user.id.clone(),
+        admin: user.admin,
+    };
+    write_then_reply(shard, slot, cmd, HttpThen::RoomDeleted);
 }
 
 fn members(
@@ -327,57 +344,19 @@ fn members(
     member: String,
     add: bool,
 ) {
-    let user = user.clone();
-    let max = shard.app().cfg.rooms.max_members as i64;
-    write_then_reply(shard, slot, move |db, st| {
-        let Some(room) = writer::room_by_id(db, &room_id)? else {
-            return Err(StoreError::refused(
-                ErrorCode::NotFound,
-                format!("no room {room_id}"),
-            ));
-        };
-        if room.owner != user.id && !user.admin {
-            return Err(StoreError::refused(
-                ErrorCode::Forbidden,
-                "only the room's owner or an admin can change its members",
-            ));
-        }
-        if add {
-            let n: i64 = db.query_row(
-                "SELECT COUNT(*) FROM members WHERE conversation_id = ?1",
-                [&room.conversation_id],
-                |r| r.get(0),
-            )?;
-            if n >= max {
-                return Err(StoreError::refused(
-                    ErrorCode::BadRequest,
-                    "the room is full",
-                ));
-            }
-            writer::add_member(db, st.now_ms, &room.conversation_id, &member)?;
-        } else if !writer::remove_member(db, &room.conversation_id, &member)? {
-            return Err(StoreError::refused(
-                ErrorCode::NotFound,
-                "not a member (or the owner)",
-            ));
-        }
-        Ok(Box::new(move |ctx: &ServerCtx| {
-            if !add {
-                // The removed user's connections leave the room now.
-                for c in ctx.hub.user_connections(&member) {
-                    let (rid, conv) = (room.room_id.clone(), room.conversation_id.clone());
-                    run_on(ctx, c, move |shard, slot| kick(shard, slot, &rid, &conv));
-                }
-            }
-            Response::json_value(
-                200,
-                &json!({"room_id": room.room_id, "user_id": member, "member": add}),
-            )
-        }))
-    });
+    let cmd = WriteCmd::ChangeMember {
+        room_id,
+        user_id: user.id.clone(),
+        admin: user.admin,
+        member: member.clone(),
+        add,
+        max_members: shard.app().cfg.rooms.max_members,
+    };
+    write_then_reply(shard, slot, cmd, HttpThen::MemberChanged { member, add });
 }
 
-fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
+/// A member removed over HTTP: this connection leaves the room.
+pub fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
     let in_room = shard
         .session_mut(slot)
         .is_some_and(|ws| ws.rooms.contains_key(room_id));
@@ -469,38 +448,14 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
             );
         }
         Some(rid) => {
-            let Some(conn) = shard.conn_id(slot) else {
-                return;
+            let cmd = ReadCmd::RoomById {
+                room_id: rid.clone(),
             };
-            shard.defer(slot);
-            let job: crate::store::ReadJob = Box::new(move |db, ctx| {
-                let r = match writer::room_by_id(db, &rid) {
-                    Ok(Some(room)) => {
-                        let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-                        ctx.net.publish(
-                            MayBlock::worker(),
-                            topic_event(&conv, TopicKind::Ephemeral, &ev),
-                        );
-                        let n = ctx.net.topics.subscribers(&conv);
-                        Response::json_value(
-                            200,
-                            &json!({"sent": true, "scope": "room", "room_id": rid, "connections": n}),
-                        )
-                    }
-                    Ok(None) => {
-                        Response::error(404, ErrorCode::NotFound, &format!("no room {rid}"))
-                    }
-                    Err(e) => store_error(&e),
-                };
-                reply(ctx, conn, r);
-            });
-            if shard.app().store.try_read(job).is_err() {
-                respond(
-                    shard,
-                    slot,
-                    Response::error(503, ErrorCode::Busy, "the store is busy"),
-                );
-            }
+            let then = HttpThen::Broadcast {
+                room_id: rid,
+                event: ev,
+            };
+            read_then_reply(shard, slot, cmd, then);
         }
     }
 }

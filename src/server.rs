@@ -32,7 +32,7 @@ pub struct ServerCtx {
     pub loopback: bool,
     pub ws_config: WebSocketConfig,
     pub echo_ws_config: WebSocketConfig,
-    pub store: crate::store::Store,
+    pub store: crate::store::Store<crate::completion::Reply>,
     pub llm: crate::llm::Llm,
     pub uploads: crate::uploads::Uploads,
 }
@@ -149,7 +149,7 @@ impl ServerHandle {
             ip_limit: crate::net::iplimit::IpLimit::new(cfg.server.max_connections_per_ip),
             max_connections: cfg.server.max_connections,
         };
-        let store = crate::store::Store::open(&cfg, metrics.clone())?;
+        let store = crate::store::Store::open(&cfg)?;
         let llm = crate::llm::Llm::new(&cfg, metrics.clone());
         let uploads =
             crate::uploads::Uploads::open(&cfg).map_err(|source| StartError::DataDir {
@@ -176,7 +176,7 @@ impl ServerHandle {
             uploads,
         });
         // Threads that need the context (store writer, readers, generation workers).
-        let mut threads = crate::store::start_threads(&ctx)?;
+        let mut threads = ctx.store.start_threads(ctx.metrics.clone(), ctx.clone())?;
         threads.extend(crate::llm::start_workers(&ctx)?);
         threads.extend(crate::uploads::start_workers(&ctx)?);
         for (i, (poll, rx)) in parts.into_iter().enumerate() {

@@ -29,18 +29,20 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use crate::app::{Shard, ShardExt};
+use crate::app::{ConnMsg, Shard};
 use crate::auth::User;
+use crate::completion::{Reply, UploadReply};
 use crate::config::UploadsConfig;
 use crate::net::http::Response;
 use crate::net::{ConnId, MayBlock};
 use crate::protocol::{ErrorCode, Event, Upload, UploadEvent};
 use crate::server::ServerCtx;
 use crate::session::{send_error, send_error_retry};
-use crate::store::{StoreError, WriteJob};
+use crate::store::cmd::{FileRecord, FileRow};
+use crate::store::{StoreError, WriteCmd};
 
 /// Base64 as browsers' `btoa` and most clients write it; padding optional.
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
@@ -166,7 +168,7 @@ fn remove_unrecorded(dir: &Path, db: &Path) {
     let Ok(db) = crate::store::open_reader(db) else {
         return;
     };
-    let Ok(mut known) = db.prepare("SELECT 1 FROM files WHERE id = ?1") else {
+    let Ok(known) = crate::store::files::known_ids(&db) else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -178,7 +180,7 @@ fn remove_unrecorded(dir: &Path, db: &Path) {
         if !e.path().is_file() || !id.starts_with("f_") {
             continue;
         }
-        if let Ok(false) = known.exists([id]) {
+        if !known.contains(id) {
             log::warn!("uploads: removing {id}, stored but never recorded (crash during finalize)");
             let _ = std::fs::remove_file(e.path());
         }
@@ -371,7 +373,8 @@ fn open_upload(
     found
 }
 
-fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
+/// The connection no longer has this upload open.
+pub fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
     if let Some(ws) = shard.session_mut(slot) {
         ws.uploads.retain(|u| &*u.file_id != file_id);
     }
@@ -379,13 +382,8 @@ fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
 
 /// The upload ended (complete or failed): tell the client and close it on the shard.
 fn finish(ctx: &ServerCtx, conn: ConnId, file_id: Arc<str>, ev: Event) {
-    crate::chat::run_on(ctx, conn, move |shard, slot| {
-        forget(shard, slot, &file_id);
-        if let Event::Error { code, .. } = &ev {
-            shard.app().metrics.error(*code);
-        }
-        shard.send(slot, &ev);
-    });
+    let event = Some(Box::new(ev));
+    ctx.to_shard(conn, ConnMsg::UploadDone { file_id, event });
 }
 
 /// Characters that reorder or hide text (bidi controls and marks): a name like
@@ -547,10 +545,9 @@ impl Worker {
             if let Some(p) = self.take(&file_id) {
                 log::info!("upload {file_id} abandoned after {} s idle", idle.as_secs());
                 let _ = std::fs::remove_file(&p.path);
-                let ctx = self.ctx.clone();
-                crate::chat::run_on(&ctx, p.conn, move |shard, slot| {
-                    forget(shard, slot, &file_id)
-                });
+                let event = None;
+                self.ctx
+                    .to_shard(p.conn, ConnMsg::UploadDone { file_id, event });
             }
         }
     }
@@ -884,25 +881,39 @@ impl Worker {
             progress: Some(100.0),
             ..Default::default()
         };
-        let (fid_ok, fid_fail) = (file_id.clone(), file_id.clone());
-        let job = WriteJob {
-            enqueued: Instant::now(),
-            op: Box::new(move |db, st| {
-                record(db, st.now_ms, &file_id, &p, &got)?;
-                Ok(Box::new(move |ctx: &ServerCtx| {
-                    ctx.metrics.uploads_completed.fetch_add(1, Relaxed);
-                    finish(ctx, conn, fid_ok, Event::FileUpload(Box::new(done)))
-                }))
-            }),
-            on_fail: Box::new(move |ctx, e| {
-                ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
-                let _ = std::fs::remove_file(&dest);
-                let (code, msg) = e.client_error();
-                finish(ctx, conn, fid_fail, Event::error(code, msg, id));
-            }),
-        };
-        ctx.store.write(job);
+        let cmd = WriteCmd::RecordFile(FileRecord {
+            file_id: file_id.to_string(),
+            owner: p.owner.id.clone(),
+            owner_admin: p.owner.admin,
+            conversation_id: p.conversation_id.clone(),
+            file_name: p.file_name.clone(),
+            mime_type: p.mime_type.clone(),
+            size: p.received,
+            sha256: got,
+        });
+        let reply = Reply::Upload(Box::new(UploadReply {
+            conn,
+            id,
+            file_id,
+            dest,
+            done,
+        }));
+        ctx.store.write(cmd, reply);
     }
+}
+
+/// The upload's row is committed: it is complete.
+pub fn recorded(ctx: &ServerCtx, u: UploadReply) {
+    ctx.metrics.uploads_completed.fetch_add(1, Relaxed);
+    finish(ctx, u.conn, u.file_id, Event::FileUpload(Box::new(u.done)));
+}
+
+/// The row could not be written (access lost, store failure): the file goes too.
+pub fn not_recorded(ctx: &ServerCtx, u: UploadReply, e: &StoreError) {
+    ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
+    let _ = std::fs::remove_file(&u.dest);
+    let (code, msg) = e.client_error();
+    finish(ctx, u.conn, u.file_id, Event::error(code, msg, u.id));
 }
 
 /// fsync the data, move it into place under its id, fsync the directory: after this
@@ -913,41 +924,6 @@ fn persist(file: &std::fs::File, from: &Path, to: &Path) -> std::io::Result<()> 
     if let Some(dir) = to.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(())
-}
-
-/// The writer's half of `finalize`: access is checked again (membership may have changed
-/// since `init`), then the row is inserted.
-fn record(
-    db: &Connection,
-    now: i64,
-    file_id: &str,
-    p: &Pending,
-    sha: &str,
-) -> Result<(), StoreError> {
-    if let Some(conv) = &p.conversation_id {
-        let a = crate::store::writer::conv_access(db, conv, &p.owner.id)?;
-        if !a.is_member && !p.owner.admin {
-            return Err(StoreError::refused(
-                ErrorCode::Forbidden,
-                "you are no longer a participant of this conversation",
-            ));
-        }
-    }
-    db.prepare_cached(
-        "INSERT INTO files (id, owner, conversation_id, file_name, mime_type, size, sha256, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        file_id,
-        p.owner.id,
-        p.conversation_id,
-        p.file_name,
-        p.mime_type,
-        p.received as i64,
-        sha,
-        now
-    ])?;
     Ok(())
 }
 
@@ -975,45 +951,27 @@ impl Drop for DownloadPermit {
 }
 
 /// `GET /v1/files/{id}` on a reader thread.
-pub fn download(db: &Connection, ctx: &ServerCtx, user: &User, file_id: &str) -> Response {
-    // Only ids this server makes (`f_` + 24 hex digits) ever name a file on disk.
-    let well_formed = file_id.len() == 26
+/// Is `file_id` an id this server makes (`f_` + 24 hex digits)? Only such ids ever name a
+/// file on disk, so anything else is 404 before any lookup.
+pub fn well_formed_id(file_id: &str) -> bool {
+    file_id.len() == 26
         && file_id.starts_with("f_")
-        && file_id[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !well_formed {
+        && file_id[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Serve a file whose row the reader found readable (on the reader thread), within the
+/// download memory budget.
+pub fn serve(ctx: &ServerCtx, file: FileRow) -> Response {
+    let FileRow {
+        file_id,
+        file_name: name,
+        mime_type: mime,
+        size,
+        sha256: sha,
+    } = file;
+    if !well_formed_id(&file_id) {
         return Response::error(404, ErrorCode::NotFound, "no such file");
     }
-    let row = db
-        .prepare_cached(
-            "SELECT owner, conversation_id, file_name, mime_type, size, sha256 FROM files WHERE id = ?1",
-        )
-        .and_then(|mut s| {
-            s.query_row([file_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .optional()
-        });
-    let (owner, conv, name, mime, size, sha) = match row {
-        Ok(Some(r)) => r,
-        Ok(None) => return Response::error(404, ErrorCode::NotFound, "no such file"),
-        Err(e) => return crate::api::store_error(&StoreError::Sql(e)),
-    };
-    let allowed = owner == user.id
-        || user.admin
-        || conv.is_some_and(|c| {
-            crate::store::writer::conv_access(db, &c, &user.id).is_ok_and(|a| a.is_member)
-        });
-    if !allowed {
-        return Response::error(403, ErrorCode::Forbidden, "no access to this file");
-    }
-    let size = size.max(0) as u64;
     let budget = &ctx.uploads.download_bytes;
     let before = budget.fetch_add(size, Relaxed);
     let permit = DownloadPermit {
@@ -1024,7 +982,7 @@ pub fn download(db: &Connection, ctx: &ServerCtx, user: &User, file_id: &str) ->
         return Response::error(503, ErrorCode::Busy, "too many downloads in progress")
             .with_header("Retry-After", "1");
     }
-    let body = match std::fs::read(ctx.uploads.dir.join(file_id)) {
+    let body = match std::fs::read(ctx.uploads.dir.join(&file_id)) {
         Ok(b) if b.len() as u64 == size => b,
         Ok(b) => {
             log::error!("file {file_id}: {} bytes on disk, {size} recorded", b.len());

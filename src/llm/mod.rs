@@ -26,13 +26,14 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::chat::publish_typing_as;
+use crate::completion::Reply;
 use crate::config::{AgentConfig, Config, ProviderKind};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
 use crate::net::MayBlock;
 use crate::protocol::{ChatRequest, CompletionMeta, ErrorCode, Event};
 use crate::server::ServerCtx;
-use crate::store::{StoreError, WriteJob};
+use crate::store::WriteCmd;
 use crate::topic::topic_event;
 use crate::topic::TopicKind;
 
@@ -397,14 +398,12 @@ fn generate(
             last_checkpoint = Instant::now();
             let content = gen.state.lock().content.clone();
             let mid = gen.message_id;
-            let _ = ctx.store.try_write(WriteJob {
-                enqueued: Instant::now(),
-                op: Box::new(move |db, st| {
-                    crate::store::writer::checkpoint(db, st.now_ms, mid, &content)?;
-                    Ok(Box::new(|_: &ServerCtx| {}))
-                }),
-                on_fail: Box::new(|_, _| {}),
-            });
+            // Best effort: a full queue skips this checkpoint; the final write is kept.
+            let cmd = WriteCmd::Checkpoint {
+                message_id: mid,
+                content,
+            };
+            let _ = ctx.store.try_write(cmd, Reply::Checkpoint);
         }
         true
     };
@@ -483,8 +482,20 @@ fn meta(
     }
 }
 
-/// Store the final state; after COMMIT tell every subscriber (`message_updated`,
-/// `complete`, and `error` LLM_ERROR when the backend failed).
+/// What `finished` needs once the final row is committed.
+pub struct FinishReply {
+    pub gen: Arc<Generation>,
+    pub room_id: Option<String>,
+    pub content: String,
+    pub reason: &'static str,
+    pub meta: CompletionMeta,
+    pub error: Option<String>,
+    pub client_id: Option<String>,
+    pub agent: String,
+}
+
+/// Store the final state; after COMMIT (`finished`) tell every subscriber
+/// (`message_updated`, `complete`, and `error` LLM_ERROR when the backend failed).
 fn finish(
     ctx: &ServerCtx,
     req: &GenRequest,
@@ -494,54 +505,39 @@ fn finish(
     meta: CompletionMeta,
     error: Option<String>,
 ) {
-    let gen = req.gen.clone();
-    let room_id = req.room_id.clone();
-    let client_id = req.client_id.clone();
-    let meta_json = serde_json::to_string(&meta).unwrap_or_default();
-    let agent = req.plan.agent.name.clone();
-    let (g2, r2, e2, m2, c2, a2) = (
-        gen.clone(),
-        room_id.clone(),
-        error.clone(),
-        meta.clone(),
-        content.clone(),
-        agent.clone(),
-    );
-    let job = WriteJob {
-        enqueued: Instant::now(),
-        op: Box::new(move |db, st| {
-            let row = crate::store::writer::finalize(
-                db,
-                st.now_ms,
-                gen.message_id,
-                &content,
-                status,
-                &meta_json,
-            )?;
-            Ok(Box::new(move |ctx: &ServerCtx| {
-                announce_end(
-                    ctx,
-                    &gen,
-                    room_id,
-                    Some(row.view()),
-                    &content,
-                    reason,
-                    meta,
-                    error,
-                    client_id,
-                    &agent,
-                )
-            }))
-        }),
-        on_fail: Box::new(move |ctx: &ServerCtx, e: &StoreError| {
-            let err = Some(format!(
-                "{}; the reply could not be stored: {e}",
-                e2.unwrap_or_default()
-            ));
-            announce_end(ctx, &g2, r2, None, &c2, "error", m2, err, None, &a2)
-        }),
+    let cmd = WriteCmd::Finalize {
+        message_id: req.gen.message_id,
+        content: content.clone(),
+        status,
+        meta_json: serde_json::to_string(&meta).unwrap_or_default(),
     };
-    ctx.store.write(job);
+    let reply = Reply::Finish(Box::new(FinishReply {
+        gen: req.gen.clone(),
+        room_id: req.room_id.clone(),
+        content,
+        reason,
+        meta,
+        error,
+        client_id: req.client_id.clone(),
+        agent: req.plan.agent.name.clone(),
+    }));
+    ctx.store.write(cmd, reply);
+}
+
+/// The final row is committed (or could not be: `row` is `None`): tell every subscriber.
+pub fn finished(ctx: &ServerCtx, f: FinishReply, row: Option<crate::protocol::MessageView>) {
+    announce_end(
+        ctx,
+        &f.gen,
+        f.room_id,
+        row,
+        &f.content,
+        f.reason,
+        f.meta,
+        f.error,
+        f.client_id,
+        &f.agent,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

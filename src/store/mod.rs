@@ -12,8 +12,12 @@
 //! Schema changes are numbered migrations tracked in `PRAGMA user_version`; a database
 //! from a newer binary is refused (exit code 2) rather than misread.
 
+pub mod cmd;
+pub mod files;
 pub mod read;
 pub mod writer;
+
+pub use cmd::{Completions, ReadCmd, ReadDone, ReadJob, WriteCmd, WriteJob, Written};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +30,6 @@ use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::ServerCtx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -241,30 +244,13 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// What the writer runs after COMMIT (acks, fan-out).
-pub type PostCommit = Box<dyn FnOnce(&ServerCtx) + Send>;
-/// A write: runs inside the batch transaction (its own savepoint).
-pub type WriteOp =
-    Box<dyn FnOnce(&Connection, &mut writer::WriterState) -> Result<PostCommit, StoreError> + Send>;
-/// What happens to a write whose transaction did not commit, or that was refused.
-pub type OnFail = Box<dyn FnOnce(&ServerCtx, &StoreError) + Send>;
-
-pub struct WriteJob {
-    pub enqueued: Instant,
-    pub op: WriteOp,
-    pub on_fail: OnFail,
-}
-
-pub enum WriteMsg {
-    Job(WriteJob),
+pub enum WriteMsg<R> {
+    Job(WriteJob<R>),
     Stop,
 }
 
-/// A read: runs on a reader thread with its own connection.
-pub type ReadJob = Box<dyn FnOnce(&Connection, &ServerCtx) + Send>;
-
-pub enum ReadMsg {
-    Job(ReadJob),
+pub enum ReadMsg<R> {
+    Job(ReadJob<R>),
     Stop,
 }
 
@@ -272,20 +258,24 @@ pub enum ReadMsg {
 #[derive(Debug)]
 pub struct Busy;
 
-pub struct Store {
-    write_tx: Sender<WriteMsg>,
-    write_rx: Mutex<Option<Receiver<WriteMsg>>>,
-    read_tx: Sender<ReadMsg>,
-    read_rx: Receiver<ReadMsg>,
+/// The store: queues to the writer and the readers. `R` is what a caller attaches to
+/// each job to recognise its result (see [`cmd`]).
+pub struct Store<R> {
+    write_tx: Sender<WriteMsg<R>>,
+    write_rx: Mutex<Option<Receiver<WriteMsg<R>>>>,
+    read_tx: Sender<ReadMsg<R>>,
+    read_rx: Receiver<ReadMsg<R>>,
     writer_conn: Mutex<Option<Connection>>,
     readers: usize,
+    batch_max: usize,
+    idempotency_window_ms: i64,
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
-    pub stopping: std::sync::atomic::AtomicBool,
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Store {
-    pub fn open(cfg: &Config, _metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+impl<R: Send + 'static> Store<R> {
+    pub fn open(cfg: &Config) -> Result<Store<R>, StoreError> {
         let path = cfg.store.db_path();
         let conn = open_writer(&path, cfg.store.synchronous_full, cfg.store.page_size)?;
         let (write_tx, write_rx) = crossbeam_channel::bounded(cfg.store.queue);
@@ -297,14 +287,21 @@ impl Store {
             read_rx,
             writer_conn: Mutex::new(Some(conn)),
             readers: cfg.store.read_workers,
+            batch_max: cfg.store.batch_max,
+            idempotency_window_ms: (cfg.store.idempotency_window_s as i64).saturating_mul(1000),
             path,
             synchronous_full: cfg.store.synchronous_full,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
     /// Queue a write without blocking (shards).
-    pub fn try_write(&self, job: WriteJob) -> Result<(), Busy> {
+    pub fn try_write(&self, cmd: WriteCmd, reply: R) -> Result<(), Busy> {
+        let job = WriteJob {
+            cmd,
+            reply,
+            enqueued: Instant::now(),
+        };
         match self.write_tx.try_send(WriteMsg::Job(job)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
@@ -312,12 +309,18 @@ impl Store {
     }
 
     /// Queue a write, waiting for room (workers; never shards).
-    pub fn write(&self, job: WriteJob) {
+    pub fn write(&self, cmd: WriteCmd, reply: R) {
+        let job = WriteJob {
+            cmd,
+            reply,
+            enqueued: Instant::now(),
+        };
         let _ = self.write_tx.send(WriteMsg::Job(job));
     }
 
-    pub fn try_read(&self, job: ReadJob) -> Result<(), Busy> {
-        match self.read_tx.try_send(ReadMsg::Job(job)) {
+    /// Queue a read without blocking.
+    pub fn try_read(&self, cmd: ReadCmd, reply: R) -> Result<(), Busy> {
+        match self.read_tx.try_send(ReadMsg::Job(ReadJob { cmd, reply })) {
             Ok(()) => Ok(()),
             Err(_) => Err(Busy),
         }
@@ -336,56 +339,63 @@ impl Store {
             let _ = self.read_tx.send(ReadMsg::Stop);
         }
     }
-}
 
-/// Start the writer and the readers.
-pub fn start_threads(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let mut threads = Vec::new();
-    let store = &ctx.store;
-    let rx = store
-        .write_rx
-        .lock()
-        .take()
-        .ok_or_else(|| std::io::Error::other("store writer already started"))?;
-    let conn = store
-        .writer_conn
-        .lock()
-        .take()
-        .ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
-    {
-        let ctx = ctx.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("store-writer".into())
-                .spawn(move || writer::run(conn, rx, ctx))?,
-        );
+    /// Start the writer, the checkpointer and the readers. Results go to `sink`.
+    pub fn start_threads(
+        &self,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn Completions<R>>,
+    ) -> std::io::Result<Vec<JoinHandle<()>>> {
+        let mut threads = Vec::new();
+        let rx = self
+            .write_rx
+            .lock()
+            .take()
+            .ok_or_else(|| std::io::Error::other("store writer already started"))?;
+        let conn = self
+            .writer_conn
+            .lock()
+            .take()
+            .ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
+        {
+            let settings = writer::Settings {
+                batch_max: self.batch_max,
+                idempotency_window_ms: self.idempotency_window_ms,
+            };
+            let (metrics, sink) = (metrics.clone(), sink.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || writer::run(conn, rx, settings, metrics, sink))?,
+            );
+        }
+        {
+            let path = self.path.clone();
+            let stopping = self.stopping.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("store-checkpoint".into())
+                    .spawn(move || checkpointer(path, stopping))?,
+            );
+        }
+        for i in 0..self.readers {
+            let rx = self.read_rx.clone();
+            let path = self.path.clone();
+            let (metrics, sink) = (metrics.clone(), sink.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("store-read-{i}"))
+                    .spawn(move || read::run(path, rx, metrics, sink))?,
+            );
+        }
+        Ok(threads)
     }
-    {
-        let ctx = ctx.clone();
-        let path = store.path.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("store-checkpoint".into())
-                .spawn(move || checkpointer(path, ctx))?,
-        );
-    }
-    for i in 0..store.readers {
-        let ctx = ctx.clone();
-        let rx = store.read_rx.clone();
-        let path = store.path.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("store-read-{i}"))
-                .spawn(move || read::run(path, rx, ctx))?,
-        );
-    }
-    Ok(threads)
 }
 
 /// Moves WAL content into the database file in the background: a PASSIVE checkpoint
 /// (never blocks the writer or readers) every 200 ms, and a TRUNCATE when the WAL has
 /// grown past 64 MiB (readers permitting), so the WAL file stays bounded.
-fn checkpointer(path: std::path::PathBuf, ctx: Arc<ServerCtx>) {
+fn checkpointer(path: std::path::PathBuf, stopping: Arc<std::sync::atomic::AtomicBool>) {
     let conn = match Connection::open(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -399,11 +409,7 @@ fn checkpointer(path: std::path::PathBuf, ctx: Arc<ServerCtx>) {
         p.push("-wal");
         std::path::PathBuf::from(p)
     };
-    while !ctx
-        .store
-        .stopping
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let big = std::fs::metadata(&wal)
             .map(|m| m.len() > 64 << 20)

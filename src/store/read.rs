@@ -1,7 +1,8 @@
 //! Store readers: threads with their own read-only connections (WAL lets them read while
-//! the writer commits). They run history, replay and listing queries handed to them as
-//! closures and send results back to the shard that asked.
+//! the writer commits). They run the typed queries ([`ReadCmd`]) — history, replay,
+//! listings, access checks — and hand the results to the [`Completions`] sink.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,24 +10,181 @@ use crossbeam_channel::Receiver;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::cmd::{Completions, ReadCmd, ReadDone};
+use super::writer::{conv_access, is_member, room_by_id};
 use super::{ReadMsg, StoreError};
-use crate::protocol::{rfc3339_ms, MessageView, RoomSummary, RoomType};
-use crate::server::ServerCtx;
+use crate::metrics::Metrics;
+use crate::protocol::{rfc3339_ms, ErrorCode, MessageView, RoomSummary, RoomType};
 
-pub fn run(path: PathBuf, rx: Receiver<ReadMsg>, ctx: Arc<ServerCtx>) {
+pub fn run<R: 'static>(
+    path: PathBuf,
+    rx: Receiver<ReadMsg<R>>,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn Completions<R>>,
+) {
     let conn = match super::open_reader(&path) {
         Ok(c) => c,
         Err(e) => {
             log::error!("store reader cannot open {}: {e}", path.display());
-            ctx.metrics
+            metrics
                 .store_unhealthy
                 .store(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
     };
     while let Ok(ReadMsg::Job(job)) = rx.recv() {
-        job(&conn, &ctx);
+        let result = execute(&conn, job.cmd, &*sink);
+        sink.read(job.reply, result);
     }
+}
+
+fn refused_not_member() -> StoreError {
+    StoreError::refused(
+        ErrorCode::Forbidden,
+        "you are not a participant of this conversation",
+    )
+}
+
+/// Run one query. `sink` supplies the in-flight replies a replay needs.
+pub fn execute<R: 'static>(
+    conn: &Connection,
+    cmd: ReadCmd,
+    sink: &dyn Completions<R>,
+) -> Result<ReadDone, StoreError> {
+    match cmd {
+        ReadCmd::RoomsOf { user_id } => rooms_for_user(conn, &user_id).map(ReadDone::Rooms),
+        ReadCmd::Replay {
+            conversation_id,
+            user_id,
+            admin,
+            after_seq,
+            limit,
+        } => {
+            let a = conv_access(conn, &conversation_id, &user_id)?;
+            if !a.is_member && !admin {
+                return Err(refused_not_member());
+            }
+            // Snapshots BEFORE rows: see `Completions::in_flight`.
+            let snapshots = sink.in_flight(&conversation_id);
+            load_replay(
+                conn,
+                &conversation_id,
+                after_seq,
+                limit,
+                a.room_id,
+                snapshots,
+            )
+            .map(ReadDone::Replay)
+        }
+        ReadCmd::Conversations {
+            user_id,
+            cursor,
+            limit,
+        } => list_conversations(conn, &user_id, cursor, limit)
+            .map(|(list, next_cursor)| ReadDone::Conversations { list, next_cursor }),
+        ReadCmd::History {
+            conversation_id,
+            user_id,
+            admin,
+            before_seq,
+            after_seq,
+            limit,
+        } => {
+            let access = conv_access(conn, &conversation_id, &user_id)?;
+            if !access.is_member && !admin {
+                return Err(refused_not_member());
+            }
+            let messages = history(conn, &conversation_id, before_seq, after_seq, limit)?;
+            let first = messages.first().map(|r| r.seq);
+            let has_more = match (after_seq, first) {
+                (None, Some(f)) => f > 1,
+                _ => messages.len() as u32 == limit,
+            };
+            let last_seq = last_seq(conn, &conversation_id).unwrap_or(0);
+            Ok(ReadDone::History {
+                conversation_id,
+                messages,
+                last_seq,
+                has_more,
+                room_id: access.room_id,
+            })
+        }
+        ReadCmd::File {
+            file_id,
+            user_id,
+            admin,
+        } => super::files::readable(conn, &file_id, &user_id, admin).map(ReadDone::File),
+        ReadCmd::Room {
+            room_id,
+            user_id,
+            admin,
+        } => {
+            let Some(room) = room_by_id(conn, &room_id)? else {
+                return Err(StoreError::refused(
+                    ErrorCode::NotFound,
+                    format!("no room {room_id}"),
+                ));
+            };
+            let member = is_member(conn, &room.conversation_id, &user_id)?;
+            if !member && !admin && room.room_type != RoomType::Shared {
+                return Err(StoreError::refused(
+                    ErrorCode::Forbidden,
+                    "not a member of this room",
+                ));
+            }
+            let members = members(conn, &room.conversation_id)?;
+            Ok(ReadDone::Room { room, members })
+        }
+        ReadCmd::RoomById { room_id } => room_by_id(conn, &room_id).map(ReadDone::RoomById),
+    }
+}
+
+/// What a subscriber missed: rows after its `seq`, and the replies still being
+/// generated with their content so far.
+#[derive(Debug)]
+pub struct Replay {
+    pub rows: Vec<MessageRow>,
+    pub more: bool,
+    pub last_seq: i64,
+    /// In-flight replies: message id → (content so far, tokens so far).
+    pub snapshots: HashMap<i64, (String, u64)>,
+    pub room_id: Option<String>,
+}
+
+/// Read what a subscriber missed, given the in-flight `snapshots` taken just before.
+pub fn load_replay(
+    db: &Connection,
+    conv: &str,
+    after_seq: i64,
+    limit: u32,
+    room_id: Option<String>,
+    snapshots: HashMap<i64, (String, u64)>,
+) -> Result<Replay, StoreError> {
+    let (mut rows, more) = replay(db, conv, after_seq, limit)?;
+    let last_seq = last_seq(db, conv)?;
+    // A reply in flight that the client already "has" (seq <= after_seq) is replayed too:
+    // the client holds only part of it.
+    for mid in snapshots.keys() {
+        if !rows.iter().any(|r| r.id == *mid) {
+            if let Some(r) = db
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND status = 'streaming'"
+                ))?
+                .query_row([mid], message_row)
+                .optional()?
+            {
+                rows.push(r);
+            }
+        }
+    }
+    rows.sort_by_key(|r| r.seq);
+    Ok(Replay {
+        rows,
+        more,
+        last_seq,
+        snapshots,
+        room_id,
+    })
 }
 
 pub const MESSAGE_COLUMNS: &str =

@@ -3,8 +3,9 @@
 //! Group commit: block for the first job, take whatever else is queued (up to
 //! `store.batch_max`), run all of them in one transaction — each inside its own SAVEPOINT
 //! so that a refused job (no access, not found) rolls back alone — COMMIT once, and only
-//! then run each job's follow-up (acks, fan-out). `seq` numbers are assigned here, so
-//! they are dense and ordered per conversation.
+//! then hand each job's typed result to the [`Completions`] sink, in queue order (the
+//! application acks, fans out and starts replies from there). `seq` numbers are assigned
+//! here, so they are dense and ordered per conversation.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,10 +14,11 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::cmd::{Completions, WriteCmd, WriteJob, Written};
 use super::read::{message_row, MessageRow, MESSAGE_COLUMNS};
-use super::{PostCommit, StoreError, WriteJob, WriteMsg};
+use super::{StoreError, WriteMsg};
+use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode, RoomType};
-use crate::server::ServerCtx;
 
 pub struct WriterState {
     /// Users whose `users` row this process has committed: their row is not written again.
@@ -43,10 +45,22 @@ impl WriterState {
     }
 }
 
-pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
-    let batch_max = ctx.cfg.store.batch_max;
-    let mut state =
-        WriterState::new((ctx.cfg.store.idempotency_window_s as i64).saturating_mul(1000));
+/// The writer's settings, from `[store]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub batch_max: usize,
+    pub idempotency_window_ms: i64,
+}
+
+pub fn run<R: 'static>(
+    mut conn: Connection,
+    rx: Receiver<WriteMsg<R>>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn Completions<R>>,
+) {
+    let batch_max = settings.batch_max;
+    let mut state = WriterState::new(settings.idempotency_window_ms);
     let mut jobs = Vec::with_capacity(batch_max);
     let mut stop = false;
     while !stop {
@@ -64,38 +78,36 @@ pub fn run(mut conn: Connection, rx: Receiver<WriteMsg>, ctx: Arc<ServerCtx>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut jobs, &mut state, &ctx);
+        commit_batch(&mut conn, &mut jobs, &mut state, &metrics, &*sink);
     }
     // Jobs queued behind the stop marker still get an answer.
     while let Ok(WriteMsg::Job(j)) = rx.try_recv() {
         jobs.push(j);
     }
     if !jobs.is_empty() {
-        commit_batch(&mut conn, &mut jobs, &mut state, &ctx);
+        commit_batch(&mut conn, &mut jobs, &mut state, &metrics, &*sink);
     }
     log::info!("store writer stopped");
 }
 
-fn commit_batch(
+fn commit_batch<R: 'static>(
     conn: &mut Connection,
-    jobs: &mut Vec<WriteJob>,
+    jobs: &mut Vec<WriteJob<R>>,
     state: &mut WriterState,
-    ctx: &ServerCtx,
+    metrics: &Metrics,
+    sink: &dyn Completions<R>,
 ) {
     state.now_ms = now_ms();
     let n = jobs.len();
-    let mut done: Vec<(
-        Result<PostCommit, StoreError>,
-        super::OnFail,
-        std::time::Instant,
-    )> = Vec::with_capacity(n);
+    let mut done: Vec<(Result<Written, StoreError>, R, std::time::Instant)> = Vec::with_capacity(n);
     // IMMEDIATE: take the write lock at BEGIN. A deferred transaction reads first and
     // then upgrades, which fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) if the
     // checkpointer restarted the WAL in between.
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            fail_all(jobs.drain(..).map(|j| j.on_fail), StoreError::Sql(e), ctx);
+            let replies = jobs.drain(..).map(|j| j.reply);
+            fail_all(replies, &StoreError::Sql(e), metrics, sink);
             return;
         }
     };
@@ -109,7 +121,7 @@ fn commit_batch(
         let r = match savepoint("SAVEPOINT job") {
             Err(e) => Err(e),
             Ok(()) => {
-                let r = (job.op)(&tx, state);
+                let r = execute(&tx, state, job.cmd);
                 state.job_done(r.is_ok());
                 let end = if r.is_ok() {
                     savepoint("RELEASE job")
@@ -122,48 +134,194 @@ fn commit_batch(
                 }
             }
         };
-        done.push((r, job.on_fail, job.enqueued));
+        done.push((r, job.reply, job.enqueued));
     }
     let committed = tx.commit();
     state.batch_done(committed.is_ok());
     match committed {
         Ok(()) => {
-            let m = &ctx.metrics;
-            m.store_commits.fetch_add(1, Relaxed);
-            m.store_writes.fetch_add(n as u64, Relaxed);
-            m.store_unhealthy.store(0, Relaxed);
+            metrics.store_commits.fetch_add(1, Relaxed);
+            metrics.store_writes.fetch_add(n as u64, Relaxed);
+            metrics.store_unhealthy.store(0, Relaxed);
             {
-                let mut h = m.commit_latency_us.lock();
+                let mut h = metrics.commit_latency_us.lock();
                 for (_, _, enq) in &done {
                     let _ = h.record(enq.elapsed().as_micros().max(1) as u64);
                 }
             }
-            for (r, on_fail, _) in done {
+            for (r, reply, _) in done {
                 match r {
-                    Ok(post) => post(ctx),
+                    Ok(w) => sink.written(reply, Ok(w)),
                     Err(e) => {
                         if !matches!(e, StoreError::Refused(..)) {
                             log::error!("store: write failed: {e}");
-                            ctx.metrics.store_failures.fetch_add(1, Relaxed);
+                            metrics.store_failures.fetch_add(1, Relaxed);
                         }
-                        on_fail(ctx, &e)
+                        sink.written(reply, Err(&e))
                     }
                 }
             }
         }
         Err(e) => {
-            fail_all(done.into_iter().map(|(_, f, _)| f), StoreError::Sql(e), ctx);
+            let replies = done.into_iter().map(|(_, reply, _)| reply);
+            fail_all(replies, &StoreError::Sql(e), metrics, sink);
         }
     }
 }
 
-fn fail_all(fails: impl Iterator<Item = super::OnFail>, err: StoreError, ctx: &ServerCtx) {
+fn fail_all<R: 'static>(
+    replies: impl Iterator<Item = R>,
+    err: &StoreError,
+    metrics: &Metrics,
+    sink: &dyn Completions<R>,
+) {
     log::error!("store: batch failed, nothing acknowledged: {err}");
-    ctx.metrics.store_failures.fetch_add(1, Relaxed);
-    ctx.metrics.store_unhealthy.store(1, Relaxed);
-    for f in fails {
-        f(ctx, &err);
+    metrics.store_failures.fetch_add(1, Relaxed);
+    metrics.store_unhealthy.store(1, Relaxed);
+    for reply in replies {
+        sink.written(reply, Err(err));
     }
+}
+
+/// Run one command inside the open transaction.
+pub fn execute(
+    conn: &Connection,
+    state: &mut WriterState,
+    cmd: WriteCmd,
+) -> Result<Written, StoreError> {
+    match cmd {
+        WriteCmd::Chat(input) => append_chat(conn, state, &input).map(Written::Chat),
+        WriteCmd::MarkRead {
+            conversation_id,
+            user_id,
+            seq,
+        } => {
+            mark_read(conn, &conversation_id, &user_id, seq).map(|marker| Written::Read { marker })
+        }
+        WriteCmd::JoinRoom {
+            user_id,
+            user_name,
+            admin,
+            room_id,
+            room_name,
+            room_type,
+            create_allowed,
+            new_conversation_id,
+        } => join_room(
+            conn,
+            state,
+            &user_id,
+            &user_name,
+            admin,
+            &room_id,
+            room_name.as_deref(),
+            room_type,
+            create_allowed,
+            &new_conversation_id,
+        )
+        .map(|(room, _created)| Written::Joined(room)),
+        WriteCmd::CreateRoom {
+            room_id,
+            room_name,
+            room_type,
+            owner,
+            owner_name,
+            members,
+            ai,
+            conversation_id,
+        } => create_room(
+            conn,
+            state,
+            &NewRoom {
+                room_id: &room_id,
+                room_name: &room_name,
+                room_type,
+                owner: &owner,
+                owner_name: &owner_name,
+                members: &members,
+                ai,
+                conversation_id: &conversation_id,
+            },
+        )
+        .map(Written::RoomCreated),
+        WriteCmd::DeleteRoom {
+            room_id,
+            user_id,
+            admin,
+        } => {
+            let room = owned_room(conn, &room_id, &user_id, admin, "delete it")?;
+            delete_room(conn, state.now_ms, &room.conversation_id)?;
+            Ok(Written::RoomDeleted(room))
+        }
+        WriteCmd::ChangeMember {
+            room_id,
+            user_id,
+            admin,
+            member,
+            add,
+            max_members,
+        } => {
+            let room = owned_room(conn, &room_id, &user_id, admin, "change its members")?;
+            if add {
+                if member_count(conn, &room.conversation_id)? >= i64::from(max_members) {
+                    return Err(StoreError::refused(
+                        ErrorCode::BadRequest,
+                        "the room is full",
+                    ));
+                }
+                add_member(conn, state.now_ms, &room.conversation_id, &member)?;
+            } else if !remove_member(conn, &room.conversation_id, &member)? {
+                return Err(StoreError::refused(
+                    ErrorCode::NotFound,
+                    "not a member (or the owner)",
+                ));
+            }
+            Ok(Written::MemberChanged(room))
+        }
+        WriteCmd::RecordFile(f) => {
+            super::files::record(conn, state.now_ms, &f).map(|()| Written::FileRecorded)
+        }
+        WriteCmd::Checkpoint {
+            message_id,
+            content,
+        } => checkpoint(conn, state.now_ms, message_id, &content).map(|()| Written::Checkpointed),
+        WriteCmd::Finalize {
+            message_id,
+            content,
+            status,
+            meta_json,
+        } => finalize(conn, state.now_ms, message_id, &content, status, &meta_json)
+            .map(Written::Finalized),
+    }
+}
+
+/// A room that `user` owns (or any room, for an admin); else NOT_FOUND / FORBIDDEN.
+fn owned_room(
+    conn: &Connection,
+    room_id: &str,
+    user: &str,
+    admin: bool,
+    to: &str,
+) -> Result<RoomRow, StoreError> {
+    let Some(room) = room_by_id(conn, room_id)? else {
+        return Err(StoreError::refused(
+            ErrorCode::NotFound,
+            format!("no room {room_id}"),
+        ));
+    };
+    if room.owner != user && !admin {
+        return Err(StoreError::refused(
+            ErrorCode::Forbidden,
+            format!("only the room's owner or an admin can {to}"),
+        ));
+    }
+    Ok(room)
+}
+
+fn member_count(conn: &Connection, conv: &str) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1")?
+        .query_row([conv], |r| r.get(0))?)
 }
 
 // ---------------------------------------------------------------- operations
