@@ -1,52 +1,12 @@
-//! Configuration: parse, then validate.
-//!
-//! Layers, last wins: the embedded `config/confab.toml` (which is therefore both the
-//! documentation and the defaults), the file given with `--config`, then environment
-//! variables `CONFAB_<SECTION>_<KEY>`. The merged TOML table is deserialised into the raw
-//! structs below (`deny_unknown_fields`, so a typo is an error naming the key) and then
-//! validated into [`Config`], the only type the rest of the server sees.
+//! The configuration as written (`Raw*`, unknown keys refused) and its validation into
+//! the typed [`Config`](super::Config): every error names its key.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use super::*;
 
-use serde::Deserialize;
-
-/// The documented defaults, compiled in.
-pub const DEFAULT_TOML: &str = include_str!("../config/confab.toml");
-
-const SECTIONS: &[&str] = &[
-    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid TOML: {msg}")]
-    Syntax { path: String, msg: String },
-    #[error("config: {0}")]
-    Shape(String),
-    #[error("config key `{key}`: {msg}")]
-    Invalid { key: &'static str, msg: String },
-}
-
-fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        msg: msg.into(),
-    }
-}
-
-// ---------------------------------------------------------------- raw (as written)
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Raw {
+pub(super) struct Raw {
     server: RawServer,
     tls: RawTls,
     auth: RawAuth,
@@ -62,7 +22,7 @@ struct Raw {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawServer {
+pub(super) struct RawServer {
     listen: String,
     shards: u32,
     max_connections: u32,
@@ -79,14 +39,14 @@ struct RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
+pub(super) struct RawTls {
     cert_file: String,
     key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAuth {
+pub(super) struct RawAuth {
     jwt_secret: String,
     algorithms: Vec<String>,
     public_key_file: String,
@@ -103,7 +63,7 @@ struct RawAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWs {
+pub(super) struct RawWs {
     read_buffer_bytes: u32,
     write_buffer_bytes: u32,
     max_message_bytes: u32,
@@ -116,7 +76,7 @@ struct RawWs {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
+pub(super) struct RawLimits {
     rate_window_ms: u64,
     rate_max_messages: u32,
     rate_strikes: u32,
@@ -124,7 +84,7 @@ struct RawLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawStore {
+pub(super) struct RawStore {
     data_dir: String,
     db_file: String,
     batch_max: u32,
@@ -140,7 +100,7 @@ struct RawStore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLlm {
+pub(super) struct RawLlm {
     provider: String,
     workers: u32,
     queue: u32,
@@ -161,7 +121,7 @@ struct RawLlm {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRooms {
+pub(super) struct RawRooms {
     create_on_join: bool,
     typing_timeout_ms: u64,
     max_members: u32,
@@ -169,7 +129,7 @@ struct RawRooms {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUploads {
+pub(super) struct RawUploads {
     max_file_bytes: u64,
     max_chunk_bytes: u32,
     allowed_extensions: String,
@@ -183,7 +143,7 @@ struct RawUploads {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAgent {
+pub(super) struct RawAgent {
     #[serde(default)]
     provider: String,
     #[serde(default)]
@@ -207,328 +167,6 @@ fn default_max_tokens() -> u32 {
     1024
 }
 
-// ---------------------------------------------------------------- validated
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    Demo,
-    OpenAi,
-}
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub tls: Option<TlsFiles>,
-    pub auth: AuthConfig,
-    pub ws: WsConfig,
-    pub limits: LimitsConfig,
-    pub store: StoreConfig,
-    pub llm: LlmConfig,
-    pub rooms: RoomsConfig,
-    pub uploads: UploadsConfig,
-    pub agents: BTreeMap<String, AgentConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub shards: usize,
-    pub max_connections: usize,
-    pub max_connections_per_user: u32,
-    /// 0 = no cap.
-    pub max_connections_per_ip: u32,
-    pub echo_path: Option<String>,
-    /// Origins (`scheme://host[:port]`) that browsers may call the unauthenticated
-    /// endpoints from, cross-origin. Bearer-authenticated endpoints are open to any origin.
-    pub cors_origins: Vec<String>,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: usize,
-    pub head_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub log_level: log::LevelFilter,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub jwt_secret: Option<String>,
-    pub algorithms: Vec<jsonwebtoken::Algorithm>,
-    pub public_key_file: Option<PathBuf>,
-    pub private_key_file: Option<PathBuf>,
-    pub audience: Option<String>,
-    pub issuer: Option<String>,
-    pub leeway_s: u64,
-    pub auth_timeout: Duration,
-    pub expiry_grace: Duration,
-    pub token_ttl_s: u64,
-    pub dev_tokens: bool,
-    /// Dev tokens may carry `admin: true` (off: such a request is refused).
-    pub dev_tokens_admin: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct WsConfig {
-    pub read_buffer_bytes: usize,
-    pub write_buffer_bytes: usize,
-    pub max_message_bytes: usize,
-    pub max_frame_bytes: usize,
-    pub out_queue_max_bytes: usize,
-    pub heartbeat_interval: Duration,
-    pub pong_timeout: Duration,
-    pub read_budget_messages: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct LimitsConfig {
-    pub rate_window: Duration,
-    pub rate_max_messages: u32,
-    pub rate_strikes: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub data_dir: PathBuf,
-    pub db_file: String,
-    pub batch_max: usize,
-    pub queue: usize,
-    pub read_workers: usize,
-    pub read_queue: usize,
-    pub idempotency_window_s: u64,
-    pub max_page: u32,
-    pub replay_max: u32,
-    pub synchronous_full: bool,
-    pub page_size: u32,
-}
-
-impl StoreConfig {
-    pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join(&self.db_file)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct LlmConfig {
-    pub provider: ProviderKind,
-    pub workers: usize,
-    pub queue: usize,
-    pub base_url: String,
-    pub model: String,
-    pub api_key_env: String,
-    pub connect_timeout: Duration,
-    pub first_token_timeout: Duration,
-    pub read_timeout: Duration,
-    pub demo_tokens_per_s: f64,
-    pub context_messages: u32,
-    pub context_max_chars: usize,
-    pub max_tokens_limit: u32,
-    pub temperature_max: f64,
-    pub default_agent: String,
-    pub checkpoint_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoomsConfig {
-    pub create_on_join: bool,
-    pub typing_timeout: Duration,
-    pub max_members: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct UploadsConfig {
-    pub max_file_bytes: u64,
-    pub max_chunk_bytes: usize,
-    /// Lower-case file name extensions accepted, without the dot.
-    pub allowed_extensions: Vec<String>,
-    pub max_per_connection: usize,
-    pub max_active: usize,
-    pub workers: usize,
-    pub queue: usize,
-    pub idle_timeout: Duration,
-    pub download_memory_bytes: u64,
-}
-
-impl UploadsConfig {
-    /// Where finished uploads live: `<data_dir>/files/<file_id>`.
-    pub fn dir(store: &StoreConfig) -> PathBuf {
-        store.data_dir.join("files")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub name: String,
-    pub provider: ProviderKind,
-    pub model: String,
-    pub system_prompt: String,
-    pub temperature: f64,
-    pub max_tokens: u32,
-    pub price_prompt_per_1k: f64,
-    pub price_completion_per_1k: f64,
-}
-
-// ---------------------------------------------------------------- loading
-
-impl Config {
-    /// Defaults, then `path` (if any), then the process environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        let file = match path {
-            Some(p) => Some((
-                p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?,
-            )),
-            None => None,
-        };
-        Self::from_layers(file.as_ref().map(|(p, s)| (p.as_str(), s.as_str())), &env)
-    }
-
-    /// The embedded defaults alone (tests start from this and adjust fields).
-    pub fn defaults() -> Config {
-        Self::from_layers(None, &[]).expect("embedded config/confab.toml is valid")
-    }
-
-    pub fn from_layers(
-        file: Option<(&str, &str)>,
-        env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            DEFAULT_TOML
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: "<embedded>".into(),
-                    msg: e.to_string(),
-                })?;
-        if let Some((path, text)) = file {
-            let over: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                        path: path.into(),
-                        msg: e.message().to_string(),
-                    })?;
-            merge(&mut table, over);
-        }
-        apply_env(&mut table, env)?;
-        check_types(&mut table)?;
-        let raw: Raw = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
-        raw.validate()
-    }
-}
-
-/// Deep-merge `over` into `base` (tables merge, everything else replaces).
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
-    for (name, value) in env {
-        let Some(rest) = name.strip_prefix("CONFAB_") else {
-            continue;
-        };
-        let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| {
-            rest.len() > s.len() && rest.starts_with(*s) && rest.as_bytes()[s.len()] == b'_'
-        }) else {
-            continue;
-        };
-        let key = &rest[section.len() + 1..];
-        // Read the value as TOML (numbers, booleans, arrays); anything else is a string.
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.clone()));
-        let sec = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match sec {
-            toml::Value::Table(t) => {
-                // A string key whose default is a string stays a string even if it looks
-                // like a number (e.g. CONFAB_AUTH_JWT_SECRET=123456).
-                let v = match (t.get(key), parsed) {
-                    (Some(toml::Value::String(_)), p) if !p.is_str() => {
-                        toml::Value::String(value.clone())
-                    }
-                    (_, p) => p,
-                };
-                t.insert(key.to_string(), v);
-            }
-            _ => return Err(ConfigError::Shape(format!("[{section}] is not a table"))),
-        }
-    }
-    Ok(())
-}
-
-fn type_name(v: &toml::Value) -> &'static str {
-    match v {
-        toml::Value::String(_) => "a string",
-        toml::Value::Integer(_) => "an integer",
-        toml::Value::Float(_) => "a number",
-        toml::Value::Boolean(_) => "true or false",
-        toml::Value::Datetime(_) => "a date",
-        toml::Value::Array(_) => "an array",
-        toml::Value::Table(_) => "a table",
-    }
-}
-
-/// Every documented key has a default of the right type: compare against it, so that a
-/// mistyped value is reported with its full key name (serde's message would not say).
-fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
-    let defaults: toml::Table = DEFAULT_TOML
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
-    for section in SECTIONS {
-        let Some(toml::Value::Table(dt)) = defaults.get(*section) else {
-            continue;
-        };
-        match table.get_mut(*section) {
-            Some(toml::Value::Table(t)) => {
-                for (key, v) in t.iter_mut() {
-                    let Some(d) = dt.get(key) else {
-                        return Err(ConfigError::Shape(format!("unknown key `{section}.{key}`")));
-                    };
-                    match (d, &*v) {
-                        (toml::Value::Float(_), toml::Value::Integer(i)) => {
-                            *v = toml::Value::Float(*i as f64)
-                        }
-                        (d, v) if std::mem::discriminant(d) == std::mem::discriminant(v) => {}
-                        (d, v) => {
-                            return Err(ConfigError::Shape(format!(
-                                "key `{section}.{key}` must be {}, not {} ({v})",
-                                type_name(d),
-                                type_name(v)
-                            )))
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(ConfigError::Shape(format!(
-                    "`{section}` must be a table, not {}",
-                    type_name(other)
-                )))
-            }
-            None => {}
-        }
-    }
-    Ok(())
-}
 
 fn non_empty(s: String) -> Option<String> {
     if s.trim().is_empty() {
@@ -554,7 +192,7 @@ fn parse_provider(key: &'static str, s: &str) -> Result<ProviderKind, ConfigErro
 }
 
 impl Raw {
-    fn validate(self) -> Result<Config, ConfigError> {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let s = self.server;
         let listen: SocketAddr = s.listen.parse().map_err(|_| {
             invalid(
@@ -931,63 +569,3 @@ impl Raw {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn embedded_defaults_are_valid_and_documented_values_apply() {
-        let c = Config::defaults();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.store.data_dir, PathBuf::from("./data"));
-        assert!(c.server.shards >= 1);
-        assert_eq!(c.llm.provider, ProviderKind::Demo);
-        assert!(c.tls.is_none());
-    }
-
-    #[test]
-    fn environment_overrides_file_and_defaults() {
-        let file = "[server]\nlisten = \"127.0.0.1:7000\"\nshards = 3\n";
-        let c = Config::from_layers(
-            Some(("f.toml", file)),
-            &env(&[
-                ("CONFAB_SERVER_LISTEN", "127.0.0.1:9000"),
-                ("CONFAB_AUTH_JWT_SECRET", "12345"),
-                ("CONFAB_UNRELATED", "x"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.server.shards, 3);
-        assert_eq!(c.auth.jwt_secret.as_deref(), Some("12345"));
-    }
-
-    #[test]
-    fn unknown_key_is_an_error_naming_it() {
-        let err =
-            Config::from_layers(Some(("f.toml", "[server]\nlistn = \"x\"\n")), &[]).unwrap_err();
-        assert!(err.to_string().contains("listn"), "{err}");
-        let err =
-            Config::from_layers(None, &env(&[("CONFAB_WS_READ_BUFER_BYTES", "1")])).unwrap_err();
-        assert!(err.to_string().contains("read_bufer_bytes"), "{err}");
-    }
-
-    #[test]
-    fn bad_value_names_the_key() {
-        let err =
-            Config::from_layers(None, &env(&[("CONFAB_SERVER_LISTEN", "nowhere")])).unwrap_err();
-        assert!(err.to_string().contains("server.listen"), "{err}");
-        let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_SHARDS", "many")])).unwrap_err();
-        assert!(err.to_string().contains("shards"), "{err}");
-        let err = Config::from_layers(None, &env(&[("CONFAB_AUTH_ALGORITHMS", "[\"none\"]")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("auth.algorithms"), "{err}");
-    }
-}

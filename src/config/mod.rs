@@ -1,0 +1,273 @@
+//! Configuration: parse, then validate.
+//!
+//! Layers, last wins: the embedded `config/confab.toml` (which is therefore both the
+//! documentation and the defaults), the file given with `--config`, then environment
+//! variables `CONFAB_<SECTION>_<KEY>`. The merged TOML table is deserialised into the raw
+//! structs below (`deny_unknown_fields`, so a typo is an error naming the key) and then
+//! validated into [`Config`], the only type the rest of the server sees.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../../config/confab.toml");
+
+const SECTIONS: &[&str] = &[
+    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {msg}")]
+    Syntax { path: String, msg: String },
+    #[error("config: {0}")]
+    Shape(String),
+    #[error("config key `{key}`: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        msg: msg.into(),
+    }
+}
+
+mod load;
+mod raw;
+
+// ---------------------------------------------------------------- validated
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Demo,
+    OpenAi,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: Option<TlsFiles>,
+    pub auth: AuthConfig,
+    pub ws: WsConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub llm: LlmConfig,
+    pub rooms: RoomsConfig,
+    pub uploads: UploadsConfig,
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: u32,
+    /// 0 = no cap.
+    pub max_connections_per_ip: u32,
+    pub echo_path: Option<String>,
+    /// Origins (`scheme://host[:port]`) that browsers may call the unauthenticated
+    /// endpoints from, cross-origin. Bearer-authenticated endpoints are open to any origin.
+    pub cors_origins: Vec<String>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub head_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub public_key_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway_s: u64,
+    pub auth_timeout: Duration,
+    pub expiry_grace: Duration,
+    pub token_ttl_s: u64,
+    pub dev_tokens: bool,
+    /// Dev tokens may carry `admin: true` (off: such a request is refused).
+    pub dev_tokens_admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub out_queue_max_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub pong_timeout: Duration,
+    pub read_budget_messages: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub rate_window: Duration,
+    pub rate_max_messages: u32,
+    pub rate_strikes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub db_file: String,
+    pub batch_max: usize,
+    pub queue: usize,
+    pub read_workers: usize,
+    pub read_queue: usize,
+    pub idempotency_window_s: u64,
+    pub max_page: u32,
+    pub replay_max: u32,
+    pub synchronous_full: bool,
+    pub page_size: u32,
+}
+
+impl StoreConfig {
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(&self.db_file)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub provider: ProviderKind,
+    pub workers: usize,
+    pub queue: usize,
+    pub base_url: String,
+    pub model: String,
+    pub api_key_env: String,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub read_timeout: Duration,
+    pub demo_tokens_per_s: f64,
+    pub context_messages: u32,
+    pub context_max_chars: usize,
+    pub max_tokens_limit: u32,
+    pub temperature_max: f64,
+    pub default_agent: String,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    pub create_on_join: bool,
+    pub typing_timeout: Duration,
+    pub max_members: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadsConfig {
+    pub max_file_bytes: u64,
+    pub max_chunk_bytes: usize,
+    /// Lower-case file name extensions accepted, without the dot.
+    pub allowed_extensions: Vec<String>,
+    pub max_per_connection: usize,
+    pub max_active: usize,
+    pub workers: usize,
+    pub queue: usize,
+    pub idle_timeout: Duration,
+    pub download_memory_bytes: u64,
+}
+
+impl UploadsConfig {
+    /// Where finished uploads live: `<data_dir>/files/<file_id>`.
+    pub fn dir(store: &StoreConfig) -> PathBuf {
+        store.data_dir.join("files")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub model: String,
+    pub system_prompt: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub price_prompt_per_1k: f64,
+    pub price_completion_per_1k: f64,
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_and_documented_values_apply() {
+        let c = Config::defaults();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+        assert!(c.server.shards >= 1);
+        assert_eq!(c.llm.provider, ProviderKind::Demo);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let file = "[server]\nlisten = \"127.0.0.1:7000\"\nshards = 3\n";
+        let c = Config::from_layers(
+            Some(("f.toml", file)),
+            &env(&[
+                ("CONFAB_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("CONFAB_AUTH_JWT_SECRET", "12345"),
+                ("CONFAB_UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.server.shards, 3);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err =
+            Config::from_layers(Some(("f.toml", "[server]\nlistn = \"x\"\n")), &[]).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err =
+            Config::from_layers(None, &env(&[("CONFAB_WS_READ_BUFER_BYTES", "1")])).unwrap_err();
+        assert!(err.to_string().contains("read_bufer_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err =
+            Config::from_layers(None, &env(&[("CONFAB_SERVER_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = Config::from_layers(None, &env(&[("CONFAB_SERVER_SHARDS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("shards"), "{err}");
+        let err = Config::from_layers(None, &env(&[("CONFAB_AUTH_ALGORITHMS", "[\"none\"]")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("auth.algorithms"), "{err}");
+    }
+}
+
