@@ -4,7 +4,6 @@
 use super::raw::Raw;
 use super::*;
 
-
 impl Config {
     /// Defaults, then `path` (if any), then the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

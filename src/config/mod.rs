@@ -209,7 +209,6 @@ pub struct AgentConfig {
     pub price_completion_per_1k: f64,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,4 +269,3 @@ mod tests {
         assert!(err.to_string().contains("auth.algorithms"), "{err}");
     }
 }
-

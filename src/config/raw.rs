@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Raw {
@@ -166,7 +165,6 @@ fn default_temperature() -> f64 {
 fn default_max_tokens() -> u32 {
     1024
 }
-
 
 fn non_empty(s: String) -> Option<String> {
     if s.trim().is_empty() {
@@ -568,4 +566,3 @@ impl Raw {
         })
     }
 }
-

@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Bytes of a download body held in memory; returned to the budget when dropped.
 #[derive(Debug)]
 struct DownloadPermit {
@@ -92,7 +91,6 @@ fn content_disposition(name: &str) -> String {
     }
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{exact}")
 }
-
 
 #[cfg(test)]
 mod tests {

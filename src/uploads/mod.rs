@@ -52,8 +52,8 @@ mod worker;
 pub use download::{serve, well_formed_id};
 pub use names::{check_file, safe_file_name};
 pub use shard::{exempt_chunk, forget, on_message, OpenUpload};
-pub use worker::{not_recorded, recorded};
 use worker::Worker;
+pub use worker::{not_recorded, recorded};
 
 /// Base64 as browsers' `btoa` and most clients write it; padding optional.
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(

@@ -84,7 +84,6 @@ fn valid_mime(m: &str) -> bool {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// A `file_upload` message on a native connection.
 pub fn on_message(
     shard: &mut Shard,
@@ -194,5 +193,3 @@ pub fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
         ws.uploads.retain(|u| &*u.file_id != file_id);
     }
 }
-
-

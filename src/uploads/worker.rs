@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// An upload in progress.
 struct Pending {
     conn: ConnId,
@@ -468,4 +467,3 @@ fn percent(done: u64, of: u64) -> f64 {
         ((done as f64 * 1000.0 / of as f64).round() / 10.0).min(100.0)
     }
 }
-
