@@ -1,4 +1,6 @@
 //! Protocol decode (simd-json DOM into a typed message) and event encode (serde).
+// A bench that cannot set up has nothing to measure: unwrap is its error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::hint::black_box;
 
 use confab::protocol::{Decoder, Event, MessageView};

@@ -2,6 +2,8 @@
 //! shard's per-member work for a room broadcast (the share per member of the encoded
 //! frame, the queue push with its byte accounting); socket writes are measured end to
 //! end by `confab-load broadcast`.
+// A bench that cannot set up has nothing to measure: unwrap is its error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::hint::black_box;
 use std::sync::Arc;
 

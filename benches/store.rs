@@ -1,5 +1,7 @@
 //! The store writer's batch: N chat messages (idempotency check, seq assignment, insert)
 //! in one transaction with a savepoint each, then COMMIT — on a real SQLite file.
+// A bench that cannot set up has nothing to measure: unwrap is its error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::hint::black_box;
 
 use confab::store::writer::{append_chat, ChatInput, WriterState};

@@ -129,7 +129,7 @@ impl ServerCtx {
 impl Completions<Reply> for ServerCtx {
     fn written(&self, reply: Reply, result: Result<Written, &StoreError>) {
         match (reply, result) {
-            (Reply::Chat(r), Ok(Written::Chat(out))) => crate::chat::after_chat(self, *r, out),
+            (Reply::Chat(r), Ok(Written::Chat(out))) => crate::chat::after_chat(self, *r, *out),
             (Reply::Chat(r), Err(e)) => {
                 let (code, msg) = e.client_error();
                 self.metrics.error(code);

@@ -122,6 +122,7 @@ fn token(args: &Args) -> ExitCode {
 
 /// Block SIGINT and SIGTERM in every thread (threads inherit the mask), so that the main
 /// thread alone receives them through `sigwait`.
+#[allow(unsafe_code)] // libc signal masks have no safe wrapper in std
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
     unsafe {
@@ -134,6 +135,7 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+#[allow(unsafe_code)] // sigwait has no safe wrapper in std
 fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is a valid, initialised signal set; `sig` is a valid out pointer.
@@ -145,6 +147,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 /// each call is a syscall plus a TLB shootdown on every core, and the store writer and
 /// shards free and reallocate batches all the time (perf: ~9% of the writer). Keep up to
 /// 64 MiB per arena instead; RSS at rest is unchanged (freed memory is reused).
+#[allow(unsafe_code)] // mallopt has no safe wrapper
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before the server's threads start.

@@ -2,6 +2,8 @@
 //!
 //! Needs node, Chromium and `npm install` in tests/browser (`.ci/run` installs them and
 //! sets CONFAB_REQUIRE_BROWSER=1, so in CI a missing piece is a failure, not a skip).
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

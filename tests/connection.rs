@@ -1,4 +1,6 @@
 //! The connection server: auth paths, errors, limits, HTTP, echo, shutdown.
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

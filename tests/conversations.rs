@@ -1,5 +1,7 @@
 //! Conversations: acks after commit, idempotency, access, sync across connections and
 //! shards, resume with no gap and no duplicate, HTTP history, durability under kill -9.
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -403,7 +405,7 @@ fn every_acked_message_survives_kill_9_exactly_once() {
     while acked.lock().unwrap().len() < 300 {
         std::thread::sleep(Duration::from_millis(10));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
     for t in threads {
         let _ = t.join();
@@ -454,7 +456,7 @@ fn every_acked_message_survives_kill_9_exactly_once() {
             assert_eq!(found.get(&mid), Some(&1), "acked message {mid} in {conv}");
         }
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sigterm(&child);
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
 }

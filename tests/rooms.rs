@@ -1,6 +1,8 @@
 //! Rooms across two shards: presence per user (not per tab), typing with expiry, fan-out
 //! to every member connection exactly once, delivery confirmations, receipts, catch-up,
 //! group membership, deletion, admin broadcast.
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

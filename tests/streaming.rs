@@ -1,6 +1,8 @@
 //! AI replies: a real HTTP server on 127.0.0.1 speaks OpenAI's streaming format (and its
 //! failure modes); the demo provider streams with no network; stop, resume, BUSY, and
 //! token merging for slow readers.
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! wss:// with a self-signed certificate, and the real binary's graceful shutdown.
+// In a test a panic is a failed test: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -154,7 +156,7 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
         clients.push(c);
     }
     let started = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sigterm(&child);
     for c in clients.iter_mut() {
         assert_eq!(c.expect_close(), 1001);
     }
@@ -214,7 +216,7 @@ fn confab_token_and_confab_serve_agree_with_zero_setup() {
     std::thread::spawn(move || for _ in lines {});
     let mut c = Client::connect(&format!("ws://{addr}/v1/ws?token={token}")).unwrap();
     assert_eq!(c.recv_type("connected")["user"]["name"], "New");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sigterm(&child);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }

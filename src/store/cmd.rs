@@ -89,7 +89,7 @@ pub struct FileRecord {
 /// What a committed write produced.
 #[derive(Debug)]
 pub enum Written {
-    Chat(ChatOutcome),
+    Chat(Box<ChatOutcome>),
     /// The read marker now stands here.
     Read {
         marker: i64,

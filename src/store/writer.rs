@@ -190,7 +190,9 @@ pub fn execute(
     cmd: WriteCmd,
 ) -> Result<Written, StoreError> {
     match cmd {
-        WriteCmd::Chat(input) => append_chat(conn, state, &input).map(Written::Chat),
+        WriteCmd::Chat(input) => {
+            append_chat(conn, state, &input).map(|o| Written::Chat(Box::new(o)))
+        }
         WriteCmd::MarkRead {
             conversation_id,
             user_id,

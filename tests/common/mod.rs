@@ -320,3 +320,12 @@ pub fn rss_kib() -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// Send SIGTERM to a child process (std's `Child::kill` is SIGKILL): the graceful path.
+#[allow(unsafe_code)]
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
