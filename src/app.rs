@@ -240,7 +240,7 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             let subscribed = sh.session(slot).is_some_and(|s| {
                 s.subs
                     .get(&conversation_id)
-                    .is_some_and(crate::session::Sub::is_live)
+                    .is_some_and(crate::subscription::Subscription::is_live)
             });
             if !subscribed {
                 sh.send(slot, &event);

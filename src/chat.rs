@@ -9,7 +9,7 @@
 //!
 //! **Tentative subscriptions.** A connection that writes to (or subscribes to) a
 //! conversation is registered for its live events *before* the store is asked, in state
-//! `Sub::Pending`: events buffer and are delivered only once the store confirmed access
+//! pending (`subscription.rs`): events buffer and are delivered only once the store confirmed access
 //! (or dropped with the subscription when it refused). Registering first is what makes
 //! the fan-out race-free: the hub knows this shard wants the conversation before any
 //! event about the new message can be published.
@@ -24,11 +24,12 @@ use crate::generation::Generation;
 use crate::net::{ConnId, MayBlock};
 use crate::protocol::{now_rfc3339, ChatRequest, ClientMsg, ErrorCode, Event, MessageView};
 use crate::server::ServerCtx;
+use crate::session::AutoJoin;
 use crate::session::{connected_event, send_error, send_error_retry};
-use crate::session::{AutoJoin, Sub};
 use crate::store::read::Replay;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{ReadCmd, WriteCmd};
+use crate::subscription::{Held, ReplayCover, Subscription};
 use crate::topic::{topic_event, topic_item, TopicKind};
 
 pub fn dispatch(
@@ -110,12 +111,7 @@ pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> boo
         if ws.subs.contains_key(conv) {
             false
         } else {
-            ws.subs.insert(
-                conv.clone(),
-                Sub::Pending {
-                    buffered: Vec::new(),
-                },
-            );
+            ws.subs.insert(conv.clone(), Subscription::pending());
             true
         }
     };
@@ -127,29 +123,23 @@ pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> boo
 
 /// The store confirmed access: deliver what buffered, go live.
 pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
-    let buffered = {
+    let (deliver, registered) = {
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        match ws.subs.get_mut(conv) {
-            Some(Sub::Pending { buffered }) => {
-                let b = std::mem::take(buffered);
-                ws.subs.insert(conv.clone(), Sub::live());
-                b
-            }
-            Some(Sub::Live { .. }) => return,
-            None => {
-                ws.subs.insert(conv.clone(), Sub::live());
-                Vec::new()
-            }
-        }
+        let registered = ws.subs.contains_key(conv);
+        let sub = ws
+            .subs
+            .entry(conv.clone())
+            .or_insert_with(Subscription::pending);
+        (sub.confirm(), registered)
     };
-    if buffered.is_empty() {
-        // Might not have been registered (e.g. a conversation created elsewhere).
+    if !registered {
+        // Not registered before (e.g. a conversation created elsewhere).
         shard.subscribe(conv, slot);
     }
     let codec = crate::app::codec_of(shard, slot);
-    for ev in buffered {
+    for ev in deliver {
         shard.queue(slot, topic_item(&ev, codec));
     }
 }
@@ -160,7 +150,7 @@ pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        if matches!(ws.subs.get(conv), Some(Sub::Pending { .. })) {
+        if ws.subs.get(conv).is_some_and(Subscription::is_pending) {
             ws.subs.remove(conv);
             true
         } else {
@@ -400,13 +390,6 @@ fn stop(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
 
 // ---------------------------------------------------------------- subscribe / replay
 
-/// What a replay held for a message, to filter live events that buffered meanwhile.
-#[derive(Debug, Clone, Copy)]
-enum Held {
-    Final,
-    Streaming { tokens: u64 },
-}
-
 /// Subscribe with replay. `then` runs on the shard after `subscribed` (rooms use it).
 pub fn subscribe(
     shard: &mut Shard,
@@ -423,7 +406,7 @@ pub fn subscribe(
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        if let Some(Sub::Pending { .. }) = ws.subs.get(&conv) {
+        if ws.subs.get(&conv).is_some_and(Subscription::is_pending) {
             return send_error(
                 shard,
                 slot,
@@ -433,12 +416,7 @@ pub fn subscribe(
             );
         }
         // Re-subscribing replays again from the given seq.
-        ws.subs.insert(
-            conv.clone(),
-            Sub::Pending {
-                buffered: Vec::new(),
-            },
-        );
+        ws.subs.insert(conv.clone(), Subscription::pending());
     }
     shard.subscribe(&conv, slot);
     let cmd = ReadCmd::Replay {
@@ -467,15 +445,6 @@ pub fn finish_replay(
     id: Option<String>,
 ) {
     let codec = crate::app::codec_of(shard, slot);
-    let buffered = {
-        let Some(ws) = shard.session_mut(slot) else {
-            return;
-        };
-        match ws.subs.remove(conv) {
-            Some(Sub::Pending { buffered }) => buffered,
-            _ => Vec::new(),
-        }
-    };
     let mut held: HashMap<i64, Held> = HashMap::new();
     let first_seq = r.rows.first().map(|m| m.seq);
     for row in &r.rows {
@@ -514,46 +483,25 @@ pub fn finish_replay(
     );
     // Replies that ended recently may still have events in flight to us.
     let recent = crate::protocol::now_ms() - 60_000;
-    let finals: Vec<i64> = r
+    let recent_finals: Vec<i64> = r
         .rows
         .iter()
         .filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent)
         .map(|m| m.id)
         .collect();
-    if let Some(ws) = shard.session_mut(slot) {
-        ws.subs.insert(
-            conv.clone(),
-            Sub::Live {
-                last_seq: last,
-                finals,
-            },
-        );
-    }
-    for ev in buffered {
-        let deliver = match &ev.kind {
-            TopicKind::Added { seq } => *seq > r.last_seq,
-            TopicKind::Token {
-                message_id, index, ..
-            } => match held.get(message_id) {
-                Some(Held::Final) => false,
-                Some(Held::Streaming { tokens }) => *index >= *tokens,
-                None => true,
-            },
-            TopicKind::Updated { message_id } | TopicKind::Complete { message_id } => {
-                !matches!(held.get(message_id), Some(Held::Final))
-            }
-            TopicKind::Ephemeral | TopicKind::RoomClosed { .. } => true,
-        };
-        if deliver {
-            if let TopicKind::Added { seq } = ev.kind {
-                if let Some(Sub::Live { last_seq, .. }) =
-                    shard.session_mut(slot).and_then(|ws| ws.subs.get_mut(conv))
-                {
-                    *last_seq = (*last_seq).max(seq);
-                }
-            }
-            shard.queue(slot, topic_item(&ev, codec));
-        }
+    let cover = ReplayCover {
+        last_seq: r.last_seq,
+        delivered_seq: last,
+        held,
+        recent_finals,
+    };
+    // Unsubscribed (or the room closed) while the replay was read: stay gone.
+    let deliver = match shard.session_mut(slot).and_then(|ws| ws.subs.get_mut(conv)) {
+        Some(sub) => sub.replayed(cover),
+        None => return,
+    };
+    for ev in deliver {
+        shard.queue(slot, topic_item(&ev, codec));
     }
 }
 

@@ -50,6 +50,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod subscription;
 pub mod topic;
 pub mod uploads;
 

@@ -20,7 +20,7 @@ use crate::codec::Codec;
 use crate::net::ConnId;
 use crate::protocol::{close, ClientMsg, ErrorCode, Event, Incoming, UserInfo};
 use crate::ratelimit::{RateWindow, Verdict};
-use crate::topic::TopicEvent;
+use crate::subscription::Subscription;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WsKind {
@@ -36,38 +36,6 @@ pub struct AutoJoin {
     pub room_id: String,
     pub room_type: Option<crate::protocol::RoomType>,
     pub room_name: Option<String>,
-}
-
-/// A subscription of this connection to a conversation.
-pub enum Sub {
-    /// Live events are delivered as they come, minus what this connection already has.
-    /// The store writer publishes after COMMIT, so a replay on a reader thread can see a
-    /// committed message whose live event is still on its way; these two fields make
-    /// such a late event a no-op instead of a duplicate.
-    Live {
-        /// Highest `seq` delivered in a `message_added` (live events arrive in seq order:
-        /// one writer publishes them in commit order).
-        last_seq: i64,
-        /// Replies a replay showed as final: their late token/updated/complete events
-        /// are dropped. Only replies that were recently active, so this stays tiny.
-        finals: Vec<i64>,
-    },
-    /// Waiting for the store (an access check, or a replay): live events wait here and,
-    /// after a replay, are filtered against it (see `generation.rs`).
-    Pending { buffered: Vec<Arc<TopicEvent>> },
-}
-
-impl Sub {
-    pub fn live() -> Sub {
-        Sub::Live {
-            last_seq: 0,
-            finals: Vec::new(),
-        }
-    }
-
-    pub fn is_live(&self) -> bool {
-        matches!(self, Sub::Live { .. })
-    }
 }
 
 /// The application's state for one WebSocket.
@@ -86,7 +54,8 @@ pub struct Session {
     pub rate: RateWindow,
     pub strikes: u32,
     pub strikes_window: Instant,
-    pub subs: HashMap<Arc<str>, Sub>,
+    /// Conversations this connection follows (`subscription.rs` holds the rules).
+    pub subs: HashMap<Arc<str>, Subscription>,
     /// Rooms joined on this connection (room id → its conversation id).
     pub rooms: HashMap<Arc<str>, Arc<str>>,
     /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::app::Shard;
 use crate::codec::{Codec, Encoded};
 use crate::net::{close, ConnId, OutItem, TokenItem};
-use crate::session::Sub;
+use crate::subscription::Verdict;
 
 /// What a live event is, so that a resuming subscriber can drop what its replay held.
 #[derive(Debug, Clone)]
@@ -73,8 +73,7 @@ pub fn topic_item(ev: &TopicEvent, codec: &dyn Codec) -> OutItem {
     }
 }
 
-/// A topic event for one local subscriber: skip what it already has, buffer while its
-/// subscription is pending, deliver the rest.
+/// A topic event for one local subscriber: its subscription decides (`subscription.rs`).
 pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
     enum Then {
         Skip,
@@ -91,32 +90,12 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
         let then = match s.subs.get_mut(&ev.conversation_id) {
             _ if excluded => Then::Skip,
-            Some(Sub::Pending { buffered }) => {
-                if buffered.len() >= 100_000 {
-                    // A replay that never finishes must not grow without bound.
-                    Then::Overloaded
-                } else {
-                    buffered.push(ev.clone());
-                    Then::Skip
-                }
-            }
-            Some(Sub::Live { last_seq, finals }) => match &ev.kind {
-                // Already delivered (by a replay, or earlier live).
-                TopicKind::Added { seq } if *seq <= *last_seq => Then::Skip,
-                TopicKind::Added { seq } => {
-                    *last_seq = *seq;
-                    Then::Deliver
-                }
-                TopicKind::Token { message_id, .. }
-                | TopicKind::Updated { message_id }
-                | TopicKind::Complete { message_id }
-                    if finals.contains(message_id) =>
-                {
-                    Then::Skip
-                }
-                _ => Then::Deliver,
-            },
             None => Then::Skip,
+            Some(sub) => match sub.on_live(ev) {
+                Verdict::Deliver => Then::Deliver,
+                Verdict::Skip | Verdict::Buffered => Then::Skip,
+                Verdict::Overflow => Then::Overloaded,
+            },
         };
         (then, codec)
     };

@@ -496,6 +496,11 @@ fn a_slow_reader_gets_merged_token_events_with_the_same_text() {
     let t = s.token("slowpoke");
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
+    // A small MSS too: with loopback's 64 KiB MSS a 4 KiB receive buffer can never
+    // advertise a window of one segment, so after the client starts reading the sender
+    // waits on TCP's zero-window probe timer (backing off towards 120 s) instead of
+    // window updates; this test then took minutes about one run in ten.
+    sock.set_tcp_mss(1024).unwrap();
     sock.connect(&s.addr.into()).unwrap();
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(WAIT)).unwrap();
