@@ -1,10 +1,13 @@
 //! Generations in flight: what `stop` cancels and what a mid-stream `subscribe` snapshots.
 //!
-//! The worker streaming a reply appends each delta to `state.content` and publishes the
-//! `token` event *while holding `state`*. A resuming subscriber registers for live events
-//! first and then takes a snapshot under the same lock, so every token is either in the
-//! snapshot (index < `tokens`) or arrives live afterwards (index >= `tokens`): the shard
-//! drops the live tokens the snapshot already holds — no gap, no duplicate.
+//! The worker streaming a reply appends each delta to `state.content` under `state`'s
+//! lock, then publishes the `token` event with the lock released (a publish may wait on a
+//! full shard inbox; a replay must never wait behind it). A resuming subscriber registers
+//! for live events first and then takes a snapshot under the same lock, so each token is
+//! either in the snapshot (index < `tokens`) or not; its live event reaches the
+//! subscriber either before the replay (buffered, then filtered) or after it (the live
+//! subscription remembers `tokens` per streaming reply), and both paths drop the tokens
+//! the snapshot holds (`subscription.rs`) — no gap, no duplicate.
 //! A generation stays registered until its final state is committed and `complete` sent.
 
 use std::collections::HashMap;

@@ -8,7 +8,9 @@
 //!   user-level presence.
 //! - **Generations** in flight, by conversation: for `stop` and for mid-stream resume.
 //!
-//! Nothing here does I/O, and no lock is held across a channel send that could block.
+//! Nothing here does I/O, and no lock is held across a channel send that could block —
+//! the generation state lock included: a token is appended under it and published after
+//! it is released (`generation.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};

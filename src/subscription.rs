@@ -10,11 +10,12 @@
 //! - the store **refuses**: the subscription is dropped with its buffer, so a non-member
 //!   never sees anything.
 //!
-//! A **live** subscription still filters: the writer publishes after COMMIT, so a replay
-//! on a reader thread can show a committed row whose live event is still on its way. It
-//! remembers the highest `seq` it delivered (`message_added` arrives in `seq` order: one
-//! writer publishes in commit order) and the replies a replay showed as final, and drops
-//! late copies of those.
+//! A **live** subscription still filters: the writer publishes after COMMIT, and a
+//! generation worker publishes a token after appending it to the snapshot state, so a
+//! replay can show something whose live event is still on its way. It remembers the
+//! highest `seq` it delivered (`message_added` arrives in `seq` order: one writer
+//! publishes in commit order), the replies a replay showed as final, and how many tokens
+//! of each streaming reply the replay showed, and drops late copies of those.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,8 +60,16 @@ pub struct ReplayCover {
 }
 
 pub enum Subscription {
-    Pending { buffered: Vec<Arc<TopicEvent>> },
-    Live { last_seq: i64, finals: Vec<i64> },
+    Pending {
+        buffered: Vec<Arc<TopicEvent>>,
+    },
+    Live {
+        last_seq: i64,
+        finals: Vec<i64>,
+        /// Streaming replies the replay showed: (message id, tokens it included). An
+        /// entry goes when its reply completes, so this stays tiny.
+        streaming: Vec<(i64, u64)>,
+    },
 }
 
 impl Subscription {
@@ -89,7 +98,11 @@ impl Subscription {
                     Verdict::Buffered
                 }
             }
-            Subscription::Live { last_seq, finals } => match &ev.kind {
+            Subscription::Live {
+                last_seq,
+                finals,
+                streaming,
+            } => match &ev.kind {
                 TopicKind::Added { seq } if *seq <= *last_seq => Verdict::Skip,
                 TopicKind::Added { seq } => {
                     *last_seq = *seq;
@@ -101,6 +114,18 @@ impl Subscription {
                     if finals.contains(message_id) =>
                 {
                     Verdict::Skip
+                }
+                TopicKind::Token {
+                    message_id, index, ..
+                } if streaming
+                    .iter()
+                    .any(|(m, held)| m == message_id && index < held) =>
+                {
+                    Verdict::Skip
+                }
+                TopicKind::Complete { message_id } => {
+                    streaming.retain(|(m, _)| m != message_id);
+                    Verdict::Deliver
                 }
                 _ => Verdict::Deliver,
             },
@@ -117,6 +142,7 @@ impl Subscription {
         *self = Subscription::Live {
             last_seq: 0,
             finals: Vec::new(),
+            streaming: Vec::new(),
         };
         buffered
             .into_iter()
@@ -155,9 +181,18 @@ impl Subscription {
                 deliver
             })
             .collect();
+        let streaming = cover
+            .held
+            .iter()
+            .filter_map(|(m, h)| match h {
+                Held::Streaming { tokens } => Some((*m, *tokens)),
+                Held::Final => None,
+            })
+            .collect();
         *self = Subscription::Live {
             last_seq,
             finals: cover.recent_finals,
+            streaming,
         };
         out
     }
@@ -252,6 +287,30 @@ mod tests {
         );
         assert_eq!(s.on_live(&added(7)), Verdict::Deliver);
         assert_eq!(s.on_live(&token(7, 4)), Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_token_the_snapshot_held_is_dropped_even_when_it_arrives_after_the_replay() {
+        // The worker appends a token to the snapshot state, then publishes it without
+        // holding the lock, so the replay can overtake the token's live event.
+        let mut s = Subscription::pending();
+        let cover = ReplayCover {
+            last_seq: 3,
+            delivered_seq: 3,
+            held: HashMap::from([(7, Held::Streaming { tokens: 5 })]),
+            recent_finals: vec![],
+        };
+        assert!(s.replayed(cover).is_empty());
+        assert_eq!(s.on_live(&token(7, 4)), Verdict::Skip, "in the snapshot");
+        assert_eq!(s.on_live(&token(7, 5)), Verdict::Deliver);
+        assert_eq!(
+            s.on_live(&ev(TopicKind::Complete { message_id: 7 })),
+            Verdict::Deliver
+        );
+        match &s {
+            Subscription::Live { streaming, .. } => assert!(streaming.is_empty()),
+            Subscription::Pending { .. } => panic!("pending"),
+        }
     }
 
     #[test]

@@ -370,13 +370,17 @@ fn generate(
         if first_token.is_none() {
             first_token = Some(started.elapsed());
         }
-        {
-            // Append and publish under the lock: a resuming subscriber's snapshot sees
-            // either all of this token or none of it (generation.rs).
+        // Append under the lock (a resuming subscriber's snapshot sees all of this token
+        // or none of it), publish after it: the publish may wait on a full shard inbox,
+        // and replays must not wait with it (generation.rs).
+        let index = {
             let mut st = gen.state.lock();
             let index = st.tokens;
             st.content.push_str(delta);
             st.tokens += 1;
+            index
+        };
+        {
             let ev = Event::Token {
                 conversation_id: gen.conversation_id.to_string(),
                 message_id: gen.message_id,
