@@ -299,10 +299,7 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                 AuthError::Expired => "token expired".to_string(),
                 AuthError::Invalid(m) => m,
             };
-            debug!(
-                "[{}] auth message refused: {message}",
-                conn_label(shard, slot)
-            );
+            debug!("[{}] auth message refused: {message}", shard.label(slot));
             shard.app().metrics.error(ErrorCode::AuthFailed);
             shard.send(
                 slot,
@@ -435,14 +432,6 @@ pub fn is_native(shard: &Shard, slot: usize) -> bool {
     shard
         .session(slot)
         .is_some_and(|s| s.kind == WsKind::Protocol && s.user.is_some())
-}
-
-/// `sN cSLOT.GEN` for log lines.
-pub fn conn_label(shard: &Shard, slot: usize) -> String {
-    match shard.conn_id(slot) {
-        Some(id) => format!("s{} c{}.{}", id.shard, id.slot, id.gen),
-        None => format!("s{} c{slot}", shard.idx()),
-    }
 }
 
 /// The session's own deadlines: authentication, token expiry, typing indicators.

@@ -95,8 +95,8 @@ impl<A: App> Shard<A> {
             guard += 1;
             if guard > LOOP_GUARD {
                 warn!(
-                    "[s{} c{slot}] probable infinite loop bug: closing the connection",
-                    self.idx
+                    "[{}] probable infinite loop bug: closing the connection",
+                    self.label(slot)
                 );
                 self.remove(slot, close::INTERNAL);
                 return;
@@ -327,7 +327,7 @@ impl<A: App> Shard<A> {
                     return Io::Blocked;
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
-                    debug!("[s{} c{slot}] too big: {e}", self.idx);
+                    debug!("[{}] too big: {e}", self.label(slot));
                     self.close_violation(slot, close::TOO_BIG, "message too big");
                     return Io::Continue;
                 }
@@ -336,7 +336,7 @@ impl<A: App> Shard<A> {
                     return Io::Continue;
                 }
                 Err(tungstenite::Error::Protocol(e)) => {
-                    debug!("[s{} c{slot}] protocol error: {e}", self.idx);
+                    debug!("[{}] protocol error: {e}", self.label(slot));
                     if closing {
                         self.remove(slot, close::PROTOCOL_ERROR);
                         return Io::Blocked;
@@ -345,7 +345,7 @@ impl<A: App> Shard<A> {
                     return Io::Continue;
                 }
                 Err(e) => {
-                    debug!("[s{} c{slot}] read: {e}", self.idx);
+                    debug!("[{}] read: {e}", self.label(slot));
                     return Io::Closed;
                 }
             }
@@ -596,7 +596,7 @@ impl<A: App> Shard<A> {
                             return;
                         }
                     } else if ws.pong_deadline.is_some_and(|d| now >= d) {
-                        debug!("[s{} c{slot}] pong timeout", self.idx);
+                        debug!("[{}] pong timeout", self.label(slot));
                         Then::Remove
                     } else if now >= ws.next_heartbeat {
                         ws.next_heartbeat = now + hb;
@@ -614,7 +614,7 @@ impl<A: App> Shard<A> {
         match then {
             Then::Nothing => {}
             Then::Remove => {
-                debug!("[s{} c{slot}] deadline passed, dropping", self.idx);
+                debug!("[{}] deadline passed, dropping", self.label(slot));
                 self.remove(slot, close::ABNORMAL);
                 return;
             }

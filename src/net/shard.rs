@@ -112,6 +112,14 @@ impl<A: App> Shard<A> {
         }
     }
 
+    /// `sN cSLOT.GEN`, the prefix of every log line about a connection.
+    pub fn label(&self, slot: usize) -> String {
+        match self.conns.get(slot) {
+            Some(c) => format!("s{} c{slot}.{}", self.idx, c.gen),
+            None => format!("s{} c{slot}", self.idx),
+        }
+    }
+
     pub fn peer(&self, slot: usize) -> Option<std::net::SocketAddr> {
         self.conns.get(slot).map(|c| c.peer)
     }
