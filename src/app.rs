@@ -35,12 +35,13 @@ pub enum AppMsg {
 
 /// A follow-up for one connection, sent by a worker or the store's completions.
 pub enum ConnMsg {
-    /// One event, encoded here by the connection's codec.
-    Event(Box<Event>),
+    /// One event. Its native frame was encoded by the sender (off the shard); another
+    /// codec encodes it here.
+    Event(Box<Encoded>),
     /// A chat was committed: confirm the pending subscription, then the ack.
     Acked {
         conversation_id: Arc<str>,
-        ack: Box<Event>,
+        ack: Box<Encoded>,
     },
     /// A request was refused or failed: forget its pending subscription, send the error.
     Refused {
@@ -85,7 +86,7 @@ pub enum ConnMsg {
 
 /// The codec of a connection (the native one for a slot that is not a WebSocket).
 pub fn codec_of(shard: &Shard, slot: usize) -> &'static dyn Codec {
-    shard.session(slot).map_or(&NATIVE, |s| s.codec)
+    shard.session(slot).map_or(&NATIVE, |s| s.codec())
 }
 
 /// Sending typed events on a shard.
@@ -133,7 +134,7 @@ impl App for ServerCtx {
         let Some(s) = sh.session_mut(slot) else {
             return;
         };
-        let (user, auto_join) = (s.user.clone(), s.auto_join.take());
+        let (user, auto_join) = (s.user.clone(), s.auto_join.take().map(|a| *a));
         if let Some(user) = user {
             crate::session::on_authenticated(sh, slot, user, false, auto_join);
         }
@@ -216,13 +217,17 @@ impl App for ServerCtx {
 /// A follow-up for one live connection of this shard.
 fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
     match m {
-        ConnMsg::Event(ev) => sh.send(slot, &ev),
+        ConnMsg::Event(ev) => {
+            let frame = ev.frame(codec_of(sh, slot));
+            sh.send_frame(slot, frame);
+        }
         ConnMsg::Acked {
             conversation_id,
             ack,
         } => {
             crate::chat::confirm_subscription(sh, slot, &conversation_id);
-            sh.send(slot, &ack);
+            let frame = ack.frame(codec_of(sh, slot));
+            sh.send_frame(slot, frame);
         }
         ConnMsg::Refused {
             conversation_id,

@@ -311,7 +311,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
         conn,
         ConnMsg::Acked {
             conversation_id: conv.clone(),
-            ack: Box::new(ack),
+            ack: Box::new(crate::codec::Encoded::new(ack)),
         },
     );
     if out.duplicate {

@@ -1,33 +1,28 @@
 //! confab — a self-hosted, real-time AI chat server.
 //!
+//! Three layers (docs/architecture.md draws them):
+//! - [`net`]: the transport — acceptor, sharded mio event loops, connections, TLS, HTTP
+//!   heads, WebSocket frames, out-queues, timers, the cross-thread bus and topic index. It
+//!   calls the application through one trait, [`net::App`], and knows nothing of chats.
+//! - the application: [`app`] implements `net::App` over [`server::ServerCtx`];
+//!   [`session`] and [`subscription`] hold per-connection state and rules; [`codec`]
+//!   picks the wire form per path; [`chat`], [`rooms`], [`uploads`] and the HTTP modules
+//!   do what each request asks; [`completion`] routes what the store answers; [`llm`]
+//!   streams replies.
+//! - [`store`]: SQLite — one writer thread with group commit, a pool of readers; typed
+//!   commands in, typed results out through [`store::Completions`].
+//!
 //! ```text
-//!                 clients: ws:// wss:// and plain HTTP on one port
-//!                                   │
-//!                          acceptor thread (server.rs)
-//!                 least-loaded hand-off through each shard's inbox
-//!          ┌────────────────────────┼────────────────────────┐
-//!          ▼                        ▼                        ▼
-//!   shard 0 (shard.rs)        shard 1               …   shard N-1      N = cores
-//!   mio Poll, Slab<Conn>, timer heap, local subscription lists,
-//!   inbox = bounded crossbeam channel + mio::Waker
-//!          │ try_send                ▲ ShardMsg (acks, tokens, fan-out, HTTP answers)
-//!          ▼                         │
-//!   ┌───────────── hub (hub.rs): striped RwLock/Mutex maps ─────────────┐
-//!   │ conversation → shards holding subscribers; user → connections;    │
-//!   │ generations in flight (generation.rs)                             │
-//!   └────────────────────────────────────────────────────────────────────┘
-//!          │ jobs (bounded)                    │ writes (bounded)
-//!          ▼                                   ▼
-//!   generation workers (llm/)            store writer (store/): one thread,
-//!   blocking ureq / demo model           SQLite WAL, group commit, acks after COMMIT
-//!   store readers (store/): own connections, history / replay / lists
-//!   upload workers (uploads.rs): chunk → file under files/tmp, SHA-256, then a store row
+//!   acceptor ─Accept─▶ shard 0..N-1 (net::Shard<ServerCtx>) ──try_send──▶ store writer,
+//!                        ▲   inbox: ShardMsg (frames, topics,        store readers,
+//!                        │   HTTP answers, AppMsg)                   llm workers,
+//!                        └──────────── blocking sends (MayBlock) ──── upload workers
 //! ```
 //!
 //! Ownership: a shard owns its sockets outright; everything else reaches a connection by
-//! sending a [`shard::ShardMsg`] naming a [`shard::ConnId`] (stale ids are dropped). Shards
+//! sending a [`net::ShardMsg`] naming a [`net::ConnId`] (stale ids are dropped). Shards
 //! never block; workers and the store writer may block on a shard's full inbox, which is
-//! the back-pressure. See `docs/architecture.md` for the full picture.
+//! the back-pressure. No closure crosses a thread.
 
 pub mod api;
 pub mod app;

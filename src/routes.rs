@@ -336,7 +336,7 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'
     let now = std::time::Instant::now();
     let authed = user.is_some();
     let mut session = Session::new(kind, codec, user, now);
-    session.auto_join = auto_join;
+    session.auto_join = auto_join.map(Box::new);
     if kind == WsKind::Protocol && !authed {
         session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
     }

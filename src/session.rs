@@ -41,11 +41,13 @@ pub struct AutoJoin {
 /// The application's state for one WebSocket.
 pub struct Session {
     pub kind: WsKind,
-    /// The wire form of this connection (chosen by the upgrade path).
-    pub codec: &'static dyn Codec,
+    /// The wire form of this connection (chosen by the upgrade path): an index into
+    /// `codec::CODECS` (one byte here instead of a 16-byte trait object per connection).
+    codec_id: u8,
     pub user: Option<Arc<User>>,
-    /// Joined when the WebSocket opens (from the upgrade's query string).
-    pub auto_join: Option<AutoJoin>,
+    /// Joined when the WebSocket opens (from the upgrade's query string). Boxed: most
+    /// connections have none, and every byte here is paid per idle connection.
+    pub auto_join: Option<Box<AutoJoin>>,
     /// No token yet: the time to send `{"type":"auth"}` by.
     pub auth_deadline: Option<Instant>,
     /// When the token expires (then TOKEN_EXPIRED is sent) and, after it, the grace end.
@@ -75,7 +77,7 @@ impl Session {
     ) -> Session {
         Session {
             kind,
-            codec,
+            codec_id: codec.id() as u8,
             user,
             auto_join: None,
             auth_deadline: None,
@@ -90,6 +92,11 @@ impl Session {
             typing: HashMap::new(),
             uploads: Vec::new(),
         }
+    }
+
+    /// This connection's codec.
+    pub fn codec(&self) -> &'static dyn Codec {
+        crate::codec::by_id(self.codec_id as usize)
     }
 
     /// The earliest of the session's own deadlines (auth, token expiry, typing).

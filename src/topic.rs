@@ -53,6 +53,18 @@ pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &crate::protocol::Event
     }
 }
 
+/// A token delta for every subscriber of `conv`. Subscribers queue it as a mergeable
+/// `TokenItem` (encoded at flush by their codec), so no frame is encoded here.
+pub fn token_event(conv: &Arc<str>, kind: TopicKind, ev: crate::protocol::Event) -> TopicEvent {
+    TopicEvent {
+        conversation_id: conv.clone(),
+        kind,
+        encoded: Encoded::lazy(ev),
+        exclude: None,
+        exclude_user: None,
+    }
+}
+
 /// The queue item for one subscriber speaking `codec`: token events stay mergeable, the
 /// rest share the codec's frame.
 pub fn topic_item(ev: &TopicEvent, codec: &dyn Codec) -> OutItem {
@@ -85,7 +97,7 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
         let Some(s) = shard.session_mut(slot) else {
             return;
         };
-        let codec = s.codec;
+        let codec = s.codec();
         let excluded = (ev.exclude.is_some() && ev.exclude == me)
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
         let then = match s.subs.get_mut(&ev.conversation_id) {

@@ -19,8 +19,9 @@ use tungstenite::Utf8Bytes;
 use crate::net::TokenItem;
 use crate::protocol::{DecodeError, Decoder, Event, Incoming};
 
-/// Codecs that can exist at once (each has an id below this).
-pub const MAX_CODECS: usize = 8;
+/// Codecs that can exist at once (each has an id below this): the native one and the
+/// five seed dialects.
+pub const MAX_CODECS: usize = 6;
 
 pub trait Codec: Sync {
     /// Index of this codec in [`Encoded`]'s frame cache; unique, below [`MAX_CODECS`].
@@ -40,6 +41,14 @@ pub trait Codec: Sync {
 /// The native protocol.
 pub static NATIVE: native::Native = native::Native;
 
+/// Every codec, at the index of its `id()`.
+pub static CODECS: [&dyn Codec; 1] = [&NATIVE];
+
+/// The codec with this id (the native one for an id no codec has).
+pub fn by_id(id: usize) -> &'static dyn Codec {
+    CODECS.get(id).copied().unwrap_or(&NATIVE)
+}
+
 /// The codec that serves WebSocket upgrades on `path`, if any.
 pub fn for_path(path: &str) -> Option<&'static dyn Codec> {
     match path {
@@ -58,9 +67,18 @@ pub struct Encoded {
 impl Encoded {
     /// Wrap `event`, encoding the native form now (on the publishing thread).
     pub fn new(event: Event) -> Encoded {
-        let frames: [OnceLock<Utf8Bytes>; MAX_CODECS] = Default::default();
-        let _ = frames[NATIVE.id()].set(NATIVE.encode(&event));
-        Encoded { event, frames }
+        let e = Encoded::lazy(event);
+        let _ = e.frames[NATIVE.id()].set(NATIVE.encode(&e.event));
+        e
+    }
+
+    /// Wrap `event` without encoding it: for events that are usually queued in another
+    /// form (token deltas become mergeable `TokenItem`s).
+    pub fn lazy(event: Event) -> Encoded {
+        Encoded {
+            event,
+            frames: Default::default(),
+        }
     }
 
     /// The frame for `codec`, encoded on first use.
@@ -68,5 +86,21 @@ impl Encoded {
         self.frames[codec.id()]
             .get_or_init(|| codec.encode(&self.event))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_sits_at_its_own_id() {
+        assert!(CODECS.len() <= MAX_CODECS);
+        for (i, c) in CODECS.iter().enumerate() {
+            assert_eq!(c.id(), i, "{}", c.name());
+            assert_eq!(by_id(i).name(), c.name());
+        }
+        assert_eq!(for_path("/v1/ws").map(|c| c.name()), Some("confab.v1"));
+        assert!(for_path("/nope").is_none());
     }
 }

@@ -395,7 +395,7 @@ fn generate(
             };
             ctx.net.publish(
                 MayBlock::worker(),
-                topic_event(&gen.conversation_id, kind, &ev),
+                crate::topic::token_event(&gen.conversation_id, kind, ev),
             );
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
