@@ -36,7 +36,7 @@ fn fanout(c: &mut Criterion) {
                     },
                     replayed: None,
                 };
-                let te = topic_event(&conv, TopicKind::Added { seq: 2 }, &ev);
+                let te = topic_event(&conv, TopicKind::Added { seq: 2 }, ev);
                 for q in queues.iter_mut() {
                     let _ = q.push(topic_item(black_box(&te), &NATIVE));
                 }

@@ -311,7 +311,9 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
         conn,
         ConnMsg::Acked {
             conversation_id: conv.clone(),
-            ack: Box::new(crate::codec::Encoded::new(ack)),
+            // Encoded on the shard by the connection's codec: the writer thread, which
+            // runs this, is on every chat's path to its first token.
+            ack: Box::new(crate::codec::Encoded::lazy(ack)),
         },
     );
     if out.duplicate {
@@ -328,7 +330,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
         TopicKind::Added {
             seq: out.user_msg.seq,
         },
-        &added,
+        added,
     );
     ev.exclude = Some(conn);
     ctx.net.publish(MayBlock::worker(), ev);
@@ -354,7 +356,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
         };
         ctx.net.publish(
             MayBlock::worker(),
-            topic_event(&conv, TopicKind::Added { seq: asst.seq }, &added),
+            topic_event(&conv, TopicKind::Added { seq: asst.seq }, added),
         );
         crate::llm::start(
             ctx,
@@ -563,7 +565,7 @@ pub fn after_read(ctx: &ServerCtx, conn: ConnId, conv: String, user_id: String, 
     };
     ctx.net.publish(
         MayBlock::worker(),
-        topic_event(&c, TopicKind::Ephemeral, &ev),
+        topic_event(&c, TopicKind::Ephemeral, ev.clone()),
     );
     ctx.to_shard(
         conn,
@@ -652,7 +654,7 @@ pub fn publish_typing_as(
         username: name.to_string(),
         is_typing: on,
     };
-    let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
+    let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
     te.exclude_user = Some(Arc::from(user_id));
     if from_shard {
         ctx.net.try_publish(te);

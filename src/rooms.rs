@@ -36,7 +36,7 @@ fn publish_presence(
         username: user.name.clone(),
         status,
     };
-    let mut te = topic_event(conv, TopicKind::Ephemeral, &ev);
+    let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
     te.exclude_user = Some(Arc::from(user.id.as_str()));
     ctx.net.try_publish(te);
 }

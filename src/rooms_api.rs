@@ -95,7 +95,7 @@ pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: Written) -> Response {
                     TopicKind::RoomClosed {
                         room_id: Arc::from(room.room_id.as_str()),
                     },
-                    &ev,
+                    ev,
                 ),
             );
             Response::json_value(200, &json!({"deleted": true, "room_id": room.room_id}))
@@ -149,7 +149,7 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
                 let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
                 ctx.net.publish(
                     MayBlock::worker(),
-                    topic_event(&conv, TopicKind::Ephemeral, &event),
+                    topic_event(&conv, TopicKind::Ephemeral, event),
                 );
                 let n = ctx.net.topics.subscribers(&conv);
                 Response::json_value(
@@ -382,7 +382,7 @@ pub fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
             shard
                 .app()
                 .net
-                .try_publish(topic_event(&Arc::from(conv), TopicKind::Ephemeral, &ev));
+                .try_publish(topic_event(&Arc::from(conv), TopicKind::Ephemeral, ev));
         }
     }
     shard.send(

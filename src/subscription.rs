@@ -207,7 +207,7 @@ mod tests {
         let e = Event::Heartbeat {
             server_time: "t".into(),
         };
-        Arc::new(crate::topic::topic_event(&Arc::from("c"), kind, &e))
+        Arc::new(crate::topic::topic_event(&Arc::from("c"), kind, e))
     }
 
     fn added(seq: i64) -> Arc<TopicEvent> {

@@ -43,11 +43,11 @@ pub struct TopicEvent {
 }
 
 /// An event for every subscriber of `conv`, with its native frame encoded now.
-pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: &crate::protocol::Event) -> TopicEvent {
+pub fn topic_event(conv: &Arc<str>, kind: TopicKind, ev: crate::protocol::Event) -> TopicEvent {
     TopicEvent {
         conversation_id: conv.clone(),
         kind,
-        encoded: Encoded::new(ev.clone()),
+        encoded: Encoded::new(ev),
         exclude: None,
         exclude_user: None,
     }

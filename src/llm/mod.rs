@@ -245,7 +245,7 @@ fn progress(ctx: &ServerCtx, gen: &Generation, step: &'static str, message: &str
     };
     ctx.net.publish(
         MayBlock::worker(),
-        topic_event(&gen.conversation_id, TopicKind::Ephemeral, &ev),
+        topic_event(&gen.conversation_id, TopicKind::Ephemeral, ev),
     );
 }
 
@@ -573,7 +573,7 @@ fn announce_end(
                 TopicKind::Updated {
                     message_id: gen.message_id,
                 },
-                &ev,
+                ev,
             ),
         );
     }
@@ -590,7 +590,7 @@ fn announce_end(
                 TopicKind::Updated {
                     message_id: gen.message_id,
                 },
-                &ev,
+                ev,
             ),
         );
     }
@@ -609,7 +609,7 @@ fn announce_end(
             TopicKind::Complete {
                 message_id: gen.message_id,
             },
-            &ev,
+            ev,
         ),
     );
     if room_id.is_some() {
