@@ -90,6 +90,28 @@ fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
 }
 
 /// The HS256 secret: configured, or read from / generated into `<data_dir>/jwt_secret`.
+/// A sentence for a refused token (the library's Display prints some kinds as their enum
+/// names, e.g. `InvalidSignature`, which is what HTTP 401 bodies used to show).
+fn reason(kind: &jsonwebtoken::errors::ErrorKind, e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::InvalidToken => "malformed token".into(),
+        K::InvalidSignature => "invalid signature".into(),
+        K::InvalidIssuer => "wrong issuer (`iss`)".into(),
+        K::InvalidAudience => "wrong audience (`aud`)".into(),
+        K::InvalidSubject => "invalid subject (`sub`)".into(),
+        K::ImmatureSignature => "token not valid yet (`nbf`)".into(),
+        K::InvalidAlgorithm
+        | K::MissingAlgorithm
+        | K::InvalidAlgorithmName
+        | K::UnsupportedAlgorithm => "algorithm not accepted".into(),
+        K::MissingRequiredClaim(c) => format!("missing required claim `{c}`"),
+        K::InvalidClaimFormat(c) => format!("invalid format for claim `{c}`"),
+        K::Base64(_) | K::Json(_) | K::Utf8(_) => "malformed token".into(),
+        _ => format!("token refused: {e}"),
+    }
+}
+
 pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<String, KeyError> {
     if let Some(s) = &cfg.jwt_secret {
         return Ok(s.clone());
@@ -235,7 +257,7 @@ impl Authenticator {
             }
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(AuthError::Expired),
-                _ => Err(AuthError::Invalid(e.to_string())),
+                kind => Err(AuthError::Invalid(reason(kind, &e))),
             },
         }
     }

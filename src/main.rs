@@ -6,13 +6,18 @@ use std::process::ExitCode;
 
 use confab::{Config, ServerHandle};
 
-const USAGE: &str = "usage:
-  confab serve [--config PATH]
+const SERVE_USAGE: &str = "  confab serve [--config PATH]
       Run the server. Without --config the documented defaults of config/confab.toml
-      apply; CONFAB_<SECTION>_<KEY> environment variables override any key.
-  confab token --sub ID [--name NAME] [--admin] [--ttl-s SECONDS] [--config PATH]
-      Print a JWT signed with the configured key (or the generated secret in the data dir).
-  confab --version";
+      apply; CONFAB_<SECTION>_<KEY> environment variables override any key.";
+const TOKEN_USAGE: &str =
+    "  confab token --sub ID [--name NAME] [--admin] [--ttl-s SECONDS] [--config PATH]
+      Print a JWT signed with the server's key: auth.jwt_secret, the key files, or the
+      secret the server generated in its data dir (store.data_dir, from the same
+      --config and CONFAB_* variables as the server). A secret is never created here.";
+
+fn usage() -> String {
+    format!("usage:\n{SERVE_USAGE}\n{TOKEN_USAGE}\n  confab --version\n  confab --help")
+}
 
 struct Args {
     cmd: String,
@@ -21,6 +26,7 @@ struct Args {
     name: Option<String>,
     admin: bool,
     ttl_s: Option<u64>,
+    help: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         name: None,
         admin: false,
         ttl_s: None,
+        help: false,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -41,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
             "--sub" => a.sub = Some(value("--sub")?),
             "--name" => a.name = Some(value("--name")?),
             "--admin" => a.admin = true,
+            "--help" | "-h" => a.help = true,
             "--ttl-s" => {
                 a.ttl_s = Some(
                     value("--ttl-s")?
@@ -58,23 +66,31 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("confab: {e}\n{USAGE}");
+            eprintln!("confab: {e}\n{}", usage());
             return ExitCode::from(2);
         }
     };
+    if args.help {
+        match args.cmd.as_str() {
+            "serve" => println!("usage:\n{SERVE_USAGE}"),
+            "token" => println!("usage:\n{TOKEN_USAGE}"),
+            _ => println!("{}", usage()),
+        }
+        return ExitCode::SUCCESS;
+    }
     match args.cmd.as_str() {
         "--version" | "-V" | "version" => {
             println!("confab {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         "--help" | "-h" | "help" => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         "serve" => serve(&args),
         "token" => token(&args),
         other => {
-            eprintln!("confab: unknown command {other:?}\n{USAGE}");
+            eprintln!("confab: unknown command {other:?}\n{}", usage());
             ExitCode::from(2)
         }
     }
@@ -93,9 +109,26 @@ fn token(args: &Args) -> ExitCode {
         Err(code) => return code,
     };
     let Some(sub) = args.sub.as_deref().filter(|s| !s.is_empty()) else {
-        eprintln!("confab token: --sub is required\n{USAGE}");
+        eprintln!("confab token: --sub is required\nusage:\n{TOKEN_USAGE}");
         return ExitCode::from(2);
     };
+    // Minting with a secret the server does not have is worse than failing: the token
+    // would be refused with no hint why. So the generated secret must already exist.
+    let hmac = cfg
+        .auth
+        .algorithms
+        .iter()
+        .any(|a| confab::auth::is_hmac(*a));
+    let secret_file = cfg.store.data_dir.join("jwt_secret");
+    if hmac && cfg.auth.jwt_secret.is_none() && !secret_file.exists() {
+        eprintln!(
+            "confab token: no JWT secret at {}: this is not the data dir of a server that has \
+             run. Pass the server's --config, or set CONFAB_STORE_DATA_DIR (or \
+             auth.jwt_secret) to what the server uses.",
+            secret_file.display()
+        );
+        return ExitCode::from(2);
+    }
     let auth = match confab::auth::Authenticator::from_config(&cfg.auth, &cfg.store.data_dir) {
         Ok(a) => a,
         Err(e) => {

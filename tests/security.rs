@@ -307,3 +307,26 @@ fn one_address_cannot_hold_more_than_max_connections_per_ip() {
         }
     }
 }
+
+#[test]
+fn a_refused_token_gets_a_readable_reason() {
+    let s = TestServer::start("sec-401", |_| {});
+    let other = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "u", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
+    )
+    .unwrap();
+    let (st, v) = s.http("GET", "/v1/conversations", Some(&other), None);
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("invalid signature")),
+        "{v}"
+    );
+    let (st, v) = s.http("GET", "/v1/conversations", Some("abc"), None);
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("malformed token")),
+        "{v}"
+    );
+}

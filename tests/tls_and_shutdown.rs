@@ -188,17 +188,22 @@ fn an_invalid_config_exits_2_naming_the_key() {
 #[test]
 fn confab_token_and_confab_serve_agree_with_zero_setup() {
     let dir = temp_dir("zero-setup");
+    // Before any server ran in this data dir, `confab token` refuses (it would otherwise
+    // sign with a secret no server knows) and creates nothing.
     let out = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["token", "--sub", "newcomer", "--name", "New"])
+        .args(["token", "--sub", "newcomer"])
         .env("CONFAB_STORE_DATA_DIR", &dir)
+        .env_remove("CONFAB_AUTH_JWT_SECRET")
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("no JWT secret") && err.contains("data dir"),
+        "{err}"
     );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!dir.join("jwt_secret").exists());
+
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.arg("serve")
         .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
@@ -214,9 +219,50 @@ fn confab_token_and_confab_serve_agree_with_zero_setup() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    // Now the server's generated secret exists, and the token is signed with it.
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["token", "--sub", "newcomer", "--name", "New"])
+        .env("CONFAB_STORE_DATA_DIR", &dir)
+        .env_remove("CONFAB_AUTH_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut c = Client::connect(&format!("ws://{addr}/v1/ws?token={token}")).unwrap();
     assert_eq!(c.recv_type("connected")["user"]["name"], "New");
     sigterm(&child);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn every_subcommand_answers_help_and_a_bad_argument_gets_usage() {
+    for cmd in [
+        vec!["serve", "--help"],
+        vec!["token", "--help"],
+        vec!["--help"],
+        vec!["token", "-h"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(&cmd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("usage:") && text.contains("confab"),
+            "{cmd:?}: {text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["serve", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bogus") && err.contains("usage:"), "{err}");
 }
