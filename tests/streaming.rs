@@ -77,6 +77,17 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
             w("data: {this is not json\n\n");
             std::thread::sleep(Duration::from_millis(200));
         }
+        "hugeline" => {
+            // One line of 2 MiB that never ends: the server must stop reading at its cap.
+            w(head);
+            w(&role);
+            w(&chunk(Some("before"), None));
+            let junk = "x".repeat(64 * 1024);
+            for _ in 0..32 {
+                w(&junk);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         "stall" => {
             w(head);
             w(&role);
@@ -314,6 +325,7 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
         ("garbage", "partial", "malformed"),
         ("stall", "waiting", "timed out"),
         ("reset", "one two", "mid-stream"),
+        ("hugeline", "before", "max_sse_line_bytes"),
     ] {
         let r = ask(
             &mut c,
@@ -337,7 +349,7 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
         assert_eq!(
             (asst["status"].as_str(), asst["content"].as_str()),
             (Some("error"), Some(partial)),
-            "{model}"
+            "{model}: {h}"
         );
     }
     // Nothing listening at all.

@@ -160,6 +160,8 @@ pub struct LlmConfig {
     pub connect_timeout: Duration,
     pub first_token_timeout: Duration,
     pub read_timeout: Duration,
+    /// Longest SSE line, and longest event, accepted from the backend (bytes).
+    pub max_sse_line_bytes: usize,
     pub demo_tokens_per_s: f64,
     pub context_messages: u32,
     pub context_max_chars: usize,

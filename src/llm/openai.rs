@@ -6,12 +6,12 @@
 //! `llm.read_timeout_ms` for each read of the body (a stalled stream fails, a long one
 //! does not). Cancellation drops the body reader, which closes the backend connection.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::time::Instant;
 
 use serde_json::json;
 
-use super::sse::{SseEvent, SseParser};
+use super::sse::{SseError, SseEvent, SseParser};
 use super::{LlmError, ModelRequest, Provider, StreamEnd};
 use crate::config::LlmConfig;
 
@@ -20,6 +20,7 @@ pub struct OpenAi {
     url: String,
     api_key_env: String,
     first_token_timeout: std::time::Duration,
+    max_line: usize,
 }
 
 impl OpenAi {
@@ -36,6 +37,7 @@ impl OpenAi {
             url: format!("{}/chat/completions", cfg.base_url),
             api_key_env: cfg.api_key_env.clone(),
             first_token_timeout: cfg.first_token_timeout,
+            max_line: cfg.max_sse_line_bytes,
         }
     }
 }
@@ -117,7 +119,7 @@ impl Provider for OpenAi {
             return Err(LlmError::Http { status, message });
         }
         let mut reader = BufReader::with_capacity(8192, resp.into_body().into_reader());
-        let mut parser = SseParser::default();
+        let mut parser = SseParser::new(self.max_line);
         let mut line = String::new();
         let mut finish_reason: Option<String> = None;
         let mut usage = None;
@@ -130,7 +132,18 @@ impl Provider for OpenAi {
                 });
             }
             line.clear();
-            let n = reader.read_line(&mut line).map_err(io_error)?;
+            // Bounded: a backend that never ends a line must not fill memory.
+            let n = (&mut reader)
+                .take(self.max_line as u64 + 1)
+                .read_line(&mut line)
+                .map_err(io_error)?;
+            if n > self.max_line && !line.ends_with('\n') {
+                return Err(SseError::Malformed(format!(
+                    "a line of the event stream is over {} bytes (llm.max_sse_line_bytes)",
+                    self.max_line
+                ))
+                .into());
+            }
             let event = if n == 0 {
                 match parser.finish()? {
                     Some(ev) => Some(ev),

@@ -65,13 +65,28 @@ struct RawUsage {
     completion_tokens: u64,
 }
 
-#[derive(Default)]
 pub struct SseParser {
     data: String,
     has_data: bool,
+    /// Longest event (its `data:` lines joined) accepted.
+    max_event: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser::new(1 << 20)
+    }
 }
 
 impl SseParser {
+    pub fn new(max_event: usize) -> SseParser {
+        SseParser {
+            data: String::new(),
+            has_data: false,
+            max_event,
+        }
+    }
+
     /// Feed one line; returns an event when the line completed one.
     pub fn line(&mut self, line: &str) -> Result<Option<SseEvent>, SseError> {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -86,6 +101,14 @@ impl SseParser {
             None => (line, ""),
         };
         if field == "data" {
+            if self.data.len() + value.len() + 1 > self.max_event {
+                self.data = String::new();
+                self.has_data = false;
+                return Err(SseError::Malformed(format!(
+                    "an event of the stream is over {} bytes (llm.max_sse_line_bytes)",
+                    self.max_event
+                )));
+            }
             if self.has_data {
                 self.data.push('\n');
             }
@@ -149,6 +172,14 @@ pub fn parse_data(data: &str) -> Result<SseEvent, SseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_over_the_cap_is_an_error_not_a_buffer() {
+        let mut p = SseParser::new(100);
+        let line = format!("data: {}", "x".repeat(60));
+        assert!(p.line(&line).unwrap().is_none());
+        assert!(matches!(p.line(&line), Err(SseError::Malformed(_))));
+    }
 
     #[test]
     fn an_openai_stream_parses_into_deltas_finish_usage_and_done() {
