@@ -45,7 +45,7 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Key(#[from] crate::auth::KeyError),
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path} (store.data_dir) is not usable: {source}")]
     DataDir { path: String, source: io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -57,7 +57,7 @@ impl StartError {
     /// Exit code for `confab serve`: 2 for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Tls(_) | StartError::Key(_) => 2,
+            StartError::Tls(_) | StartError::Key(_) | StartError::DataDir { .. } => 2,
             StartError::Store(e) if e.is_config() => 2,
             _ => 1,
         }
@@ -70,6 +70,56 @@ pub struct ServerHandle {
     pub ctx: Arc<ServerCtx>,
     acceptor: Option<Acceptor>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// One line an operator can check the deployment against.
+fn log_startup(ctx: &ServerCtx, addr: SocketAddr) {
+    let c = &ctx.cfg;
+    let provider = match c.llm.provider {
+        crate::config::ProviderKind::Demo => "demo (built in)".to_string(),
+        crate::config::ProviderKind::OpenAi => {
+            format!("openai at {}, model {}", c.llm.base_url, c.llm.model)
+        }
+    };
+    let key = if std::env::var_os(&c.llm.api_key_env).is_some() {
+        "found"
+    } else {
+        "not set"
+    };
+    let agents: Vec<&str> = c.agents.keys().map(String::as_str).collect();
+    let dev = if c.auth.dev_tokens && ctx.loopback {
+        "on (loopback)"
+    } else {
+        "off"
+    };
+    info!(
+        "listening on {addr}, TLS {}; data dir {}; provider {provider}; agents [{}]; \
+         API key variable {} {key}; dev tokens {dev}; {} shards, {} generation workers, \
+         {} store readers, {} upload workers",
+        if ctx.net.tls.is_some() { "on" } else { "off" },
+        c.store.data_dir.display(),
+        agents.join(", "),
+        c.llm.api_key_env,
+        c.server.shards,
+        c.llm.workers,
+        c.store.read_workers,
+        c.uploads.workers,
+    );
+}
+
+/// The data dir exists (or is created) and this process can write to it — checked first,
+/// so a bad `store.data_dir` is reported as such (exit 2) and not as whichever file
+/// happened to be opened first in it.
+fn check_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let fail = |source: io::Error| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".confab-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 pub fn ws_config(cfg: &Config, max_message: usize, out_cap: usize) -> WebSocketConfig {
@@ -101,10 +151,7 @@ impl ServerHandle {
         // process default set before first use; a second call is a harmless error.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-        std::fs::create_dir_all(&cfg.store.data_dir).map_err(|source| StartError::DataDir {
-            path: cfg.store.data_dir.display().to_string(),
-            source,
-        })?;
+        check_data_dir(&cfg.store.data_dir)?;
         let auth = Authenticator::from_config(&cfg.auth, &cfg.store.data_dir)?;
         let tls = match &cfg.tls {
             None => None,
@@ -188,15 +235,7 @@ impl ServerHandle {
             );
         }
         let acceptor = Acceptor::start(std_listener, ctx.clone())?;
-        info!(
-            "listening on {}://{addr} with {n} shards (data dir {})",
-            if ctx.net.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-            ctx.cfg.store.data_dir.display()
-        );
+        log_startup(&ctx, addr);
         Ok(ServerHandle {
             addr,
             ctx,

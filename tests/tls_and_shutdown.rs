@@ -212,13 +212,29 @@ fn confab_token_and_confab_serve_agree_with_zero_setup() {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
     let addr: std::net::SocketAddr = loop {
         let line = lines.next().unwrap().unwrap();
         if let Some(rest) = line.split("serving on http://").nth(1) {
             break rest.split('/').next().unwrap().parse().unwrap();
         }
+        log.push(line);
     };
     std::thread::spawn(move || for _ in lines {});
+    // The start-up line says what an operator needs to check the deployment.
+    let start = log.iter().find(|l| l.contains("listening on")).unwrap();
+    for needle in [
+        "TLS off",
+        &format!("data dir {}", dir.display()),
+        "provider demo",
+        "agents [assistant]",
+        "API key variable OPENAI_API_KEY",
+        "dev tokens on (loopback)",
+        "shards",
+        "generation workers",
+    ] {
+        assert!(start.contains(needle), "{needle:?} missing from {start}");
+    }
     // Now the server's generated secret exists, and the token is signed with it.
     let out = Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["token", "--sub", "newcomer", "--name", "New"])
@@ -265,4 +281,23 @@ fn every_subcommand_answers_help_and_a_bad_argument_gets_usage() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--bogus") && err.contains("usage:"), "{err}");
+}
+
+#[test]
+fn an_unusable_data_dir_exits_2_naming_the_data_dir() {
+    // Missing and not creatable; existing but not writable (even for root); not a dir.
+    for dir in ["/proc/confab-nope/data", "/proc/self", "/etc/hostname"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .arg("serve")
+            .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
+            .env("CONFAB_STORE_DATA_DIR", dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{dir}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("store.data_dir") && err.contains(dir),
+            "{dir}: {err}"
+        );
+    }
 }

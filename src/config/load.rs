@@ -122,6 +122,13 @@ fn type_name(v: &toml::Value) -> &'static str {
 
 /// Every documented key has a default of the right type: compare against it, so that a
 /// mistyped value is reported with its full key name (serde's message would not say).
+/// Integer keys read as u64 (durations and file-sized byte counts); the rest are u32.
+fn is_u64_key(key: &str) -> bool {
+    key.ends_with("_ms")
+        || key.ends_with("_s")
+        || matches!(key, "max_file_bytes" | "download_memory_bytes")
+}
+
 fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
     let defaults: toml::Table = DEFAULT_TOML
         .parse()
@@ -139,6 +146,22 @@ fn check_types(table: &mut toml::Table) -> Result<(), ConfigError> {
                     match (d, &*v) {
                         (toml::Value::Float(_), toml::Value::Integer(i)) => {
                             *v = toml::Value::Float(*i as f64)
+                        }
+                        // Every integer key is a count, a size or a duration: unsigned, and
+                        // 32-bit unless it is a duration or a file-sized byte count. Checked
+                        // here so the message names the key (serde's does not).
+                        (toml::Value::Integer(_), toml::Value::Integer(i)) if *i < 0 => {
+                            return Err(ConfigError::Shape(format!(
+                                "key `{section}.{key}` must not be negative (got {i})"
+                            )))
+                        }
+                        (toml::Value::Integer(_), toml::Value::Integer(i))
+                            if *i > i64::from(u32::MAX) && !is_u64_key(key) =>
+                        {
+                            return Err(ConfigError::Shape(format!(
+                                "key `{section}.{key}` must be at most {} (got {i})",
+                                u32::MAX
+                            )))
                         }
                         (d, v) if std::mem::discriminant(d) == std::mem::discriminant(v) => {}
                         (d, v) => {

@@ -223,6 +223,29 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_integers_name_their_key() {
+        let file = "[server]\nmax_connections = -5\n";
+        let e = Config::from_layers(Some(("f.toml", file)), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections") && e.contains("negative"),
+            "{e}"
+        );
+        let e = Config::from_layers(None, &env(&[("CONFAB_SERVER_SHARDS", "5000000000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.shards"), "{e}");
+        // Durations may exceed 32 bits.
+        let cfg = Config::from_layers(
+            None,
+            &env(&[("CONFAB_STORE_IDEMPOTENCY_WINDOW_S", "5000000000")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.store.idempotency_window_s, 5_000_000_000);
+    }
+
+    #[test]
     fn embedded_defaults_are_valid_and_documented_values_apply() {
         let c = Config::defaults();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
