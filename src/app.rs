@@ -165,6 +165,10 @@ impl App for ServerCtx {
         }
     }
 
+    fn on_ping(sh: &mut Shard, slot: usize) {
+        crate::session::on_ping(sh, slot)
+    }
+
     fn on_heartbeat(sh: &mut Shard, slot: usize) {
         if sh
             .session(slot)

@@ -161,23 +161,10 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             return;
         }
     }
-    let window = shard.app().cfg.limits.rate_window;
-    let max = shard.app().cfg.limits.rate_max_messages;
-    let strikes_max = shard.app().cfg.limits.rate_strikes;
-    let verdict = {
-        let Some(ws) = shard.session_mut(slot) else {
-            return;
-        };
-        let v = ws.rate.check(now, window, max);
-        if let Verdict::Limited { .. } = v {
-            if now.duration_since(ws.strikes_window) > window {
-                ws.strikes_window = now;
-                ws.strikes = 0;
-            }
-            ws.strikes += 1;
-        }
-        (v, ws.strikes)
+    let Some(verdict) = charge(shard, slot, now) else {
+        return;
     };
+    let strikes_max = shard.app().cfg.limits.rate_strikes;
     if let (Verdict::Limited { retry_after_s }, strikes) = verdict {
         if strikes > strikes_max {
             send_error(
@@ -207,6 +194,36 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     match decoded {
         Ok(msg) => dispatch(shard, slot, msg),
         Err(e) => send_error(shard, slot, ErrorCode::BadRequest, &e.reason, e.id),
+    }
+}
+
+/// Charge one frame to the connection's rate window: the verdict and the strikes in the
+/// current window. `None`: not a WebSocket any more.
+fn charge(shard: &mut Shard, slot: usize, now: Instant) -> Option<(Verdict, u32)> {
+    let window = shard.app().cfg.limits.rate_window;
+    let max = shard.app().cfg.limits.rate_max_messages;
+    let ws = shard.session_mut(slot)?;
+    let v = ws.rate.check(now, window, max);
+    if let Verdict::Limited { .. } = v {
+        if now.duration_since(ws.strikes_window) > window {
+            ws.strikes_window = now;
+            ws.strikes = 0;
+        }
+        ws.strikes += 1;
+    }
+    Some((v, ws.strikes))
+}
+
+/// A ping arrived. Pings count against the message rate like any frame: tungstenite keeps
+/// one pong pending (RFC 6455 §5.5.3 lets a server answer only the latest), so a client
+/// that floods pings and never reads costs no memory, but without this it was never told
+/// and never closed. Over the rate for more than `limits.rate_strikes` frames: 1008.
+pub fn on_ping(shard: &mut Shard, slot: usize) {
+    let Some((verdict, strikes)) = charge(shard, slot, Instant::now()) else {
+        return;
+    };
+    if matches!(verdict, Verdict::Limited { .. }) && strikes > shard.app().cfg.limits.rate_strikes {
+        shard.close_ws(slot, close::POLICY, "rate limit abuse (control frames)");
     }
 }
 

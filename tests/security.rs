@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use tungstenite::Message;
 
 /// A POST as a browser sends it: `Origin`, `Host` and `Content-Type` chosen by the caller.
 fn browser_post(
@@ -329,4 +330,27 @@ fn a_refused_token_gets_a_readable_reason() {
         (401, Some("malformed token")),
         "{v}"
     );
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_closed_1008() {
+    let s = TestServer::start("sec-pingflood", |c| {
+        c.limits.rate_max_messages = 50;
+        c.limits.rate_strikes = 5;
+    });
+    let mut c = s.client("flooder");
+    for _ in 0..2_000 {
+        if c.ws.write(Message::Ping(Default::default())).is_err() {
+            break;
+        }
+    }
+    let _ = c.ws.flush();
+    let code = loop {
+        match c.ws.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1008);
 }

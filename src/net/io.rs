@@ -312,7 +312,13 @@ impl<A: App> Shard<A> {
                             }
                         }
                         // tungstenite queued the pong / the close reply; flush soon.
-                        Message::Ping(_) | Message::Close(_) => self.mark_dirty(slot),
+                        Message::Ping(_) => {
+                            self.mark_dirty(slot);
+                            if !closing {
+                                A::on_ping(self, slot);
+                            }
+                        }
+                        Message::Close(_) => self.mark_dirty(slot),
                         Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }

@@ -118,6 +118,8 @@ pub trait App: Send + Sync + Sized + 'static {
     fn on_ws_open(sh: &mut Shard<Self>, slot: usize);
     fn on_text(sh: &mut Shard<Self>, slot: usize, text: Utf8Bytes);
     fn on_binary(sh: &mut Shard<Self>, slot: usize, data: Bytes);
+    /// A ping arrived (tungstenite has queued the pong, coalesced with any pending one).
+    fn on_ping(sh: &mut Shard<Self>, slot: usize);
     /// A heartbeat ping went out (every `NetConfig::heartbeat_interval`).
     fn on_heartbeat(sh: &mut Shard<Self>, slot: usize);
     /// The session's own deadline ([`App::deadline`]) may have passed.
