@@ -55,7 +55,11 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
     r.read_exact(&mut body).unwrap();
     let req: Value = serde_json::from_slice(&body).unwrap();
     let model = req["model"].as_str().unwrap_or("").to_string();
-    requests.lock().unwrap().push(req);
+    let seen = {
+        let mut all = requests.lock().unwrap();
+        all.push(req);
+        all.iter().filter(|r| r["model"] == model.as_str()).count()
+    };
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
     let role = format!(
         "data: {}\n\n",
@@ -65,7 +69,15 @@ fn serve_one(mut s: TcpStream, requests: Arc<Mutex<Vec<Value>>>) {
         let _ = s.write_all(t.as_bytes());
         let _ = s.flush();
     };
+    let busy = |status: &str, retry_after: &str| {
+        let body = r#"{"error":{"message":"overloaded, try later","type":"rate_limit"}}"#;
+        format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nRetry-After: {retry_after}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
     match model.as_str() {
+        // Busy twice, then a normal reply.
+        "flaky" if seen <= 2 => w(&busy("503 Service Unavailable", "0.05")),
+        // Always rate-limited.
+        "limited" => w(&busy("429 Too Many Requests", "0")),
         "http500" => {
             let body = r#"{"error":{"message":"backend exploded","type":"server_error"}}"#;
             w(&format!("HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
@@ -322,6 +334,7 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
     let mut c = s.client("eve");
     for (model, partial, needle) in [
         ("http500", "", "backend exploded"),
+        ("limited", "", "429"),
         ("garbage", "partial", "malformed"),
         ("stall", "waiting", "timed out"),
         ("reset", "one two", "mid-stream"),
@@ -569,4 +582,27 @@ fn a_slow_reader_gets_merged_token_events_with_the_same_text() {
     assert_eq!(next, 20_000);
     assert!(events < 20_000, "no merging happened ({events} events)");
     assert!(s.ctx().net.metrics.token_merges.load(Relaxed) > 0);
+}
+
+#[test]
+fn a_busy_backend_is_retried_before_the_first_token() {
+    let b = Backend::start();
+    let s = openai_server("openai-retry", &b);
+    let mut c = s.client("patient");
+    let r = ask(
+        &mut c,
+        "f",
+        json!({"type": "chat", "id": "f", "message": "go", "model": "flaky"}),
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.complete["finish_reason"], "stop");
+    assert_eq!(r.complete["response"], DELTAS.concat());
+    let n = b
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["model"] == "flaky")
+        .count();
+    assert_eq!(n, 3, "two 503s, then the reply");
 }

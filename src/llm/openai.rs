@@ -15,6 +15,9 @@ use super::sse::{SseError, SseEvent, SseParser};
 use super::{LlmError, ModelRequest, Provider, StreamEnd};
 use crate::config::LlmConfig;
 
+/// Requests made for one reply at most (the first plus retries of 429 / 503).
+const MAX_ATTEMPTS: u32 = 4;
+
 pub struct OpenAi {
     agent: ureq::Agent,
     url: String,
@@ -88,20 +91,35 @@ impl Provider for OpenAi {
             "max_tokens": req.max_tokens,
         })
         .to_string();
-        let mut request = self
-            .agent
-            .post(&self.url)
-            .header("Accept", "text/event-stream")
-            .content_type("application/json");
-        if let Ok(key) = std::env::var(&self.api_key_env) {
-            if !key.is_empty() {
-                request = request.header("Authorization", format!("Bearer {key}"));
-            }
-        }
         let started = Instant::now();
-        let resp = request.send(body.as_bytes()).map_err(classify)?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
+        // 429 / 503 arrive before any token: retried with backoff (honouring
+        // Retry-After) while the first-token budget lasts, at most MAX_ATTEMPTS times.
+        // Once the body streams, nothing is retried: the client has seen tokens.
+        let mut attempt = 0u32;
+        let resp = loop {
+            attempt += 1;
+            let mut request = self
+                .agent
+                .post(&self.url)
+                .header("Accept", "text/event-stream")
+                .content_type("application/json");
+            if let Ok(key) = std::env::var(&self.api_key_env) {
+                if !key.is_empty() {
+                    request = request.header("Authorization", format!("Bearer {key}"));
+                }
+            }
+            let resp = request.send(body.as_bytes()).map_err(classify)?;
+            let status = resp.status().as_u16();
+            if status < 400 {
+                break resp;
+            }
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(std::time::Duration::from_secs_f64);
             let text = resp
                 .into_body()
                 .with_config()
@@ -116,8 +134,21 @@ impl Provider for OpenAi {
                         .map(str::to_string)
                 })
                 .unwrap_or_else(|| text.chars().take(300).collect());
-            return Err(LlmError::Http { status, message });
-        }
+            let backoff = retry_after.unwrap_or(std::time::Duration::from_millis(
+                250 << (attempt - 1).min(4),
+            ));
+            let retryable = matches!(status, 429 | 503)
+                && attempt < MAX_ATTEMPTS
+                && started.elapsed() + backoff < self.first_token_timeout
+                && !req.cancel.load(std::sync::atomic::Ordering::Relaxed);
+            if !retryable {
+                return Err(LlmError::Http { status, message });
+            }
+            log::info!(
+                "model backend answered {status}; retrying in {backoff:?} (attempt {attempt})"
+            );
+            std::thread::sleep(backoff);
+        };
         let mut reader = BufReader::with_capacity(8192, resp.into_body().into_reader());
         let mut parser = SseParser::new(self.max_line);
         let mut line = String::new();
