@@ -86,13 +86,13 @@ impl Metrics {
             );
         };
         line(
-            "connections",
+            "open_connections",
             "Open TCP connections (HTTP and WebSocket).",
             "gauge",
             net.connections.load(Relaxed).to_string(),
         );
         line(
-            "ws_connections",
+            "open_ws_connections",
             "Open WebSocket connections.",
             "gauge",
             net.ws_connections.load(Relaxed).to_string(),

@@ -316,7 +316,22 @@ fn http_health_metrics_404_and_405() {
     let (st, _, body) = http_raw(s.addr, "GET", "/metrics", None, None);
     assert_eq!(st, 200);
     let text = String::from_utf8(body).unwrap();
-    assert!(text.contains("confab_connections "), "{text}");
+    assert!(text.contains("confab_open_connections "), "{text}");
+    // OpenMetrics parsers name a counter's family without `_total`: no gauge may have
+    // that name (confab_connections vs confab_connections_total was rejected).
+    let types: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    for (name, kind) in &types {
+        if let (Some(family), &"counter") = (name.strip_suffix("_total"), kind) {
+            assert!(
+                !types.iter().any(|(n, k)| *n == family && *k != "counter"),
+                "{family} is both a counter family and a {kind}"
+            );
+        }
+    }
     assert!(text.contains("confab_closes_total{code=\"1008\"}"));
     assert!(text.contains("confab_errors_total{code=\"BAD_REQUEST\"}"));
     let (st, _) = s.http("GET", "/v1/ws", None, None);
