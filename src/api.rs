@@ -13,7 +13,7 @@ use crate::protocol::ErrorCode;
 use crate::routes::bearer_user;
 use crate::server::ServerCtx;
 use crate::store::read;
-use crate::store::{ReadCmd, ReadDone, StoreError};
+use crate::store::{ReadCmd, ReadDone, StoreError, WriteCmd};
 
 /// Requests answered on the shard without I/O. `None`: not one of these.
 pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response> {
@@ -51,22 +51,34 @@ pub fn store_error(e: &StoreError) -> Response {
     Response::error(code.http_status(), code, &msg)
 }
 
-/// Hand a read to the pool; the connection waits for the answer (`render_read`).
-fn defer_read(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
+/// What a deferred HTTP request asks the store.
+pub enum StoreOp {
+    Read(ReadCmd),
+    Write(WriteCmd),
+}
+
+/// Hand a request to the store; the connection waits for the answer (`render_read`, or
+/// `rooms_api::render_written` after COMMIT). A full queue is answered 503 at once.
+pub fn defer(shard: &mut Shard, slot: usize, op: StoreOp, then: HttpThen) {
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
     shard.defer(slot);
-    if shard
-        .app()
-        .store
-        .try_read(cmd, Reply::Http { conn, then })
-        .is_err()
-    {
+    let reply = Reply::Http { conn, then };
+    let store = &shard.app().store;
+    let queued = match op {
+        StoreOp::Read(cmd) => store.try_read(cmd, reply),
+        StoreOp::Write(cmd) => store.try_write(cmd, reply),
+    };
+    if queued.is_err() {
         let r = Response::error(503, ErrorCode::Busy, "the store is busy")
             .with_header("Retry-After", "1");
         shard.respond(slot, r);
     }
+}
+
+fn defer_read(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
+    defer(shard, slot, StoreOp::Read(cmd), then)
 }
 
 /// The HTTP answer to a store read (on a reader thread).

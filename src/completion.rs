@@ -18,7 +18,7 @@ use crate::app::{AppMsg, ConnMsg};
 use crate::auth::User;
 use crate::llm::{FinishReply, Plan, Reservation};
 use crate::net::{ConnId, MayBlock, ShardMsg};
-use crate::protocol::{ErrorCode, Event, UploadEvent};
+use crate::protocol::{Event, UploadEvent};
 use crate::server::ServerCtx;
 use crate::session::AutoJoin;
 use crate::store::{Completions, ReadDone, StoreError, Written};
@@ -272,15 +272,5 @@ impl Completions<Reply> for ServerCtx {
             snapshots.insert(g.message_id, (st.content.clone(), st.tokens));
         }
         snapshots
-    }
-}
-
-/// An error event for a request that never reached the store (the queue was full).
-pub fn busy(id: Option<String>) -> Event {
-    Event::Error {
-        code: ErrorCode::Busy,
-        error: "the store is busy".into(),
-        id,
-        retry_after: Some(0.5),
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::api::StoreOp;
 use crate::app::{AppMsg, ConnMsg, Shard, ShardExt};
 use crate::auth::User;
 use crate::chat::new_conversation_id;
-use crate::completion::{HttpThen, Reply};
+use crate::completion::HttpThen;
 use crate::net::http::{Request, Response};
 use crate::net::{MayBlock, ShardMsg};
 use crate::protocol::{now_rfc3339, ErrorCode, Event, RoomType};
@@ -34,40 +35,12 @@ fn room_json(r: &RoomRow) -> serde_json::Value {
     })
 }
 
-/// Queue a write whose result becomes the HTTP answer (`render_written`, after COMMIT).
 fn write_then_reply(shard: &mut Shard, slot: usize, cmd: WriteCmd, then: HttpThen) {
-    let Some(conn) = shard.conn_id(slot) else {
-        return;
-    };
-    shard.defer(slot);
-    if shard
-        .app()
-        .store
-        .try_write(cmd, Reply::Http { conn, then })
-        .is_err()
-    {
-        respond(shard, slot, busy());
-    }
+    crate::api::defer(shard, slot, StoreOp::Write(cmd), then)
 }
 
-/// Queue a read whose result becomes the HTTP answer (`api::render_read`).
 fn read_then_reply(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
-    let Some(conn) = shard.conn_id(slot) else {
-        return;
-    };
-    shard.defer(slot);
-    if shard
-        .app()
-        .store
-        .try_read(cmd, Reply::Http { conn, then })
-        .is_err()
-    {
-        respond(shard, slot, busy());
-    }
-}
-
-fn busy() -> Response {
-    Response::error(503, ErrorCode::Busy, "the store is busy").with_header("Retry-After", "1")
+    crate::api::defer(shard, slot, StoreOp::Read(cmd), then)
 }
 
 /// The HTTP answer to a committed room write (on the store writer's thread). Deleting a

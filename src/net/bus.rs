@@ -272,22 +272,18 @@ impl<A: App> super::Net<A> {
     /// Send `ev` to every shard holding subscribers of its topic, waiting for room in
     /// full inboxes (workers only). Returns how many shards it went to.
     pub fn publish(&self, may: MayBlock, ev: A::Topic) -> usize {
-        let mut targets = Vec::with_capacity(4);
-        self.topics.shards_of(A::topic_key(&ev), &mut targets);
-        let n = targets.len();
-        if n == 0 {
-            return 0;
-        }
-        let ev = Arc::new(ev);
-        for s in targets {
-            self.shards.send(may, s, ShardMsg::Topic(ev.clone()));
-        }
-        n
+        self.fan_out(ev, |s, msg| self.shards.send(may, s, msg))
     }
 
     /// Like [`publish`](Self::publish) but never blocks: a full inbox drops the event
     /// and counts it. Returns how many shards it was offered to.
     pub fn try_publish(&self, ev: A::Topic) -> usize {
+        self.fan_out(ev, |s, msg| {
+            self.shards.try_send(s, msg);
+        })
+    }
+
+    fn fan_out(&self, ev: A::Topic, send: impl Fn(usize, ShardMsg<A>)) -> usize {
         let mut targets = Vec::with_capacity(4);
         self.topics.shards_of(A::topic_key(&ev), &mut targets);
         let n = targets.len();
@@ -296,7 +292,7 @@ impl<A: App> super::Net<A> {
         }
         let ev = Arc::new(ev);
         for s in targets {
-            self.shards.try_send(s, ShardMsg::Topic(ev.clone()));
+            send(s, ShardMsg::Topic(ev.clone()));
         }
         n
     }
