@@ -272,6 +272,38 @@ impl Metrics {
         }
         let _ = writeln!(s, "confab_commit_latency_us_count {}", h.len());
         let _ = writeln!(s, "# HELP confab_uptime_seconds Seconds since start.\n# TYPE confab_uptime_seconds gauge\nconfab_uptime_seconds {}", self.uptime_s());
+        let _ = writeln!(
+            s,
+            "# HELP confab_build_info The running build.\n# TYPE confab_build_info gauge\nconfab_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process_metrics(&mut s);
         s
+    }
+}
+
+/// The standard `process_*` series, from /proc (Linux); absent elsewhere.
+fn process_metrics(s: &mut String) {
+    // statm: sizes in pages; field 2 is resident.
+    let page = 4096u64;
+    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+    {
+        let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", rss * page);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(s, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", fds.count());
+    }
+    // stat: utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            let after = t.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+    {
+        let _ = writeln!(s, "# HELP process_cpu_seconds_total CPU time, user and system.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.2}", ticks as f64 / 100.0);
     }
 }

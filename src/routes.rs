@@ -93,12 +93,19 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             });
             Response::json_value(if unhealthy { 503 } else { 200 }, &body)
         }
-        ("GET", "/metrics") => Response::text(
-            200,
-            "text/plain; version=0.0.4",
-            ctx.metrics
-                .prometheus(&ctx.net.metrics, ctx.net.shards.dropped()),
-        ),
+        ("GET", "/metrics") => match &ctx.cfg.server.metrics_token {
+            Some(want) if !req.bearer().is_some_and(|got| same(got, want)) => Response::error(
+                401,
+                ErrorCode::AuthRequired,
+                "/metrics needs its bearer token",
+            ),
+            _ => Response::text(
+                200,
+                "text/plain; version=0.0.4",
+                ctx.metrics
+                    .prometheus(&ctx.net.metrics, ctx.net.shards.dropped()),
+            ),
+        },
         ("GET", "/") | ("GET", "/index.html") => {
             Response::text(200, "text/html; charset=utf-8", INDEX_HTML)
         }
@@ -128,6 +135,11 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
     };
     let resp = resp.with_cors(cors_for(&req, &ctx.cfg));
     respond(shard, slot, resp);
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 fn truncate(s: &str, n: usize) -> &str {

@@ -354,3 +354,23 @@ fn a_ping_flood_from_a_client_that_never_reads_is_closed_1008() {
     };
     assert_eq!(code, 1008);
 }
+
+#[test]
+fn metrics_can_require_a_bearer_token() {
+    let s = TestServer::start("sec-metrics", |c| {
+        c.server.metrics_token = Some("scrape-me".into())
+    });
+    assert_eq!(s.http("GET", "/metrics", None, None).0, 401);
+    assert_eq!(s.http("GET", "/metrics", Some("scrape-mE"), None).0, 401);
+    let (st, _, body) = http_raw(s.addr, "GET", "/metrics", Some("scrape-me"), None);
+    assert_eq!(st, 200);
+    let text = String::from_utf8(body).unwrap();
+    for series in [
+        "confab_build_info{version=",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
+}

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     /// Origins (`scheme://host[:port]`) that browsers may call the unauthenticated
     /// endpoints from, cross-origin. Bearer-authenticated endpoints are open to any origin.
     pub cors_origins: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub head_timeout: Duration,
