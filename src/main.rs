@@ -194,7 +194,7 @@ fn serve(args: &Args) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    confab::logging::init(cfg.server.log_level);
+    confab::logging::init(cfg.server.log_level, cfg.server.log_format);
     tune_allocator();
     let set = block_signals();
     let server = match ServerHandle::start(cfg) {
@@ -211,9 +211,10 @@ fn serve(args: &Args) -> ExitCode {
     } else {
         "http"
     };
-    eprintln!(
-        "confab: serving on {scheme}://{addr}/  (WebSocket: /v1/ws, test page: /, health: /health)"
+    let banner = format!(
+        "serving on {scheme}://{addr}/  (WebSocket: /v1/ws, test page: /, health: /health)"
     );
+    confab::logging::announce(&banner);
     let sig = wait_for_signal(&set);
     log::info!("signal {sig}: shutting down");
     server.shutdown();

@@ -86,6 +86,7 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub log_level: log::LevelFilter,
+    pub log_format: crate::logging::Format,
 }
 
 #[derive(Debug, Clone)]

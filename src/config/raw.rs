@@ -35,6 +35,7 @@ pub(super) struct RawServer {
     head_timeout_ms: u64,
     shutdown_timeout_ms: u64,
     log_level: String,
+    log_format: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +240,16 @@ impl Raw {
         if s.max_header_bytes < 256 {
             return Err(invalid("server.max_header_bytes", "must be at least 256"));
         }
+        let log_format = match s.log_format.as_str() {
+            "text" => crate::logging::Format::Text,
+            "json" => crate::logging::Format::Json,
+            other => {
+                return Err(invalid(
+                    "server.log_format",
+                    format!("{other:?}: must be \"text\" or \"json\""),
+                ))
+            }
+        };
         let log_level = s.log_level.parse::<log::LevelFilter>().map_err(|_| {
             invalid(
                 "server.log_level",
@@ -487,6 +498,7 @@ impl Raw {
                 head_timeout: ms(s.head_timeout_ms.max(1)),
                 shutdown_timeout: ms(s.shutdown_timeout_ms),
                 log_level,
+                log_format,
             },
             tls,
             auth: AuthConfig {
