@@ -12,7 +12,7 @@
 //! suppressed.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -119,9 +119,7 @@ pub enum Emit {
 
 impl Repeats {
     pub fn check(&mut self, text: &str, now: Instant) -> Emit {
-        let mut h = self.hasher.build_hasher();
-        text.hash(&mut h);
-        let key = h.finish();
+        let key = self.hasher.hash_one(text);
         if self.seen.len() > 1024 {
             self.seen
                 .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
