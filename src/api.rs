@@ -77,10 +77,6 @@ pub fn defer(shard: &mut Shard, slot: usize, op: StoreOp, then: HttpThen) {
     }
 }
 
-fn defer_read(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
-    defer(shard, slot, StoreOp::Read(cmd), then)
-}
-
 /// The HTTP answer to a store read (on a reader thread).
 pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response {
     match (then, done) {
@@ -177,7 +173,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             cursor,
             limit,
         };
-        defer_read(shard, slot, cmd, HttpThen::Conversations);
+        defer(shard, slot, StoreOp::Read(cmd), HttpThen::Conversations);
         return true;
     }
 
@@ -218,7 +214,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             after_seq: after,
             limit,
         };
-        defer_read(shard, slot, cmd, HttpThen::History);
+        defer(shard, slot, StoreOp::Read(cmd), HttpThen::History);
         return true;
     }
     if let Some(file_id) = path.strip_prefix("/v1/files/") {
@@ -246,7 +242,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             user_id: user.id,
             admin: user.admin,
         };
-        defer_read(shard, slot, cmd, HttpThen::File);
+        defer(shard, slot, StoreOp::Read(cmd), HttpThen::File);
         return true;
     }
     crate::rooms_api::deferred(shard, slot, req)

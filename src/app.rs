@@ -170,10 +170,7 @@ impl App for ServerCtx {
     }
 
     fn on_heartbeat(sh: &mut Shard, slot: usize) {
-        if sh
-            .session(slot)
-            .is_some_and(|s| s.kind == WsKind::Protocol && s.user.is_some())
-        {
+        if crate::session::is_native(sh, slot) {
             sh.send(
                 slot,
                 &Event::Heartbeat {

@@ -284,13 +284,19 @@ impl Metrics {
 
 /// The standard `process_*` series, from /proc (Linux); absent elsewhere.
 fn process_metrics(s: &mut String) {
-    // statm: sizes in pages; field 2 is resident.
-    let page = 4096u64;
-    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+    // VmRSS is in kB whatever the page size.
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
     {
-        let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", rss * page);
+        let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", kib * 1024);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         let _ = writeln!(s, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", fds.count());

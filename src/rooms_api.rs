@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::api::StoreOp;
+use crate::api::{defer, StoreOp};
 use crate::app::{AppMsg, ConnMsg, Shard, ShardExt};
 use crate::auth::User;
 use crate::chat::new_conversation_id;
@@ -33,14 +33,6 @@ fn room_json(r: &RoomRow) -> serde_json::Value {
         "room_id": r.room_id, "room_name": r.room_name, "room_type": r.room_type.as_str(),
         "conversation_id": r.conversation_id, "owner": r.owner, "last_seq": r.last_seq, "ai": r.ai,
     })
-}
-
-fn write_then_reply(shard: &mut Shard, slot: usize, cmd: WriteCmd, then: HttpThen) {
-    crate::api::defer(shard, slot, StoreOp::Write(cmd), then)
-}
-
-fn read_then_reply(shard: &mut Shard, slot: usize, cmd: ReadCmd, then: HttpThen) {
-    crate::api::defer(shard, slot, StoreOp::Read(cmd), then)
 }
 
 /// The HTTP answer to a committed room write (on the store writer's thread). Deleting a
@@ -288,7 +280,7 @@ fn create(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json::V
         owner: user.id.clone(),
         members,
     };
-    write_then_reply(shard, slot, cmd, then);
+    defer(shard, slot, StoreOp::Write(cmd), then);
 }
 
 fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
@@ -297,7 +289,7 @@ fn show(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
         user_id: user.id.clone(),
         admin: user.admin,
     };
-    read_then_reply(shard, slot, cmd, HttpThen::Room);
+    defer(shard, slot, StoreOp::Read(cmd), HttpThen::Room);
 }
 
 fn delete(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
@@ -306,7 +298,7 @@ fn delete(shard: &mut Shard, slot: usize, user: &Arc<User>, room_id: String) {
         user_id: user.id.clone(),
         admin: user.admin,
     };
-    write_then_reply(shard, slot, cmd, HttpThen::RoomDeleted);
+    defer(shard, slot, StoreOp::Write(cmd), HttpThen::RoomDeleted);
 }
 
 fn members(
@@ -325,7 +317,12 @@ fn members(
         add,
         max_members: shard.app().cfg.rooms.max_members,
     };
-    write_then_reply(shard, slot, cmd, HttpThen::MemberChanged { member, add });
+    defer(
+        shard,
+        slot,
+        StoreOp::Write(cmd),
+        HttpThen::MemberChanged { member, add },
+    );
 }
 
 /// A member removed over HTTP: this connection leaves the room.
@@ -428,7 +425,7 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
                 room_id: rid,
                 event: ev,
             };
-            read_then_reply(shard, slot, cmd, then);
+            defer(shard, slot, StoreOp::Read(cmd), then);
         }
     }
 }

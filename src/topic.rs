@@ -92,13 +92,14 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
         Deliver,
         Overloaded,
     }
-    let me = shard.conn_id(slot);
+    // Only an event that excludes one connection needs this one's id.
+    let me = ev.exclude.and_then(|_| shard.conn_id(slot));
     let (then, codec) = {
         let Some(s) = shard.session_mut(slot) else {
             return;
         };
         let codec = s.codec();
-        let excluded = (ev.exclude.is_some() && ev.exclude == me)
+        let excluded = (me.is_some() && ev.exclude == me)
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
         let then = match s.subs.get_mut(&ev.conversation_id) {
             _ if excluded => Then::Skip,
