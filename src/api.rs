@@ -80,6 +80,12 @@ pub fn defer(shard: &mut Shard, slot: usize, op: StoreOp, then: HttpThen) {
 /// The HTTP answer to a store read (on a reader thread).
 pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response {
     match (then, done) {
+        (
+            then @ (HttpThen::SeedConversations { .. }
+            | HttpThen::SeedHistory { .. }
+            | HttpThen::SeedRoom),
+            done,
+        ) => crate::dialect::http::render_read(ctx, then, done),
         (HttpThen::Conversations, ReadDone::Conversations { list, next_cursor }) => {
             Response::json_value(
                 200,
@@ -172,6 +178,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
             user_id: user.id,
             cursor,
             limit,
+            aliases: None,
         };
         defer(shard, slot, StoreOp::Read(cmd), HttpThen::Conversations);
         return true;
@@ -208,6 +215,7 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         };
         let cmd = ReadCmd::History {
             conversation_id: conv,
+            alias: None,
             user_id: user.id,
             admin: user.admin,
             before_seq: before,

@@ -12,7 +12,7 @@ use tungstenite::{Bytes, Utf8Bytes};
 
 use crate::auth::User;
 use crate::codec::{Codec, Encoded, NATIVE};
-use crate::net::{self, App, ConnId, MayBlock, ShardMsg};
+use crate::net::{self, App, ConnId};
 use crate::protocol::RoomSummary;
 use crate::protocol::{Decoder, ErrorCode, Event};
 use crate::server::ServerCtx;
@@ -77,6 +77,12 @@ pub enum ConnMsg {
         room_id: String,
         conversation_id: String,
     },
+    /// A dialect's alias names this conversation: run the command that used it.
+    Resolved {
+        alias: String,
+        conversation_id: String,
+        then: Box<crate::protocol::Incoming>,
+    },
     /// An upload ended (its answer, if any, goes to the client).
     UploadDone {
         file_id: Arc<str>,
@@ -89,26 +95,56 @@ pub fn codec_of(shard: &Shard, slot: usize) -> &'static dyn Codec {
     shard.session(slot).map_or(&NATIVE, |s| s.codec())
 }
 
-/// Sending typed events on a shard.
+/// Sending typed events on a shard. Every event for one connection passes here (or
+/// through `topic::deliver`), so a dialect connection gets its own form of each.
 pub trait ShardExt {
     /// Encode and queue an event for one connection.
     fn send(&mut self, slot: usize, ev: &Event);
+    /// Queue an event whose frames are cached per codec (encoded once for many).
+    fn send_encoded(&mut self, slot: usize, ev: &Encoded);
 }
 
 impl ShardExt for Shard {
     fn send(&mut self, slot: usize, ev: &Event) {
-        let frame = codec_of(self, slot).encode(ev);
-        self.send_frame(slot, frame);
+        if !deliver_dialect(self, slot, ev) {
+            let frame = codec_of(self, slot).encode(ev);
+            self.send_frame(slot, frame);
+        }
+    }
+
+    fn send_encoded(&mut self, slot: usize, ev: &Encoded) {
+        if !deliver_dialect(self, slot, &ev.event) {
+            let frame = ev.frame(codec_of(self, slot));
+            self.send_frame(slot, frame);
+        }
     }
 }
 
+/// Translate `ev` for a dialect connection and queue what it becomes (and run the
+/// follow-ups it asks for). `false`: the connection speaks no dialect.
+pub fn deliver_dialect(sh: &mut Shard, slot: usize, ev: &Event) -> bool {
+    let mut out = crate::dialect::Out::default();
+    match sh.session_mut(slot).and_then(|s| s.dialect.as_mut()) {
+        Some(d) => d.outbound(ev, &mut out),
+        None => return false,
+    }
+    for f in out.frames {
+        sh.send_frame(slot, f);
+    }
+    for inc in out.then {
+        crate::session::dispatch(sh, slot, inc);
+    }
+    if let Some((code, reason)) = out.close {
+        sh.close_ws(slot, code, reason);
+    }
+    true
+}
+
 impl ServerCtx {
-    /// Send an event to a connection from a worker thread (waits for inbox room).
-    pub fn send_event(&self, may: MayBlock, conn: ConnId, ev: &Event) {
-        let frame = net::OutItem::Frame(Utf8Bytes::from(ev.encode()));
-        self.net
-            .shards
-            .send_to(may, conn, ShardMsg::Send(conn, frame));
+    /// Send an event to a connection from a worker thread (waits for inbox room). Its
+    /// native frame is encoded here; a dialect connection's shard translates it.
+    pub fn send_event(&self, conn: ConnId, ev: Event) {
+        self.to_shard(conn, ConnMsg::Event(Box::new(Encoded::new(ev))));
     }
 }
 
@@ -135,6 +171,17 @@ impl App for ServerCtx {
             return;
         };
         let (user, auto_join) = (s.user.clone(), s.auto_join.take().map(|a| *a));
+        // A dialect reports a refused upgrade in its own form, then closes.
+        if let Some((code, message)) = s.dialect.as_mut().and_then(|d| d.auth_failure.take()) {
+            sh.app().metrics.error(code);
+            sh.send(slot, &Event::AuthError { message, code });
+            sh.close_ws(
+                slot,
+                crate::protocol::close::POLICY,
+                "authentication failed",
+            );
+            return;
+        }
         if let Some(user) = user {
             crate::session::on_authenticated(sh, slot, user, false, auto_join);
         }
@@ -170,7 +217,7 @@ impl App for ServerCtx {
     }
 
     fn on_heartbeat(sh: &mut Shard, slot: usize) {
-        if crate::session::is_native(sh, slot) {
+        if crate::session::is_authenticated(sh, slot) {
             sh.send(
                 slot,
                 &Event::Heartbeat {
@@ -201,9 +248,8 @@ impl App for ServerCtx {
             }
             AppMsg::All(ev) => {
                 for slot in sh.ws_slots() {
-                    if crate::session::is_native(sh, slot) {
-                        let frame = ev.frame(codec_of(sh, slot));
-                        sh.send_frame(slot, frame);
+                    if crate::session::is_authenticated(sh, slot) {
+                        sh.send_encoded(slot, &ev);
                     }
                 }
             }
@@ -218,17 +264,13 @@ impl App for ServerCtx {
 /// A follow-up for one live connection of this shard.
 fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
     match m {
-        ConnMsg::Event(ev) => {
-            let frame = ev.frame(codec_of(sh, slot));
-            sh.send_frame(slot, frame);
-        }
+        ConnMsg::Event(ev) => sh.send_encoded(slot, &ev),
         ConnMsg::Acked {
             conversation_id,
             ack,
         } => {
             crate::chat::confirm_subscription(sh, slot, &conversation_id);
-            let frame = ack.frame(codec_of(sh, slot));
-            sh.send_frame(slot, frame);
+            sh.send_encoded(slot, &ack);
         }
         ConnMsg::Refused {
             conversation_id,
@@ -278,6 +320,11 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             room_id,
             conversation_id,
         } => crate::rooms_api::kick(sh, slot, &room_id, &conversation_id),
+        ConnMsg::Resolved {
+            alias,
+            conversation_id,
+            then,
+        } => crate::session::alias_resolved(sh, slot, &alias, conversation_id, *then),
         ConnMsg::UploadDone { file_id, event } => {
             crate::uploads::forget(sh, slot, &file_id);
             if let Some(ev) = event {

@@ -55,6 +55,8 @@ pub struct Claims {
 pub struct User {
     pub id: String,
     pub name: String,
+    /// The token's `email` claim (001's `auth_success` shows it).
+    pub email: Option<String>,
     pub admin: bool,
     /// Token expiry, seconds since the epoch.
     pub exp: u64,
@@ -251,6 +253,7 @@ impl Authenticator {
                 Ok(User {
                     id: c.sub,
                     name,
+                    email: c.email,
                     admin,
                     exp: c.exp,
                 })

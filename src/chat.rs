@@ -30,7 +30,7 @@ use crate::store::read::Replay;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{ReadCmd, WriteCmd};
 use crate::subscription::{Held, ReplayCover, Subscription};
-use crate::topic::{topic_event, topic_item, TopicKind};
+use crate::topic::{topic_event, TopicKind};
 
 pub fn dispatch(
     shard: &mut Shard,
@@ -138,9 +138,8 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
         // Not registered before (e.g. a conversation created elsewhere).
         shard.subscribe(conv, slot);
     }
-    let codec = crate::app::codec_of(shard, slot);
     for ev in deliver {
-        shard.queue(slot, topic_item(&ev, codec));
+        crate::topic::deliver(shard, slot, &ev);
     }
 }
 
@@ -343,7 +342,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
             recipients: n as u64,
             timestamp: now_rfc3339(),
         };
-        ctx.send_event(MayBlock::worker(), conn, &dc);
+        ctx.send_event(conn, dc);
     }
     if let (Some(asst), Some(plan), Some(res)) = (out.assistant, plan, reservation) {
         let gen = Generation::new(conv.clone(), asst.id, asst.seq, user.id.clone());
@@ -446,7 +445,6 @@ pub fn finish_replay(
     r: Replay,
     id: Option<String>,
 ) {
-    let codec = crate::app::codec_of(shard, slot);
     let mut held: HashMap<i64, Held> = HashMap::new();
     let first_seq = r.rows.first().map(|m| m.seq);
     for row in &r.rows {
@@ -503,7 +501,7 @@ pub fn finish_replay(
         None => return,
     };
     for ev in deliver {
-        shard.queue(slot, topic_item(&ev, codec));
+        crate::topic::deliver(shard, slot, &ev);
     }
 }
 

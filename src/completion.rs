@@ -61,6 +61,12 @@ pub enum Reply {
     },
     /// An HTTP request waiting in `HttpWait`.
     Http { conn: ConnId, then: HttpThen },
+    /// A dialect's conversation alias; `then` runs once it names a conversation.
+    Alias {
+        conn: ConnId,
+        alias: String,
+        then: Box<crate::protocol::Incoming>,
+    },
 }
 
 pub struct ChatReply {
@@ -83,6 +89,17 @@ pub struct UploadReply {
 
 /// How an HTTP answer is rendered from the store's result.
 pub enum HttpThen {
+    /// 003's conversation list (`dialect::http`).
+    SeedConversations {
+        user_id: String,
+    },
+    /// 003's message history; `asked` is the id (or alias) in the path.
+    SeedHistory {
+        user_id: String,
+        asked: String,
+    },
+    /// 004's room view (with `participants`).
+    SeedRoom,
     Conversations,
     History,
     File,
@@ -116,7 +133,7 @@ impl ServerCtx {
     fn error_to(&self, conn: ConnId, id: Option<String>, e: &StoreError) {
         let (code, msg) = e.client_error();
         self.metrics.error(code);
-        self.send_event(MayBlock::worker(), conn, &Event::error(code, msg, id));
+        self.send_event(conn, Event::error(code, msg, id));
     }
 
     fn http_answer(&self, conn: ConnId, resp: crate::net::Response) {
@@ -191,6 +208,16 @@ impl Completions<Reply> for ServerCtx {
                 };
                 self.http_answer(conn, resp);
             }
+            (Reply::Alias { conn, alias, then }, Ok(Written::Alias { conversation_id })) => self
+                .to_shard(
+                    conn,
+                    ConnMsg::Resolved {
+                        alias,
+                        conversation_id,
+                        then,
+                    },
+                ),
+            (Reply::Alias { conn, then, .. }, Err(e)) => self.error_to(conn, then.id, e),
             (Reply::Checkpoint, _) => {}
             (_, Ok(w)) => log::error!("store: unexpected result {w:?} for this reply"),
             (_, Err(e)) => log::error!("store: write failed with no one to tell: {e}"),

@@ -145,6 +145,19 @@ impl Hub {
         map.get(user).map(|e| e.conns.clone()).unwrap_or_default()
     }
 
+    /// Every user with a connection open, with how many (walks every stripe: for status
+    /// pages, not for the message path).
+    pub fn users_online(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for stripe in &self.users {
+            for (u, e) in stripe.lock().iter() {
+                out.push((u.to_string(), e.conns.len()));
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub fn user_online(&self, user: &str) -> bool {
         self.users[stripe_of(&self.hasher, user)]
             .lock()

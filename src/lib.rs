@@ -31,6 +31,7 @@ pub mod chat;
 pub mod codec;
 pub mod completion;
 pub mod config;
+pub mod dialect;
 pub mod generation;
 pub mod hub;
 pub mod llm;

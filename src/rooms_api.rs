@@ -28,7 +28,7 @@ fn respond(shard: &mut Shard, slot: usize, r: Response) {
     shard.respond(slot, r);
 }
 
-fn room_json(r: &RoomRow) -> serde_json::Value {
+pub fn room_json(r: &RoomRow) -> serde_json::Value {
     json!({
         "room_id": r.room_id, "room_name": r.room_name, "room_type": r.room_type.as_str(),
         "conversation_id": r.conversation_id, "owner": r.owner, "last_seq": r.last_seq, "ai": r.ai,
@@ -389,12 +389,57 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
         .get("room_id")
         .and_then(|v| v.as_str())
         .map(str::to_string);
+    let user_ids: Option<Vec<String>> = match body.get("user_ids") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(a)) if a.iter().all(|u| u.is_string()) => Some(
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect(),
+        ),
+        Some(_) => {
+            return respond(
+                shard,
+                slot,
+                Response::error(
+                    400,
+                    ErrorCode::BadRequest,
+                    "`user_ids` must be an array of user ids",
+                ),
+            )
+        }
+    };
     let ev = Event::System {
         room_id: room_id.clone(),
         message,
         from: user.name.clone(),
         timestamp: now_rfc3339(),
     };
+    if let Some(users) = user_ids {
+        // Those users' connections, wherever they are; a full shard inbox skips one.
+        let ctx = shard.app().clone();
+        let mut sent = 0;
+        for u in &users {
+            for c in ctx.hub.user_connections(u) {
+                // Encoded by the receiving shard, in the connection's own form.
+                let msg = ConnMsg::Event(Box::new(crate::codec::Encoded::lazy(ev.clone())));
+                if ctx
+                    .net
+                    .shards
+                    .try_send(c.shard as usize, ShardMsg::App(AppMsg::Conn(c, msg)))
+                {
+                    sent += 1;
+                }
+            }
+        }
+        return respond(
+            shard,
+            slot,
+            Response::json_value(
+                200,
+                &json!({"sent": true, "scope": "users", "users": users.len(), "connections": sent}),
+            ),
+        );
+    }
     match room_id {
         None => {
             // Everyone connected: one message per shard, each writes to its own connections.

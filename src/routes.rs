@@ -56,20 +56,30 @@ fn preflight(req: &Request, cfg: &Config) -> Response {
 
 pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
     let ctx = shard.app().clone();
+    // The seeds' HTTP endpoints: answered there, or rewritten to native ones.
+    let req = if req.method != "OPTIONS" && !req.is_websocket_upgrade() {
+        match crate::dialect::http::on_request(shard, slot, req) {
+            Some(r) => r,
+            None => return,
+        }
+    } else {
+        req
+    };
     let path = req.path.as_str();
     if req.method == "OPTIONS" {
         let r = preflight(&req, &ctx.cfg);
         return respond(shard, slot, r);
     }
-    // WebSocket endpoints: a codec's path, or the echo path.
+    // WebSocket endpoints: a codec's path, the echo path, or a seed dialect's path.
+    let native: &'static dyn Codec = &crate::codec::NATIVE;
     let endpoint = match crate::codec::for_path(path) {
-        Some(codec) => Some((WsKind::Protocol, codec)),
+        Some(codec) => Some((WsKind::Protocol, codec, None)),
         None if ctx.cfg.server.echo_path.as_deref() == Some(path) => {
-            Some((WsKind::Echo, &crate::codec::NATIVE as &'static dyn Codec))
+            Some((WsKind::Echo, native, None))
         }
-        None => None,
+        None => crate::dialect::route(path, &ctx.cfg).map(|r| (WsKind::Protocol, native, Some(r))),
     };
-    if let Some((kind, codec)) = endpoint {
+    if let Some((kind, codec, dialect)) = endpoint {
         if !req.is_websocket_upgrade() {
             let r = Response::error(
                 426,
@@ -79,7 +89,7 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             .with_header("Upgrade", "websocket");
             return respond(shard, slot, r);
         }
-        return upgrade(shard, slot, req, kind, codec);
+        return upgrade(shard, slot, req, kind, codec, dialect);
     }
     let method = req.method.as_str();
     let resp = match (method, path) {
@@ -268,7 +278,14 @@ fn dev_token_allowed(req: &Request, cfg: &Config) -> Result<(), Response> {
     Ok(())
 }
 
-fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'static dyn Codec) {
+fn upgrade(
+    shard: &mut Shard,
+    slot: usize,
+    req: Request,
+    kind: WsKind,
+    codec: &'static dyn Codec,
+    route: Option<crate::dialect::Route>,
+) {
     let ctx = shard.app().clone();
     // Subprotocols: the codec's own (`confab.v1`) is selected when offered;
     // `bearer.<JWT>` carries a token.
@@ -283,16 +300,10 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'
         .subprotocol()
         .filter(|own| kind == WsKind::Protocol && offered.iter().any(|p| p == own));
     let mut user = None;
+    // A dialect that reports authentication in-band (not with an HTTP status).
+    let mut auth_failure = None;
     if kind == WsKind::Protocol {
-        let token = req
-            .query_param("token")
-            .filter(|t| !t.is_empty())
-            .or_else(|| req.bearer().map(str::to_string))
-            .or_else(|| {
-                offered
-                    .iter()
-                    .find_map(|p| p.strip_prefix("bearer.").map(str::to_string))
-            });
+        let token = crate::dialect::http::upgrade_token(&req, &offered, route.as_ref());
         if let Some(token) = token {
             match ctx.auth.verify(&token) {
                 Ok(u) => user = Some(Arc::new(u)),
@@ -302,12 +313,25 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'
                         AuthError::Expired => "token expired".to_string(),
                         AuthError::Invalid(m) => m,
                     };
-                    return respond(
-                        shard,
-                        slot,
-                        Response::error(401, ErrorCode::AuthFailed, &msg),
-                    );
+                    if route
+                        .as_ref()
+                        .is_some_and(crate::dialect::http::in_band_auth)
+                    {
+                        auth_failure = Some((ErrorCode::AuthFailed, msg));
+                    } else {
+                        return respond(
+                            shard,
+                            slot,
+                            Response::error(401, ErrorCode::AuthFailed, &msg),
+                        );
+                    }
                 }
+            }
+        }
+        if let (Some(r), None) = (&route, &auth_failure) {
+            match crate::dialect::http::path_identity(&ctx, &req, r, user.take()) {
+                Ok(u) => user = u,
+                Err(f) => auth_failure = Some(f),
             }
         }
     }
@@ -352,10 +376,19 @@ fn upgrade(shard: &mut Shard, slot: usize, req: Request, kind: WsKind, codec: &'
     if kind == WsKind::Protocol && !authed {
         session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
     }
-    let (config, out_cap) = match kind {
+    let (mut config, out_cap) = match kind {
         WsKind::Protocol => (ctx.ws_config, ctx.cfg.ws.out_queue_max_bytes),
         WsKind::Echo => (ctx.echo_ws_config, ctx.echo_ws_config.max_write_buffer_size),
     };
+    if let Some(r) = &route {
+        if let Some(max) = crate::dialect::http::max_message_bytes(r, &ctx.cfg) {
+            config = crate::server::ws_config(&ctx.cfg, max, out_cap);
+            config.max_frame_size = Some(max);
+        }
+        let mut d = crate::dialect::Dialect::new(r, &ctx.cfg);
+        d.auth_failure = auth_failure;
+        session.dialect = Some(d);
+    }
     let up = Upgrade {
         session,
         config,

@@ -66,6 +66,8 @@ pub struct Session {
     pub typing: HashMap<Arc<str>, Instant>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
     pub uploads: Vec<crate::uploads::OpenUpload>,
+    /// A seed document's protocol on this connection (`dialect/`); `None`: native.
+    pub dialect: Option<Box<crate::dialect::Dialect>>,
 }
 
 impl Session {
@@ -91,6 +93,7 @@ impl Session {
             ai_rooms: Vec::new(),
             typing: HashMap::new(),
             uploads: Vec::new(),
+            dialect: None,
         }
     }
 
@@ -137,11 +140,32 @@ pub fn send_error_retry(
     );
 }
 
-/// A text frame arrived on a native connection.
+/// A text frame arrived on a protocol connection (native or a dialect).
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
+    use crate::dialect::Inbound;
     let now = Instant::now();
-    let codec = crate::app::codec_of(shard, slot);
-    let decoded = codec.decode(shard.local(), text);
+    let inbound = {
+        let (dec, session) = shard.local_and_session(slot);
+        session
+            .and_then(|s| s.dialect.as_mut())
+            .map(|d| d.inbound(dec, text))
+    };
+    let (decoded, alias) = match inbound {
+        None => {
+            let codec = crate::app::codec_of(shard, slot);
+            (codec.decode(shard.local(), text), None)
+        }
+        Some(Inbound::Native { inc, alias }) => (Ok(inc), alias),
+        Some(Inbound::Invalid(e)) => (Err(e), None),
+        Some(Inbound::Reply(frames)) => {
+            if let Some((Verdict::Allowed, _)) = charge(shard, slot, now) {
+                for f in frames {
+                    shard.send_frame(slot, f);
+                }
+            }
+            return;
+        }
+    };
     // The next chunk of an upload this connection has open is paced by the upload queue
     // (BUSY) and bounded by the upload's declared size, not by the message rate.
     if let Ok(Incoming {
@@ -191,17 +215,69 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
         }
         return;
     }
-    match decoded {
-        Ok(msg) => dispatch(shard, slot, msg),
-        Err(e) => send_error(shard, slot, ErrorCode::BadRequest, &e.reason, e.id),
+    match (decoded, alias) {
+        (Ok(msg), None) => dispatch(shard, slot, msg),
+        (Ok(msg), Some(alias)) => resolve_alias(shard, slot, alias, msg),
+        (Err(e), _) => send_error(shard, slot, ErrorCode::BadRequest, &e.reason, e.id),
     }
+}
+
+/// A dialect's chat names its conversation by an alias: the store resolves it (making
+/// the conversation with the alias when new), then the chat runs (`alias_resolved`).
+fn resolve_alias(shard: &mut Shard, slot: usize, alias: String, inc: Incoming) {
+    let (Some(conn), Some(s)) = (shard.conn_id(slot), shard.session(slot)) else {
+        return;
+    };
+    let (Some(user), Some(profile)) = (s.user.clone(), s.dialect.as_ref().map(|d| d.profile))
+    else {
+        // Not authenticated yet: the native rules answer.
+        return dispatch(shard, slot, inc);
+    };
+    let id = inc.id.clone();
+    let cmd = crate::store::WriteCmd::ResolveAlias {
+        user_id: user.id.clone(),
+        user_name: user.name.clone(),
+        profile,
+        alias: alias.clone(),
+        new_conversation_id: crate::chat::new_conversation_id(),
+    };
+    let reply = crate::completion::Reply::Alias {
+        conn,
+        alias,
+        then: Box::new(inc),
+    };
+    if shard.app().store.try_write(cmd, reply).is_err() {
+        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
+    }
+}
+
+/// The store resolved a dialect's alias: remember it, run the chat that named it.
+pub fn alias_resolved(
+    shard: &mut Shard,
+    slot: usize,
+    alias: &str,
+    conv: String,
+    mut inc: Incoming,
+) {
+    if let Some(d) = shard.session_mut(slot).and_then(|s| s.dialect.as_mut()) {
+        d.learn(alias, &conv);
+    }
+    if let ClientMsg::Chat(req) = &mut inc.msg {
+        req.conversation_id = Some(conv);
+    }
+    dispatch(shard, slot, inc);
 }
 
 /// Charge one frame to the connection's rate window: the verdict and the strikes in the
 /// current window. `None`: not a WebSocket any more.
 fn charge(shard: &mut Shard, slot: usize, now: Instant) -> Option<(Verdict, u32)> {
-    let window = shard.app().cfg.limits.rate_window;
-    let max = shard.app().cfg.limits.rate_max_messages;
+    let cfg = &shard.app().cfg;
+    let (max, window) = shard
+        .session(slot)?
+        .dialect
+        .as_ref()
+        .and_then(|d| d.rate_limit(cfg))
+        .unwrap_or((cfg.limits.rate_max_messages, cfg.limits.rate_window));
     let ws = shard.session_mut(slot)?;
     let v = ws.rate.check(now, window, max);
     if let Verdict::Limited { .. } = v {
@@ -227,7 +303,7 @@ pub fn on_ping(shard: &mut Shard, slot: usize) {
     }
 }
 
-fn dispatch(shard: &mut Shard, slot: usize, inc: Incoming) {
+pub fn dispatch(shard: &mut Shard, slot: usize, inc: Incoming) {
     let Incoming { id, msg } = inc;
     let user = shard.session(slot).and_then(|s| s.user.clone());
     match msg {
@@ -274,6 +350,7 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                             user: UserInfo {
                                 id: user.id.clone(),
                                 name: user.name.clone(),
+                                email: user.email.clone(),
                             },
                         },
                     );
@@ -369,6 +446,7 @@ pub fn on_authenticated(
     let info = UserInfo {
         id: user.id.clone(),
         name: user.name.clone(),
+        email: user.email.clone(),
     };
     if via_message {
         shard.send(
@@ -394,6 +472,7 @@ pub fn connected_event(
         user: UserInfo {
             id: user.id.clone(),
             name: user.name.clone(),
+            email: user.email.clone(),
         },
         server_time: crate::protocol::now_rfc3339(),
         protocol: crate::protocol::PROTOCOL,
@@ -451,8 +530,8 @@ pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, co
     shard.unsubscribe(&conv, slot);
 }
 
-/// Is this slot an open, authenticated native WebSocket?
-pub fn is_native(shard: &Shard, slot: usize) -> bool {
+/// Is this slot an open, authenticated protocol WebSocket (native or a dialect)?
+pub fn is_authenticated(shard: &Shard, slot: usize) -> bool {
     shard
         .session(slot)
         .is_some_and(|s| s.kind == WsKind::Protocol && s.user.is_some())

@@ -85,6 +85,15 @@ pub fn topic_item(ev: &TopicEvent, codec: &dyn Codec) -> OutItem {
     }
 }
 
+/// Queue a topic event for one subscriber: a dialect connection gets its own form of it
+/// (no shared frame, no token merging); any other the shared item for its codec.
+pub fn deliver(shard: &mut Shard, slot: usize, ev: &TopicEvent) {
+    if !crate::app::deliver_dialect(shard, slot, &ev.encoded.event) {
+        let codec = crate::app::codec_of(shard, slot);
+        shard.queue(slot, topic_item(ev, codec));
+    }
+}
+
 /// A topic event for one local subscriber: its subscription decides (`subscription.rs`).
 pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
     enum Then {
@@ -94,11 +103,12 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
     }
     // Only an event that excludes one connection needs this one's id.
     let me = ev.exclude.and_then(|_| shard.conn_id(slot));
-    let (then, codec) = {
+    let (then, codec, dialect) = {
         let Some(s) = shard.session_mut(slot) else {
             return;
         };
         let codec = s.codec();
+        let dialect = s.dialect.is_some();
         let excluded = (me.is_some() && ev.exclude == me)
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
         let then = match s.subs.get_mut(&ev.conversation_id) {
@@ -110,7 +120,7 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
                 Verdict::Overflow => Then::Overloaded,
             },
         };
-        (then, codec)
+        (then, codec, dialect)
     };
     match then {
         Then::Skip => {}
@@ -126,7 +136,11 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
                     ev.conversation_id.clone(),
                 );
             }
-            shard.queue(slot, topic_item(ev, codec));
+            if dialect {
+                deliver(shard, slot, ev);
+            } else {
+                shard.queue(slot, topic_item(ev, codec));
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 pub const DEFAULT_TOML: &str = include_str!("../../config/confab.toml");
 
 const SECTIONS: &[&str] = &[
-    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads",
+    "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads", "compat",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +42,11 @@ fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
     }
 }
 
+mod compat;
 mod load;
 mod raw;
+
+pub use compat::{CompatConfig, Profile};
 
 // ---------------------------------------------------------------- validated
 
@@ -64,6 +67,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub rooms: RoomsConfig,
     pub uploads: UploadsConfig,
+    pub compat: CompatConfig,
     pub agents: BTreeMap<String, AgentConfig>,
 }
 

@@ -15,6 +15,7 @@ pub(super) struct Raw {
     llm: RawLlm,
     rooms: RawRooms,
     uploads: RawUploads,
+    compat: super::compat::RawCompat,
     #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
 }
@@ -445,6 +446,7 @@ impl Raw {
         }
 
         let u = self.uploads;
+        let compat = self.compat.validate()?;
         if u.max_file_bytes == 0 {
             return Err(invalid("uploads.max_file_bytes", "must be at least 1"));
         }
@@ -578,6 +580,7 @@ impl Raw {
                 idle_timeout: Duration::from_secs(u.idle_timeout_s.max(1)),
                 download_memory_bytes: u.download_memory_bytes,
             },
+            compat,
             agents,
         })
     }

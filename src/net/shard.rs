@@ -139,6 +139,15 @@ impl<A: App> Shard<A> {
         }
     }
 
+    /// The shard's application state and one connection's session, borrowed together.
+    pub fn local_and_session(&mut self, slot: usize) -> (&mut A::Local, Option<&mut A::Session>) {
+        let session = match self.conns.get_mut(slot).map(|c| &mut c.phase) {
+            Some(Phase::Ws(ws)) => Some(&mut ws.session),
+            _ => None,
+        };
+        (&mut self.local, session)
+    }
+
     /// Is the WebSocket on `slot` closing (our close frame queued)?
     pub fn is_closing(&self, slot: usize) -> bool {
         match self.conns.get(slot).map(|c| &c.phase) {

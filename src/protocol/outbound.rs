@@ -8,6 +8,9 @@ use super::ErrorCode;
 pub struct UserInfo {
     pub id: String,
     pub name: String,
+    /// The token's `email` claim, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

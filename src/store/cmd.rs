@@ -63,6 +63,14 @@ pub enum WriteCmd {
     },
     /// Record a stored upload (access to its conversation is checked again).
     RecordFile(FileRecord),
+    /// The conversation a dialect's alias names, created with the alias when missing.
+    ResolveAlias {
+        user_id: String,
+        user_name: String,
+        profile: crate::config::Profile,
+        alias: String,
+        new_conversation_id: String,
+    },
     /// Save a streaming reply's content so far.
     Checkpoint { message_id: i64, content: String },
     /// A reply's final content, status and metadata.
@@ -99,6 +107,10 @@ pub enum Written {
     RoomDeleted(RoomRow),
     MemberChanged(RoomRow),
     FileRecorded,
+    /// The conversation an alias names.
+    Alias {
+        conversation_id: String,
+    },
     Checkpointed,
     Finalized(MessageRow),
 }
@@ -120,10 +132,14 @@ pub enum ReadCmd {
         user_id: String,
         cursor: Option<(i64, String)>,
         limit: u32,
+        /// Also give each conversation's alias in this dialect profile.
+        aliases: Option<crate::config::Profile>,
     },
     /// A page of history (access checked).
     History {
+        /// A conversation id, or (with `alias`) an alias of the user's in that profile.
         conversation_id: String,
+        alias: Option<crate::config::Profile>,
         user_id: String,
         admin: bool,
         before_seq: Option<i64>,

@@ -12,6 +12,7 @@
 //! Schema changes are numbered migrations tracked in `PRAGMA user_version`; a database
 //! from a newer binary is refused (exit code 2) rather than misread.
 
+pub mod alias;
 pub mod cmd;
 pub mod files;
 pub mod read;
@@ -145,6 +146,19 @@ const MIGRATIONS: &[&str] = &[
         sha256          TEXT NOT NULL,
         created_at      INTEGER NOT NULL
     );
+    "#,
+    // 4: conversation aliases of the seed dialects (client-chosen session ids, numeric
+    // ids), written in the transaction that creates the conversation (`alias.rs`).
+    r#"
+    CREATE TABLE compat_alias (
+        user_id         TEXT NOT NULL,
+        profile         TEXT NOT NULL,
+        alias           TEXT NOT NULL,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        created_at      INTEGER NOT NULL,
+        PRIMARY KEY (user_id, profile, alias)
+    ) WITHOUT ROWID;
+    CREATE INDEX compat_alias_conversation ON compat_alias(conversation_id);
     "#,
 ];
 

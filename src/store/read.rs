@@ -80,16 +80,37 @@ pub fn execute<R: 'static>(
             user_id,
             cursor,
             limit,
-        } => list_conversations(conn, &user_id, cursor, limit)
-            .map(|(list, next_cursor)| ReadDone::Conversations { list, next_cursor }),
+            aliases,
+        } => {
+            let (mut list, next_cursor) = list_conversations(conn, &user_id, cursor, limit)?;
+            if let Some(profile) = aliases {
+                for c in &mut list {
+                    c.alias = super::alias::alias_of(conn, &user_id, profile, &c.id)?;
+                }
+            }
+            Ok(ReadDone::Conversations { list, next_cursor })
+        }
         ReadCmd::History {
             conversation_id,
+            alias,
             user_id,
             admin,
             before_seq,
             after_seq,
             limit,
         } => {
+            // An alias names the conversation unless the id is a native one.
+            let conversation_id = match alias {
+                Some(p) if !conversation_id.starts_with("c_") => {
+                    super::alias::lookup(conn, &user_id, p, &conversation_id)?.ok_or_else(|| {
+                        StoreError::refused(
+                            crate::protocol::ErrorCode::NotFound,
+                            format!("no conversation {conversation_id}"),
+                        )
+                    })?
+                }
+                _ => conversation_id,
+            };
             let access = conv_access(conn, &conversation_id, &user_id)?;
             if !access.is_member && !admin {
                 return Err(refused_not_member());
@@ -299,6 +320,9 @@ pub struct ConversationSummary {
     pub created_at: String,
     pub last_updated: String,
     pub unread: i64,
+    /// The user's alias for it in a dialect profile (asked for by that dialect's HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 /// The user's conversations, most recent first. `cursor` = the `next_cursor` of the
@@ -335,6 +359,7 @@ pub fn list_conversations(
                     created_at: rfc3339_ms(r.get(7)?),
                     last_updated: rfc3339_ms(updated),
                     unread: (last_seq - read).max(0),
+                    alias: None,
                 },
                 updated,
             ))

@@ -190,6 +190,21 @@ pub fn execute(
     cmd: WriteCmd,
 ) -> Result<Written, StoreError> {
     match cmd {
+        WriteCmd::ResolveAlias {
+            user_id,
+            user_name,
+            profile,
+            alias,
+            new_conversation_id,
+        } => super::alias::resolve_or_create(
+            conn,
+            state,
+            (&user_id, &user_name),
+            profile,
+            &alias,
+            &new_conversation_id,
+        )
+        .map(|(conversation_id, _)| Written::Alias { conversation_id }),
         WriteCmd::Chat(input) => {
             append_chat(conn, state, &input).map(|o| Written::Chat(Box::new(o)))
         }
@@ -416,7 +431,7 @@ impl WriterState {
     }
 }
 
-fn touch_user(
+pub(super) fn touch_user(
     conn: &Connection,
     state: &mut WriterState,
     id: &str,

@@ -37,7 +37,7 @@ use crate::auth::User;
 use crate::completion::{Reply, UploadReply};
 use crate::config::UploadsConfig;
 use crate::net::http::Response;
-use crate::net::{ConnId, MayBlock};
+use crate::net::ConnId;
 use crate::protocol::{ErrorCode, Event, Upload, UploadEvent};
 use crate::server::ServerCtx;
 use crate::session::{send_error, send_error_retry};

@@ -107,11 +107,9 @@ impl Worker {
                     conversation_id,
                 );
                 match r {
-                    Ok(ev) => self.ctx.send_event(
-                        MayBlock::worker(),
-                        conn,
-                        &Event::FileUpload(Box::new(UploadEvent { id, ..ev })),
-                    ),
+                    Ok(ev) => self
+                        .ctx
+                        .send_event(conn, Event::FileUpload(Box::new(UploadEvent { id, ..ev }))),
                     Err((code, msg)) => {
                         let retry_after = (code == ErrorCode::Busy).then_some(1.0);
                         let ev = Event::Error {
@@ -132,11 +130,9 @@ impl Worker {
                 total_chunks,
                 data,
             } => match self.chunk(&file_id, chunk_index, total_chunks, &data) {
-                Ok(ev) => self.ctx.send_event(
-                    MayBlock::worker(),
-                    conn,
-                    &Event::FileUpload(Box::new(UploadEvent { id, ..ev })),
-                ),
+                Ok(ev) => self
+                    .ctx
+                    .send_event(conn, Event::FileUpload(Box::new(UploadEvent { id, ..ev }))),
                 Err((code, msg, fatal)) => {
                     let ev = Event::error(code, msg, id);
                     if fatal {
@@ -147,7 +143,7 @@ impl Worker {
                         finish(&self.ctx, conn, file_id, ev);
                     } else {
                         self.ctx.metrics.error(code);
-                        self.ctx.send_event(MayBlock::worker(), conn, &ev);
+                        self.ctx.send_event(conn, ev);
                     }
                 }
             },
@@ -350,11 +346,7 @@ impl Worker {
         let want = checksum.trim().to_ascii_lowercase();
         let soft_error = |code: ErrorCode, msg: String| {
             ctx.metrics.error(code);
-            ctx.send_event(
-                MayBlock::worker(),
-                conn,
-                &Event::error(code, msg, id.clone()),
-            );
+            ctx.send_event(conn, Event::error(code, msg, id.clone()));
         };
         if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
             return soft_error(
