@@ -335,6 +335,11 @@ fn upgrade(
             }
         }
     }
+    // A dialect may have its own default room type (004: private).
+    let default_room_type = route
+        .as_ref()
+        .filter(|r| r.profile == crate::config::Profile::Rooms)
+        .map(|_| ctx.cfg.compat.rooms_default_room_type);
     let auto_join = req
         .query_param("room_id")
         .filter(|r| !r.is_empty() && r.len() <= 128)
@@ -342,7 +347,8 @@ fn upgrade(
             room_id,
             room_type: req
                 .query_param("room_type")
-                .and_then(|t| RoomType::parse(&t)),
+                .and_then(|t| RoomType::parse(&t))
+                .or(default_room_type),
             room_name: req.query_param("room_name").filter(|n| !n.is_empty()),
         });
     let bytes = match http::switching_protocols(&req, subprotocol) {

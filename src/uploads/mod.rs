@@ -73,6 +73,8 @@ enum Job {
         mime_type: String,
         file_size: u64,
         conversation_id: Option<String>,
+        /// Largest chunk after decoding, for this connection's protocol.
+        max_chunk: usize,
     },
     Chunk {
         conn: ConnId,

@@ -16,6 +16,12 @@ pub fn on_message(
     let Some(conn) = shard.conn_id(slot) else {
         return;
     };
+    // A dialect may allow larger chunks (004: 1 MiB).
+    let max_chunk = shard
+        .session(slot)
+        .and_then(|s| s.dialect.as_ref())
+        .and_then(|d| d.max_chunk_bytes(&ctx.cfg))
+        .unwrap_or(cfg.max_chunk_bytes);
     match up {
         Upload::Init {
             file_name,
@@ -67,6 +73,7 @@ pub fn on_message(
                 mime_type: mime_type.to_ascii_lowercase(),
                 file_size,
                 conversation_id,
+                max_chunk,
             };
             if !ctx.uploads.try_send(&file_id, job) {
                 forget(shard, slot, &file_id);
@@ -82,12 +89,12 @@ pub fn on_message(
             let Some(file_id) = open_upload(shard, slot, &file_id, &id) else {
                 return;
             };
-            if chunk_data.len() > (cfg.max_chunk_bytes.div_ceil(3) * 4) {
+            if chunk_data.len() > (max_chunk.div_ceil(3) * 4) {
                 return send_error(
                     shard,
                     slot,
                     ErrorCode::UploadTooLarge,
-                    &format!("a chunk holds at most {} bytes", cfg.max_chunk_bytes),
+                    &format!("a chunk holds at most {max_chunk} bytes"),
                     id,
                 );
             }

@@ -11,6 +11,7 @@ struct Pending {
     file_name: String,
     mime_type: String,
     file_size: u64,
+    max_chunk: usize,
     file: std::fs::File,
     path: PathBuf,
     hasher: Sha256,
@@ -96,14 +97,13 @@ impl Worker {
                 mime_type,
                 file_size,
                 conversation_id,
+                max_chunk,
             } => {
                 let r = self.init(
                     conn,
                     user,
                     &file_id,
-                    file_name,
-                    mime_type,
-                    file_size,
+                    (file_name, mime_type, file_size, max_chunk),
                     conversation_id,
                 );
                 match r {
@@ -177,9 +177,7 @@ impl Worker {
         conn: ConnId,
         user: Arc<User>,
         file_id: &Arc<str>,
-        file_name: String,
-        mime_type: String,
-        file_size: u64,
+        (file_name, mime_type, file_size, max_chunk): (String, String, u64, usize),
         conversation_id: Option<String>,
     ) -> Result<UploadEvent, (ErrorCode, String)> {
         if let Some(conv) = &conversation_id {
@@ -226,7 +224,7 @@ impl Worker {
             mime_type: Some(mime_type.clone()),
             conversation_id: conversation_id.clone(),
             size: Some(file_size),
-            max_chunk_bytes: Some(self.ctx.cfg.uploads.max_chunk_bytes),
+            max_chunk_bytes: Some(max_chunk),
             received_chunks: Some(0),
             received_bytes: Some(0),
             progress: Some(if file_size == 0 { 100.0 } else { 0.0 }),
@@ -241,6 +239,7 @@ impl Worker {
                 file_name,
                 mime_type,
                 file_size,
+                max_chunk,
                 file,
                 path,
                 hasher: Sha256::new(),
@@ -261,7 +260,6 @@ impl Worker {
         total: u32,
         data: &str,
     ) -> Result<UploadEvent, (ErrorCode, String, bool)> {
-        let max_chunk = self.ctx.cfg.uploads.max_chunk_bytes;
         let Some(p) = self.pending.get_mut(file_id) else {
             return Err((
                 ErrorCode::NotFound,
@@ -270,6 +268,7 @@ impl Worker {
             ));
         };
         p.last = Instant::now();
+        let max_chunk = p.max_chunk;
         if let Some(t) = p.total_chunks.filter(|t| *t != total) {
             return Err((
                 ErrorCode::BadRequest,
