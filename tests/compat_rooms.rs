@@ -160,7 +160,7 @@ fn a_room_chat_in_the_seed_envelope_gets_confirmations_and_an_ai_reply_for_every
 #[test]
 fn numeric_conversation_ids_keep_a_conversation_and_errors_use_the_envelope() {
     let s = TestServer::start("c004b", |c| {
-        c.compat.rooms_rate_max_messages = 8;
+        c.compat.rooms_rate_max_messages = 12;
     });
     let mut a = seed_socket(&s, "alice", "");
     // Outside a room: one confirmation per chat, then the streamed reply.
@@ -209,12 +209,25 @@ fn numeric_conversation_ids_keep_a_conversation_and_errors_use_the_envelope() {
     a.send(json!({"type":"join_room","data":{"room_id":"someone-elses"}}));
     let e = until(&mut a, |v| v["type"] == "error");
     assert_eq!(e["data"]["code"], "FORBIDDEN");
-    // The seed's rate limit (here 8 per window) with an integer retry_after.
+    // A chat into a room not joined on this socket joins it first (the seed's example
+    // sends room_id with no join); into a room it may not join, the chat is refused.
+    a.send(json!({"type":"chat","data":{"message":"into a new room"},"room_id":"fresh","message_id":"m9"}));
+    let j = until(&mut a, |v| v["type"] == "join_room");
+    assert_eq!(j["data"]["room_id"], "fresh");
+    let dc = until(&mut a, |v| v["type"] == "delivery_confirmation");
+    assert_eq!(dc["data"]["message_id"], "m9");
+    a.send(json!({"type":"chat","data":{"message":"let me in"},"room_id":"someone-elses","message_id":"m10"}));
+    let e = until(&mut a, |v| v["type"] == "error");
+    assert_eq!(
+        (e["data"]["code"].as_str(), e["data"]["message_id"].as_str()),
+        (Some("FORBIDDEN"), Some("m10"))
+    );
+    // The seed's rate limit (here 12 per window) with an integer retry_after.
     let mut limited = None;
-    for i in 0..12 {
+    for i in 0..16 {
         b.send(json!({"type":"ping","message_id":format!("p{i}")}));
     }
-    for _ in 0..12 {
+    for _ in 0..1000 {
         let v = next(&mut b);
         if v["type"] == "error" && v["data"]["code"] == "RATE_LIMIT" {
             limited = Some(v);

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::{envelope, invalid, is_native_id, Dialect, Inbound, Out};
 use crate::config::Config;
-use crate::protocol::{now_rfc3339, ClientMsg, Decoder, Event, MessageView};
+use crate::protocol::{now_rfc3339, ClientMsg, Decoder, Event, Incoming, MessageView};
 
 /// A chat's ack, held until its room's `delivery_confirmation` (which has `recipients`).
 struct HeldAck {
@@ -33,6 +33,9 @@ pub struct State {
     held: Vec<HeldAck>,
     /// Conversation → room, for the rooms joined on this connection.
     room_of: HashMap<String, String>,
+    /// Chats into a room this connection had not joined: sent once the join (asked for
+    /// with the chat's id) is confirmed, dropped when it is refused.
+    waiting: Vec<(String, Incoming)>,
 }
 
 /// Chats in flight whose acks this connection remembers.
@@ -66,6 +69,7 @@ impl State {
             room_chats: Vec::new(),
             held: Vec::new(),
             room_of: HashMap::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -118,6 +122,28 @@ impl State {
         };
         let mut alias = None;
         if let ClientMsg::Chat(req) = &mut inc.msg {
+            // Into a room not joined here: join it first (the room's rules apply), then send.
+            if let Some(room) = req.room_id.clone() {
+                if !self.room_of.values().any(|r| *r == room) {
+                    if self.waiting.len() >= IN_FLIGHT_KEPT {
+                        return invalid(inc.id, "too many chats waiting for their rooms");
+                    }
+                    let join = Incoming {
+                        id: inc.id.clone(),
+                        msg: ClientMsg::JoinRoom {
+                            room_id: room.clone(),
+                            room_name: None,
+                            room_type: crate::protocol::RoomType::parse(self.default_room_type),
+                            after_seq: None,
+                        },
+                    };
+                    self.waiting.push((room, inc));
+                    return Inbound::Native {
+                        inc: join,
+                        alias: None,
+                    };
+                }
+            }
             if req.room_id.is_some() {
                 if self.room_chats.len() >= IN_FLIGHT_KEPT {
                     self.room_chats.remove(0);
@@ -304,6 +330,21 @@ impl State {
                 if self.room_of.len() < IN_FLIGHT_KEPT {
                     self.room_of.insert(conversation_id.clone(), room_id.clone());
                 }
+                let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                    .into_iter()
+                    .partition(|(r, _)| r == room_id);
+                self.waiting = stay;
+                for (_, chat) in go {
+                    if let ClientMsg::Chat(req) = &chat.msg {
+                        if self.room_chats.len() >= IN_FLIGHT_KEPT {
+                            self.room_chats.remove(0);
+                        }
+                        if req.room_id.is_some() {
+                            self.room_chats.push(chat.id.clone());
+                        }
+                    }
+                    out.then.push(chat);
+                }
                 let ids: Vec<&str> = participants.iter().map(|p| p.user_id.as_str()).collect();
                 out.push(envelope(
                     "join_room",
@@ -368,6 +409,8 @@ impl State {
                 id,
                 retry_after,
             } => {
+                // A refused join answers the chat that waited for it.
+                self.waiting.retain(|(_, c)| id.is_none() || c.id != *id);
                 let mut d = json!({ "error": error, "code": code.as_str() });
                 if let Some(r) = retry_after {
                     d["retry_after"] = json!(r.ceil() as u64);
