@@ -6,7 +6,8 @@
 //!   calls the application through one trait, [`net::App`], and knows nothing of chats.
 //! - the application: [`app`] implements `net::App` over [`server::ServerCtx`];
 //!   [`session`] and [`subscription`] hold per-connection state and rules; [`codec`]
-//!   picks the wire form per path; [`chat`], [`rooms`], [`uploads`] and the HTTP modules
+//!   picks the wire form per path, and [`dialect`] translates the seed documents' own
+//!   protocols on theirs; [`chat`], [`rooms`], [`uploads`] and the HTTP modules
 //!   do what each request asks; [`completion`] routes what the store answers; [`llm`]
 //!   streams replies.
 //! - [`store`]: SQLite — one writer thread with group commit, a pool of readers; typed

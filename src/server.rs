@@ -67,6 +67,8 @@ impl StartError {
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The `compat.extra_listen` listeners' addresses, in order.
+    pub extra_addrs: Vec<SocketAddr>,
     pub ctx: Arc<ServerCtx>,
     acceptor: Option<Acceptor>,
     threads: Vec<JoinHandle<()>>,
@@ -168,6 +170,17 @@ impl ServerHandle {
                 source,
             })?;
         let addr = std_listener.local_addr()?;
+        // compat.extra_listen: more ports for the same server (a seed's documented port).
+        let mut listeners = vec![std_listener];
+        let mut extra_addrs = Vec::new();
+        for a in &cfg.compat.extra_listen {
+            let l = acceptor::bind(*a).map_err(|source| StartError::Listen { addr: *a, source })?;
+            extra_addrs.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        // Loopback only when every listener is: dev tokens and trusted path users are
+        // honoured only then.
+        let loopback = addr.ip().is_loopback() && extra_addrs.iter().all(|a| a.ip().is_loopback());
 
         let n = cfg.server.shards;
         let mut handles = Vec::with_capacity(n);
@@ -210,7 +223,7 @@ impl ServerHandle {
         let mut echo_cfg = ws_config(&cfg, ECHO_MAX_MESSAGE, 2 * ECHO_MAX_MESSAGE);
         echo_cfg.max_frame_size = Some(ECHO_MAX_MESSAGE);
         let ctx = Arc::new(ServerCtx {
-            loopback: addr.ip().is_loopback(),
+            loopback,
             ws_config: native_cfg,
             echo_ws_config: echo_cfg,
             hub: Hub::new(),
@@ -234,10 +247,14 @@ impl ServerHandle {
                     .spawn(move || shard.run())?,
             );
         }
-        let acceptor = Acceptor::start(std_listener, ctx.clone())?;
+        let acceptor = Acceptor::start(listeners, ctx.clone())?;
         log_startup(&ctx, addr);
+        if !extra_addrs.is_empty() {
+            log::info!("also listening on {extra_addrs:?} (compat.extra_listen)");
+        }
         Ok(ServerHandle {
             addr,
+            extra_addrs,
             ctx,
             acceptor: Some(acceptor),
             threads,

@@ -144,3 +144,20 @@ fn auth_message_errors_and_the_error_map() {
     assert_eq!(bad.recv()["message"], "Invalid token");
     assert_eq!(bad.expect_close(), 1008);
 }
+
+#[test]
+fn an_extra_listener_serves_the_same_server() {
+    let s = TestServer::start("c001c", |c| {
+        c.compat.extra_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    });
+    let extra = s.handle.as_ref().unwrap().extra_addrs[0];
+    assert_ne!(extra, s.addr);
+    let url = format!("ws://{extra}/ws/chat?token={}", s.token("alice"));
+    let mut c = Client::connect(&url).unwrap();
+    c.send(json!({"type":"message","message":"via the seed's port","session_id":"p"}));
+    let (_, done) = reply(&mut c);
+    assert_eq!(done["session_id"], "p");
+    // Same server: the conversation is visible on the main address.
+    let (_, list) = s.http("GET", "/v1/conversations", Some(&s.token("alice")), None);
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+}

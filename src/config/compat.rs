@@ -57,6 +57,8 @@ impl Profile {
 pub struct CompatConfig {
     /// Profiles served (their paths answer 404 otherwise).
     pub profiles: Vec<Profile>,
+    /// More addresses the same server listens on (the seeds' documented ports).
+    pub extra_listen: Vec<std::net::SocketAddr>,
     /// 002/003: a connection with no token acts as the user named in the path — only on a
     /// loopback listener, and only for a loopback (or listed) browser origin.
     pub trust_path_user: bool,
@@ -81,6 +83,7 @@ impl CompatConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCompat {
     profiles: Vec<String>,
+    extra_listen: Vec<String>,
     trust_path_user: bool,
     rooms_max_message_bytes: u64,
     rooms_max_chunk_bytes: u64,
@@ -102,6 +105,18 @@ impl RawCompat {
                         format!(
                             "unknown profile {p:?} (expected agixt, ws_chat, edagent, progress or rooms)"
                         ),
+                    ))
+                }
+            }
+        }
+        let mut extra_listen = Vec::new();
+        for a in &self.extra_listen {
+            match a.parse() {
+                Ok(addr) => extra_listen.push(addr),
+                Err(_) => {
+                    return Err(invalid(
+                        "compat.extra_listen",
+                        format!("{a:?} is not an IP:port address"),
                     ))
                 }
             }
@@ -136,6 +151,7 @@ impl RawCompat {
             })?;
         Ok(CompatConfig {
             profiles,
+            extra_listen,
             trust_path_user: self.trust_path_user,
             rooms_max_message_bytes: self.rooms_max_message_bytes as usize,
             rooms_max_chunk_bytes: self.rooms_max_chunk_bytes as usize,

@@ -23,8 +23,8 @@ use super::bus::ShardMsg;
 use super::http::Response;
 use super::App;
 
-const LISTENER: Token = Token(0);
-const ACCEPT_WAKER: Token = Token(1);
+/// Listeners are `Token(0..n)`; the waker comes after them.
+const ACCEPT_WAKER: Token = Token(usize::MAX);
 
 /// Bind a listening socket with a deep backlog (reconnect storms wait in the kernel).
 pub fn bind(addr: SocketAddr) -> io::Result<StdListener> {
@@ -49,18 +49,23 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn start<A: App>(listener: StdListener, app: Arc<A>) -> io::Result<Acceptor> {
+    /// Accept on every listener (the main one and any extra, e.g. a seed's port).
+    pub fn start<A: App>(listeners: Vec<StdListener>, app: Arc<A>) -> io::Result<Acceptor> {
         let stop = Arc::new(AtomicBool::new(false));
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), ACCEPT_WAKER)?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut mio_listeners = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, Token(i), Interest::READABLE)?;
+            mio_listeners.push(l);
+        }
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("acceptor".into())
-                .spawn(move || accept_loop(poll, listener, app, stop))?
+                .spawn(move || accept_loop(poll, mio_listeners, app, stop))?
         };
         Ok(Acceptor {
             stop,
@@ -85,11 +90,15 @@ impl Acceptor {
     }
 }
 
-fn accept_loop<A: App>(mut poll: Poll, listener: TcpListener, app: Arc<A>, stop: Arc<AtomicBool>) {
+fn accept_loop<A: App>(
+    mut poll: Poll,
+    listeners: Vec<TcpListener>,
+    app: Arc<A>,
+    stop: Arc<AtomicBool>,
+) {
     let net = app.net();
     let mut events = Events::with_capacity(64);
     let mut rr = 0usize;
-    let max = net.max_connections as i64;
     let busy = Response::error(503, "BUSY", "server at its connection limit")
         .with_header("Retry-After", "1");
     let per_ip = Response::error(429, "RATE_LIMIT", "too many connections from this address")
@@ -106,45 +115,60 @@ fn accept_loop<A: App>(mut poll: Poll, listener: TcpListener, app: Arc<A>, stop:
             info!("acceptor: stopped accepting");
             return;
         }
-        // Drain the accept queue (edge-triggered).
-        loop {
-            match listener.accept() {
-                Ok((sock, peer)) => {
-                    let refusal = if net.metrics.connections.load(Relaxed) >= max {
-                        Some(&busy)
-                    } else if !net.ip_limit.try_acquire(peer.ip()) {
-                        Some(&per_ip)
-                    } else {
-                        None
-                    };
-                    if let Some(answer) = refusal {
-                        net.metrics.connections_refused.fetch_add(1, Relaxed);
-                        if net.tls.is_none() {
-                            refuse(sock.into(), answer);
-                        }
-                        continue;
+        // Drain the accept queue of each listener that is ready (edge-triggered).
+        for ev in events.iter() {
+            let Some(listener) = listeners.get(ev.token().0) else {
+                continue;
+            };
+            accept_all(listener, net, &mut rr, (&busy, &per_ip));
+        }
+    }
+}
+
+fn accept_all<A: App>(
+    listener: &TcpListener,
+    net: &crate::net::Net<A>,
+    rr: &mut usize,
+    (busy, per_ip): (&Response, &Response),
+) {
+    let max = net.max_connections as i64;
+    loop {
+        match listener.accept() {
+            Ok((sock, peer)) => {
+                let refusal = if net.metrics.connections.load(Relaxed) >= max {
+                    Some(busy)
+                } else if !net.ip_limit.try_acquire(peer.ip()) {
+                    Some(per_ip)
+                } else {
+                    None
+                };
+                if let Some(answer) = refusal {
+                    net.metrics.connections_refused.fetch_add(1, Relaxed);
+                    if net.tls.is_none() {
+                        refuse(sock.into(), answer);
                     }
-                    let _ = sock.set_nodelay(true);
-                    net.metrics.connections.fetch_add(1, Relaxed);
-                    net.metrics.connections_total.fetch_add(1, Relaxed);
-                    let target = pick_shard(&net.shard_load, &mut rr);
-                    // Counted here, uncounted by the shard when the connection goes.
-                    net.shard_load[target].fetch_add(1, Relaxed);
-                    if !net.shards.try_send(target, ShardMsg::Accept(sock, peer)) {
-                        net.shard_load[target].fetch_sub(1, Relaxed);
-                        net.metrics.connections.fetch_sub(1, Relaxed);
-                        net.metrics.connections_refused.fetch_add(1, Relaxed);
-                        net.ip_limit.release(peer.ip());
-                    }
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE/ENFILE: back off instead of spinning on a full fd table.
-                    warn!("acceptor: accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                    break;
+                let _ = sock.set_nodelay(true);
+                net.metrics.connections.fetch_add(1, Relaxed);
+                net.metrics.connections_total.fetch_add(1, Relaxed);
+                let target = pick_shard(&net.shard_load, rr);
+                // Counted here, uncounted by the shard when the connection goes.
+                net.shard_load[target].fetch_add(1, Relaxed);
+                if !net.shards.try_send(target, ShardMsg::Accept(sock, peer)) {
+                    net.shard_load[target].fetch_sub(1, Relaxed);
+                    net.metrics.connections.fetch_sub(1, Relaxed);
+                    net.metrics.connections_refused.fetch_add(1, Relaxed);
+                    net.ip_limit.release(peer.ip());
                 }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE/ENFILE: back off instead of spinning on a full fd table.
+                warn!("acceptor: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                break;
             }
         }
     }
