@@ -256,6 +256,16 @@ impl App for ServerCtx {
         }
     }
 
+    fn on_closing(sh: &mut Shard, slot: usize, code: u16, reason: &str) {
+        let last = sh
+            .session(slot)
+            .and_then(|s| s.dialect.as_ref())
+            .and_then(|d| d.closing(code, reason));
+        if let Some(frame) = last {
+            sh.send_frame(slot, frame);
+        }
+    }
+
     fn on_close(sh: &mut Shard, id: ConnId, session: Session, _code: u16) {
         crate::session::on_close(sh, id, session)
     }

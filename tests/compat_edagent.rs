@@ -121,4 +121,11 @@ fn status_and_broadcast_over_http() {
     assert_eq!(st, 200);
     assert_eq!(b.recv_type("broadcast")["message"], "all");
     assert_eq!(a.recv_type("broadcast")["message"], "all");
+
+    // The server going away is announced before the close frame.
+    let mut s = s;
+    s.stop();
+    let d = a.recv_type("disconnection");
+    assert_eq!(d["reason"], "server shutting down");
+    assert_eq!(a.expect_close(), 1001);
 }

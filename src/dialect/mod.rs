@@ -243,6 +243,13 @@ impl Dialect {
         self.state = st;
     }
 
+    /// The frame a dialect sends before the server closes the connection (002's chosen
+    /// `disconnection`), if any.
+    pub fn closing(&self, code: u16, reason: &str) -> Option<Utf8Bytes> {
+        (self.profile == Profile::EdAgent)
+            .then(|| frame(&json!({ "type": "disconnection", "reason": reason, "code": code })))
+    }
+
     /// The message rate on this connection, when the profile has its own.
     pub fn rate_limit(&self, cfg: &Config) -> Option<(u32, std::time::Duration)> {
         (self.profile == Profile::Rooms).then_some((

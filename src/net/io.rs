@@ -492,6 +492,9 @@ impl<A: App> Shard<A> {
     /// Start the close handshake: what is queued still goes out first (except for a slow
     /// consumer, whose queue was dropped), then the close frame. Not a WebSocket: dropped.
     pub fn close_ws(&mut self, slot: usize, code: u16, reason: &str) {
+        if matches!(self.conns.get(slot).map(|c| &c.phase), Some(Phase::Ws(ws)) if !ws.closing()) {
+            A::on_closing(self, slot, code, reason);
+        }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };

@@ -129,6 +129,9 @@ pub trait App: Send + Sync + Sized + 'static {
     /// A topic event for one subscribed connection: filter it and queue what is due.
     fn on_topic(sh: &mut Shard<Self>, slot: usize, ev: &Arc<Self::Topic>);
     fn on_msg(sh: &mut Shard<Self>, msg: Self::Msg);
+    /// The server is about to close this WebSocket (`code`, `reason`): a last frame may be
+    /// queued now (it goes out before the close frame).
+    fn on_closing(_sh: &mut Shard<Self>, _slot: usize, _code: u16, _reason: &str) {}
     /// The WebSocket is gone (the slot is already free): forget it everywhere else.
     fn on_close(sh: &mut Shard<Self>, id: ConnId, session: Self::Session, code: u16);
 }
