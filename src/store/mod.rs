@@ -16,6 +16,7 @@ pub mod alias;
 pub mod cmd;
 pub mod files;
 pub mod read;
+pub mod rooms;
 pub mod writer;
 
 pub use cmd::{Completions, ReadCmd, ReadDone, ReadJob, WriteCmd, WriteJob, Written};
