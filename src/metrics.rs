@@ -29,6 +29,10 @@ pub struct Metrics {
     pub uploads_active: AtomicI64,
     pub uploads_completed: AtomicU64,
     pub uploads_failed: AtomicU64,
+    /// Uploads refused because the virus scanner found something.
+    pub uploads_infected: AtomicU64,
+    /// Scans that gave no verdict (scanner down, timed out, answered an error).
+    pub upload_scan_failures: AtomicU64,
     pub upload_bytes: AtomicU64,
     pub downloads: AtomicU64,
     pub download_bytes: AtomicU64,
@@ -58,6 +62,8 @@ impl Default for Metrics {
             uploads_active: AtomicI64::new(0),
             uploads_completed: AtomicU64::new(0),
             uploads_failed: AtomicU64::new(0),
+            uploads_infected: AtomicU64::new(0),
+            upload_scan_failures: AtomicU64::new(0),
             upload_bytes: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
@@ -217,6 +223,18 @@ impl Metrics {
                 "File uploads discarded (checksum, write or store failure).",
                 "counter",
                 self.uploads_failed.load(Relaxed).to_string(),
+            ),
+            (
+                "uploads_infected_total",
+                "File uploads refused by the virus scanner (deleted, not stored).",
+                "counter",
+                self.uploads_infected.load(Relaxed).to_string(),
+            ),
+            (
+                "upload_scan_failures_total",
+                "Virus scans with no verdict (scanner down, timed out or in error).",
+                "counter",
+                self.upload_scan_failures.load(Relaxed).to_string(),
             ),
             (
                 "upload_bytes_total",

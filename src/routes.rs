@@ -100,6 +100,11 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
                 "connections": ctx.net.metrics.ws_connections.load(Relaxed).max(0),
                 "uptime_s": ctx.metrics.uptime_s(),
                 "store": if unhealthy { "failing" } else { "ok" },
+                "scanner": match ctx.uploads.scanner.as_ref().map(|s| s.state()) {
+                    None => "off",
+                    Some(crate::uploads::scan::SCANNER_OK) => "ok",
+                    Some(_) => "failing",
+                },
             });
             Response::json_value(if unhealthy { 503 } else { 200 }, &body)
         }

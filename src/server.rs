@@ -74,6 +74,25 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Whether uploads are scanned, and whether clamd answered.
+fn log_scanner(ctx: &ServerCtx) {
+    let Some(s) = &ctx.uploads.scanner else {
+        log::info!("virus scanning of uploads: off (uploads.virus_scan)");
+        return;
+    };
+    let policy = if s.config().accept_on_error {
+        "stored unscanned"
+    } else {
+        "refused"
+    };
+    match s.ping() {
+        Ok(()) => log::info!("virus scanning of uploads: on, clamd answered PING"),
+        Err(e) => log::warn!(
+            "virus scanning of uploads: on, but {e}; until it answers, uploads are {policy}"
+        ),
+    }
+}
+
 /// One line an operator can check the deployment against.
 fn log_startup(ctx: &ServerCtx, addr: SocketAddr) {
     let c = &ctx.cfg;
@@ -249,6 +268,7 @@ impl ServerHandle {
         }
         let acceptor = Acceptor::start(listeners, ctx.clone())?;
         log_startup(&ctx, addr);
+        log_scanner(&ctx);
         if !extra_addrs.is_empty() {
             log::info!("also listening on {extra_addrs:?} (compat.extra_listen)");
         }

@@ -197,6 +197,77 @@ pub struct UploadsConfig {
     pub queue: usize,
     pub idle_timeout: Duration,
     pub download_memory_bytes: u64,
+    /// Virus scanning of finished uploads (`None`: off).
+    pub scan: Option<ScanConfig>,
+}
+
+/// Where clamd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddress {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    pub address: ClamdAddress,
+    /// A scan (connect, stream, verdict) that takes longer fails.
+    pub timeout: Duration,
+    /// Scanner down or timed out: store the file anyway (`true`) or refuse it.
+    pub accept_on_error: bool,
+    /// clamd's `StreamMaxLength`: larger files are refused, never passed unscanned.
+    pub stream_max_bytes: u64,
+}
+
+fn scan_config(
+    mode: &str,
+    address: &str,
+    timeout_ms: u64,
+    on_error: &str,
+    stream_max: u64,
+) -> Result<Option<ScanConfig>, ConfigError> {
+    match mode {
+        "off" => return Ok(None),
+        "clamd" => {}
+        other => {
+            return Err(invalid(
+                "uploads.virus_scan",
+                format!("{other:?}: expected \"off\" or \"clamd\""),
+            ))
+        }
+    }
+    let address = if let Some(p) = address.strip_prefix("unix:") {
+        ClamdAddress::Unix(PathBuf::from(p))
+    } else if let Some(a) = address.strip_prefix("tcp:") {
+        ClamdAddress::Tcp(a.to_string())
+    } else {
+        return Err(invalid(
+            "uploads.clamd_address",
+            format!("{address:?}: expected unix:/path or tcp:host:port"),
+        ));
+    };
+    let accept_on_error = match on_error {
+        "reject" => false,
+        "accept" => true,
+        other => {
+            return Err(invalid(
+                "uploads.on_scanner_error",
+                format!("{other:?}: expected \"reject\" or \"accept\""),
+            ))
+        }
+    };
+    if stream_max == 0 {
+        return Err(invalid(
+            "uploads.clamd_stream_max_bytes",
+            "must be at least 1",
+        ));
+    }
+    Ok(Some(ScanConfig {
+        address,
+        timeout: Duration::from_millis(timeout_ms.max(100)),
+        accept_on_error,
+        stream_max_bytes: stream_max,
+    }))
 }
 
 impl UploadsConfig {

@@ -142,6 +142,11 @@ pub(super) struct RawUploads {
     queue: u32,
     idle_timeout_s: u64,
     download_memory_bytes: u64,
+    virus_scan: String,
+    clamd_address: String,
+    scan_timeout_ms: u64,
+    on_scanner_error: String,
+    clamd_stream_max_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,6 +451,13 @@ impl Raw {
         }
 
         let u = self.uploads;
+        let scan = super::scan_config(
+            &u.virus_scan,
+            &u.clamd_address,
+            u.scan_timeout_ms,
+            &u.on_scanner_error,
+            u.clamd_stream_max_bytes,
+        )?;
         let compat = self.compat.validate()?;
         if u.max_file_bytes == 0 {
             return Err(invalid("uploads.max_file_bytes", "must be at least 1"));
@@ -579,6 +591,7 @@ impl Raw {
                 queue: u.queue as usize,
                 idle_timeout: Duration::from_secs(u.idle_timeout_s.max(1)),
                 download_memory_bytes: u.download_memory_bytes,
+                scan,
             },
             compat,
             agents,

@@ -19,11 +19,15 @@ pub enum ErrorCode {
     UploadTooLarge,
     UploadType,
     ChecksumMismatch,
+    /// The virus scanner found something in an upload.
+    UploadInfected,
+    /// The virus scanner could not be asked (down, timed out) and the policy is to refuse.
+    UploadScanFailed,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
         ErrorCode::TokenExpired,
@@ -38,6 +42,8 @@ impl ErrorCode {
         ErrorCode::UploadTooLarge,
         ErrorCode::UploadType,
         ErrorCode::ChecksumMismatch,
+        ErrorCode::UploadInfected,
+        ErrorCode::UploadScanFailed,
         ErrorCode::Internal,
     ];
 
@@ -57,6 +63,8 @@ impl ErrorCode {
             ErrorCode::UploadTooLarge => "UPLOAD_TOO_LARGE",
             ErrorCode::UploadType => "UPLOAD_TYPE",
             ErrorCode::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            ErrorCode::UploadInfected => "UPLOAD_INFECTED",
+            ErrorCode::UploadScanFailed => "UPLOAD_SCAN_FAILED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -73,7 +81,8 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MessageTooLarge | ErrorCode::UploadTooLarge => 413,
             ErrorCode::RateLimit => 429,
-            ErrorCode::Busy => 503,
+            ErrorCode::Busy | ErrorCode::UploadScanFailed => 503,
+            ErrorCode::UploadInfected => 422,
             ErrorCode::Internal | ErrorCode::LlmError => 500,
             _ => 400,
         }

@@ -46,6 +46,7 @@ use crate::store::{StoreError, WriteCmd};
 
 mod download;
 mod names;
+pub mod scan;
 mod shard;
 mod worker;
 
@@ -106,6 +107,8 @@ pub struct Uploads {
     tmp: PathBuf,
     /// Bytes of file bodies currently held for downloads.
     download_bytes: Arc<AtomicU64>,
+    /// clamd, when `uploads.virus_scan = "clamd"`.
+    pub scanner: Option<scan::Scanner>,
 }
 
 impl Uploads {
@@ -130,6 +133,7 @@ impl Uploads {
             dir,
             tmp,
             download_bytes: Arc::new(AtomicU64::new(0)),
+            scanner: cfg.uploads.scan.clone().map(scan::Scanner::new),
         })
     }
 
@@ -170,7 +174,7 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
             let ctx = ctx.clone();
             std::thread::Builder::new()
                 .name(format!("upload-{i}"))
-                .spawn(move || Worker::new(ctx).run(rx))
+                .spawn(move || Worker::new(ctx, i == 0).run(rx))
         })
         .collect()
 }

@@ -34,6 +34,15 @@ pub fn on_message(
                 Ok(safe) => safe,
                 Err((code, msg)) => return send_error(shard, slot, code, &msg, id),
             };
+            // A file the virus scanner would not take is refused now, not after upload.
+            if let Some(limit) = cfg.scan.as_ref().map(|s| s.stream_max_bytes) {
+                if file_size > limit {
+                    let msg = format!(
+                        "the file is larger than the virus scanner accepts ({limit} bytes)"
+                    );
+                    return send_error(shard, slot, ErrorCode::UploadTooLarge, &msg, id);
+                }
+            }
             let conversation_id = match (conversation_id, room_id) {
                 (Some(c), _) => Some(c),
                 (None, Some(room)) => match crate::chat::joined_room(shard, slot, &room, &id) {

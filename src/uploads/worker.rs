@@ -27,10 +27,12 @@ pub(super) struct Worker {
     /// init that names a conversation fails with INTERNAL).
     db: Option<Connection>,
     pending: HashMap<Arc<str>, Pending>,
+    /// This worker asks clamd whether it is alive when idle (one worker does).
+    pings: bool,
 }
 
 impl Worker {
-    pub(super) fn new(ctx: Arc<ServerCtx>) -> Worker {
+    pub(super) fn new(ctx: Arc<ServerCtx>, pings: bool) -> Worker {
         let db = match crate::store::open_reader(&ctx.store.path) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -42,6 +44,7 @@ impl Worker {
             ctx,
             db,
             pending: HashMap::new(),
+            pings,
         }
     }
 
@@ -49,11 +52,20 @@ impl Worker {
         let idle = self.ctx.cfg.uploads.idle_timeout;
         let tick = idle.min(Duration::from_secs(1));
         let mut last_sweep = Instant::now();
+        let mut last_ping = Instant::now();
         loop {
             match rx.recv_timeout(tick) {
                 Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(job) => self.handle(job),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Keep /health's view of the scanner fresh while nothing is scanned.
+                    if let (true, Some(s)) = (self.pings, &self.ctx.uploads.scanner) {
+                        if last_ping.elapsed() >= super::scan::PING_EVERY {
+                            last_ping = Instant::now();
+                            let _ = s.ping();
+                        }
+                    }
+                }
             }
             if last_sweep.elapsed() >= tick {
                 last_sweep = Instant::now();
@@ -380,6 +392,12 @@ impl Worker {
             );
             return finish(&ctx, conn, file_id, ev);
         }
+        if let Some(refusal) = scan(&ctx, &p) {
+            let _ = std::fs::remove_file(&p.path);
+            ctx.metrics.uploads_failed.fetch_add(1, Relaxed);
+            let (code, msg) = refusal;
+            return finish(&ctx, conn, file_id, Event::error(code, msg, id));
+        }
         let dest = ctx.uploads.dir.join(&*file_id);
         if let Err(e) = persist(&p.file, &p.path, &dest) {
             log::error!("upload {file_id}: cannot persist: {e}");
@@ -423,6 +441,53 @@ impl Worker {
             done,
         }));
         ctx.store.write(cmd, reply);
+    }
+}
+
+/// Scan a verified upload before it is stored, when scanning is on. `Some`: refused (the
+/// error for the client); `None`: store it.
+fn scan(ctx: &ServerCtx, p: &Pending) -> Option<(ErrorCode, String)> {
+    use super::scan::Verdict;
+    let scanner = ctx.uploads.scanner.as_ref()?;
+    let who = (&p.owner.id, &p.file_name);
+    match scanner.scan(&p.path, p.received) {
+        Verdict::Clean => None,
+        Verdict::Infected(sig) => {
+            ctx.metrics.uploads_infected.fetch_add(1, Relaxed);
+            log::warn!(
+                "upload by {:?} named {:?} refused: infected ({sig})",
+                who.0,
+                who.1
+            );
+            Some((
+                ErrorCode::UploadInfected,
+                format!("the file is infected ({sig}); it was deleted"),
+            ))
+        }
+        Verdict::TooLarge => Some((
+            ErrorCode::UploadTooLarge,
+            format!(
+                "the file is larger than the virus scanner accepts ({} bytes)",
+                scanner.config().stream_max_bytes
+            ),
+        )),
+        Verdict::Failed(why) => {
+            ctx.metrics.upload_scan_failures.fetch_add(1, Relaxed);
+            if scanner.config().accept_on_error {
+                log::warn!(
+                    "upload by {:?} named {:?} stored UNSCANNED: {why} (uploads.on_scanner_error = accept)",
+                    who.0,
+                    who.1
+                );
+                None
+            } else {
+                log::warn!("upload by {:?} named {:?} refused: {why}", who.0, who.1);
+                Some((
+                    ErrorCode::UploadScanFailed,
+                    "the virus scanner is unavailable; try again later".into(),
+                ))
+            }
+        }
     }
 }
 
