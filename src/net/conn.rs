@@ -90,6 +90,9 @@ pub struct Ws<S> {
     /// Closed for a violation: input is read and thrown away (never buffered) until
     /// the peer closes or `close_deadline`, so our close frame is not lost to a reset.
     pub discard: bool,
+    /// Bytes read since the last complete message (frame headers included): bounds the
+    /// fragments of one message (`io.rs`, `MAX_FRAMING_BYTES`).
+    pub partial_bytes: u32,
     pub session: S,
 }
 
@@ -103,6 +106,7 @@ impl<S> Ws<S> {
             pong_deadline: None,
             close_deadline: None,
             discard: false,
+            partial_bytes: 0,
             session,
         }
     }

@@ -37,6 +37,34 @@ pub(super) enum Io {
     Closed,
 }
 
+/// Frame header bytes one message may spend beyond as many as its payload has, before the
+/// connection is closed 1009 (a masked header is 6 to 14 bytes: at least 4,681 fragments
+/// of any size; fragments of 64 bytes or more are never limited).
+const MAX_FRAMING_BYTES: usize = 64 * 1024;
+
+/// The transport, counting the bytes read through it during one `read` call.
+struct Counted<'a> {
+    io: &'a mut Transport,
+    n: usize,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.flush()
+    }
+}
+
 impl<A: App> Shard<A> {
     // ------------------------------------------------------------ accept
 
@@ -276,7 +304,7 @@ impl<A: App> Shard<A> {
                 }
                 return Io::Blocked;
             }
-            let (res, closing) = {
+            let (res, closing, fragmented) = {
                 let Some(conn) = self.conns.get_mut(slot) else {
                     return Io::Blocked;
                 };
@@ -286,12 +314,37 @@ impl<A: App> Shard<A> {
                 if ws.discard {
                     return discard_input(&mut conn.io);
                 }
-                let r = ws.ctx.read(&mut conn.io);
+                let mut counted = Counted {
+                    io: &mut conn.io,
+                    n: 0,
+                };
+                let r = ws.ctx.read(&mut counted);
+                let n = counted.n;
+                // A message's frame headers may take as many bytes as its payload plus
+                // MAX_FRAMING_BYTES: a client sending endless (empty) continuation frames
+                // completes no message, so the rate limit never sees it; this does. (What
+                // one call read may also hold the start of the next message: one buffer.)
+                let cfg = ws.ctx.get_config();
+                let slack = MAX_FRAMING_BYTES + cfg.read_buffer_size;
+                let spent = (ws.partial_bytes as usize).saturating_add(n);
+                let payload = match &r {
+                    Ok(m) => m.len(),
+                    Err(_) => cfg.max_message_size.unwrap_or(usize::MAX),
+                };
+                let fragmented = spent > payload.saturating_mul(2).saturating_add(slack);
                 if r.is_ok() {
                     ws.pong_deadline = None; // any frame proves the peer alive
+                    ws.partial_bytes = 0;
+                } else {
+                    ws.partial_bytes = spent.min(u32::MAX as usize) as u32;
                 }
-                (r, ws.closing())
+                (r, ws.closing(), fragmented)
             };
+            if fragmented && !closing {
+                debug!("[{}] too many fragments in one message", self.label(slot));
+                self.close_violation(slot, close::TOO_BIG, "message in too many fragments");
+                return Io::Continue;
+            }
             let metrics = &self.app.net().metrics;
             match res {
                 Ok(msg) => {
@@ -331,6 +384,15 @@ impl<A: App> Shard<A> {
                 | Err(tungstenite::Error::AlreadyClosed) => {
                     self.remove(slot, close::NORMAL);
                     return Io::Blocked;
+                }
+                // A 64-bit length with the most significant bit set is not a length at
+                // all (RFC 6455 §5.2): a protocol error, not a big message.
+                Err(tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { size, .. },
+                )) if size as u64 > i64::MAX as u64 => {
+                    debug!("[{}] frame length with its top bit set", self.label(slot));
+                    self.close_violation(slot, close::PROTOCOL_ERROR, "invalid frame length");
+                    return Io::Continue;
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
                     debug!("[{}] too big: {e}", self.label(slot));
