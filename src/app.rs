@@ -256,6 +256,10 @@ impl App for ServerCtx {
         }
     }
 
+    fn on_missed(sh: &mut Shard, topic: Option<&str>) {
+        crate::topic::on_missed(sh, topic)
+    }
+
     fn on_closing(sh: &mut Shard, slot: usize, code: u16, reason: &str) {
         let last = sh
             .session(slot)

@@ -97,6 +97,12 @@ impl Hub {
         last
     }
 
+    /// Is `user` online in room conversation `conv` now?
+    pub fn presence_online(&self, conv: &str, user: &str) -> bool {
+        let map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        map.get(conv).is_some_and(|r| r.contains_key(user))
+    }
+
     /// Users online in a room: (id, name).
     pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::app::Shard;
 use crate::codec::{Codec, Encoded};
 use crate::net::{close, ConnId, OutItem, TokenItem};
+use crate::protocol::Event;
 use crate::subscription::Verdict;
 
 /// What a live event is, so that a resuming subscriber can drop what its replay held.
@@ -85,12 +86,71 @@ pub fn topic_item(ev: &TopicEvent, codec: &dyn Codec) -> OutItem {
     }
 }
 
+/// A presence event that the hub's current state contradicts. Presence is published
+/// after the hub's lock is released, so a user's `joined` and `left` (from two shards)
+/// can arrive in either order; the later state is the truth, so an event that disagrees
+/// with it is stale — the event that made the truth is delivered too (or, if dropped on
+/// a full inbox, followed by a `presence_list`: `on_missed`).
+fn stale_presence(shard: &Shard, ev: &TopicEvent) -> bool {
+    match &ev.encoded.event {
+        Event::Presence {
+            user_id, status, ..
+        } => {
+            let online = shard
+                .app()
+                .hub
+                .presence_online(&ev.conversation_id, user_id);
+            online != (*status == "joined")
+        }
+        _ => false,
+    }
+}
+
 /// Queue a topic event for one subscriber: a dialect connection gets its own form of it
 /// (no shared frame, no token merging); any other the shared item for its codec.
 pub fn deliver(shard: &mut Shard, slot: usize, ev: &TopicEvent) {
+    if stale_presence(shard, ev) {
+        return;
+    }
     if !crate::app::deliver_dialect(shard, slot, &ev.encoded.event) {
         let codec = crate::app::codec_of(shard, slot);
         shard.queue(slot, topic_item(ev, codec));
+    }
+}
+
+/// Events of `conv` (or of every topic) were dropped for this shard on its full inbox:
+/// each local connection in such a room gets the room's full `presence_list`, the
+/// truth it can replace its view with. (Other ephemeral events need no repair: typing
+/// expires by itself.)
+pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
+    let slots = match conv {
+        Some(c) => shard.local_subscribers(c),
+        None => shard.ws_slots(),
+    };
+    for slot in slots {
+        let rooms: Vec<(Arc<str>, Arc<str>)> = match shard.session(slot) {
+            Some(s) => s
+                .rooms
+                .iter()
+                .filter(|(_, c)| conv.is_none_or(|x| ***c == *x))
+                .map(|(r, c)| (r.clone(), c.clone()))
+                .collect(),
+            None => continue,
+        };
+        for (room_id, c) in rooms {
+            let online = shard
+                .app()
+                .hub
+                .presence_list(&c)
+                .into_iter()
+                .map(|(user_id, username)| crate::protocol::Participant { user_id, username })
+                .collect();
+            let ev = Event::PresenceList {
+                room_id: room_id.to_string(),
+                online,
+            };
+            crate::app::ShardExt::send(shard, slot, &ev);
+        }
     }
 }
 
@@ -138,7 +198,7 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
             }
             if dialect {
                 deliver(shard, slot, ev);
-            } else {
+            } else if !stale_presence(shard, ev) {
                 shard.queue(slot, topic_item(ev, codec));
             }
         }

@@ -491,3 +491,61 @@ fn auto_join_is_never_lost_when_the_read_queue_is_full() {
         }
     }
 }
+
+#[test]
+fn presence_that_contradicts_the_current_state_is_not_delivered_and_lost_presence_is_resynced() {
+    use confab::protocol::Event;
+    use confab::topic::{topic_event, TopicKind};
+    use std::sync::Arc;
+    let s = TestServer::start("presence-truth", |_| {});
+    let mut a = s.client("alice");
+    let j = join(&mut a, "truth", json!({}));
+    let conv: Arc<str> = Arc::from(j["conversation_id"].as_str().unwrap());
+    let mut b = s.client("bob");
+    join(&mut b, "truth", json!({}));
+    assert_eq!(a.recv_type("presence")["user_id"], "bob");
+    let net = &s.ctx().net;
+    let presence = |user: &str, status: &'static str| {
+        topic_event(
+            &conv,
+            TopicKind::Ephemeral,
+            Event::Presence {
+                room_id: "truth".into(),
+                user_id: user.into(),
+                username: user.into(),
+                status,
+            },
+        )
+    };
+    // Arriving late (published before a newer state of the same user): not delivered.
+    net.try_publish(presence("ghost", "joined"));
+    net.try_publish(presence("bob", "left"));
+    // One that agrees with the state is.
+    net.try_publish(presence("bob", "joined"));
+    let p = a.recv_type("presence");
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some("bob"), Some("joined"))
+    );
+    assert!(
+        a.seen.iter().all(|v| v["type"] != "presence"),
+        "{:?}",
+        a.seen
+    );
+
+    // An event dropped on a full inbox is followed by the room's full list.
+    for shard in 0..net.shards.len() {
+        net.shards.note_missed(shard, &conv);
+    }
+    let list = a.recv_type("presence_list");
+    assert_eq!(list["room_id"], "truth");
+    let mut online: Vec<&str> = list["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    online.sort();
+    assert_eq!(online, ["alice", "bob"]);
+    assert_eq!(b.recv_type("presence_list")["room_id"], "truth");
+}

@@ -388,6 +388,10 @@ impl State {
                 "presence",
                 json!({ "room_id": room_id, "user_id": user_id, "username": username, "status": status }),
             )),
+            Event::PresenceList { room_id, online } => out.push(envelope(
+                "presence",
+                json!({ "room_id": room_id, "online": online, "sync": true }),
+            )),
             Event::Receipt {
                 conversation_id,
                 user_id,

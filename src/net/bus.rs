@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::warn;
 use mio::net::TcpStream;
 use mio::{Poll, Token, Waker};
+use parking_lot::Mutex;
 use parking_lot::RwLock;
 
 use super::http::Response;
@@ -93,7 +94,20 @@ pub struct ShardHandle<A: App> {
     waker: Waker,
     /// Set by senders, cleared by the shard before it drains: one wake per batch.
     notified: AtomicBool,
+    /// Topics whose events a `try_publish` dropped on this shard's full inbox: the shard
+    /// tells the application (`App::on_missed`) so it can resync what was lost.
+    missed: Mutex<Missed>,
+    missed_any: AtomicBool,
 }
+
+/// Topic keys with a dropped event; past `MISSED_MAX` keys, every topic.
+#[derive(Default)]
+pub struct Missed {
+    pub keys: Vec<Arc<str>>,
+    pub all: bool,
+}
+
+const MISSED_MAX: usize = 4096;
 
 /// Every shard's inbox.
 pub struct Shards<A: App> {
@@ -129,6 +143,35 @@ impl<A: App> Shards<A> {
                 warn!("waking a shard failed: {e}");
             }
         }
+    }
+
+    /// Remember that an event of `topic` was dropped for `shard` (and wake it).
+    pub fn note_missed(&self, shard: usize, topic: &str) {
+        let Some(h) = self.handles.get(shard) else {
+            return;
+        };
+        {
+            let mut m = h.missed.lock();
+            if !m.all && !m.keys.iter().any(|k| **k == *topic) {
+                if m.keys.len() >= MISSED_MAX {
+                    m.all = true;
+                    m.keys.clear();
+                } else {
+                    m.keys.push(Arc::from(topic));
+                }
+            }
+        }
+        h.missed_any.store(true, Relaxed);
+        self.wake(h);
+    }
+
+    /// The topics `shard` missed events of since the last call.
+    pub fn take_missed(&self, shard: usize) -> Option<Missed> {
+        let h = self.handles.get(shard)?;
+        if !h.missed_any.swap(false, Relaxed) {
+            return None;
+        }
+        Some(std::mem::take(&mut *h.missed.lock()))
     }
 
     /// Blocking send: a full inbox applies back-pressure to the sender.
@@ -183,6 +226,8 @@ pub fn shard_parts<A: App>() -> io::Result<(ShardHandle<A>, Poll, Receiver<Shard
             tx,
             waker,
             notified: AtomicBool::new(false),
+            missed: Mutex::new(Missed::default()),
+            missed_any: AtomicBool::new(false),
         },
         poll,
         rx,
@@ -275,11 +320,15 @@ impl<A: App> super::Net<A> {
         self.fan_out(ev, |s, msg| self.shards.send(may, s, msg))
     }
 
-    /// Like [`publish`](Self::publish) but never blocks: a full inbox drops the event
-    /// and counts it. Returns how many shards it was offered to.
+    /// Like [`publish`](Self::publish) but never blocks: a full inbox drops the event,
+    /// counts it, and records the topic as missed on that shard (`App::on_missed` then
+    /// lets the application resync). Returns how many shards it was offered to.
     pub fn try_publish(&self, ev: A::Topic) -> usize {
+        let key: Arc<str> = Arc::from(A::topic_key(&ev));
         self.fan_out(ev, |s, msg| {
-            self.shards.try_send(s, msg);
+            if !self.shards.try_send(s, msg) {
+                self.shards.note_missed(s, &key);
+            }
         })
     }
 

@@ -129,6 +129,10 @@ pub trait App: Send + Sync + Sized + 'static {
     /// A topic event for one subscribed connection: filter it and queue what is due.
     fn on_topic(sh: &mut Shard<Self>, slot: usize, ev: &Arc<Self::Topic>);
     fn on_msg(sh: &mut Shard<Self>, msg: Self::Msg);
+    /// Events of `topic` were dropped for this shard (its inbox was full), or of every
+    /// topic when `topic` is `None`: resync this shard's subscribers of it if the
+    /// application's events need it (typing does not; presence does).
+    fn on_missed(_sh: &mut Shard<Self>, _topic: Option<&str>) {}
     /// The server is about to close this WebSocket (`code`, `reason`): a last frame may be
     /// queued now (it goes out before the close frame).
     fn on_closing(_sh: &mut Shard<Self>, _slot: usize, _code: u16, _reason: &str) {}

@@ -269,6 +269,7 @@ impl<A: App> Shard<A> {
                 }
             }
             self.drain_inbox();
+            self.repair_missed();
             self.fire_timers();
             self.flush_dirty();
             if let Some(deadline) = self.shutdown_at {
@@ -324,6 +325,28 @@ impl<A: App> Shard<A> {
             ShardMsg::App(m) => A::on_msg(self, m),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
+    }
+
+    /// Topics whose events were dropped on our full inbox: the application resyncs.
+    fn repair_missed(&mut self) {
+        let Some(missed) = self.app.net().shards.take_missed(self.idx) else {
+            return;
+        };
+        if missed.all {
+            A::on_missed(self, None);
+        } else {
+            for k in missed.keys {
+                A::on_missed(self, Some(&k));
+            }
+        }
+    }
+
+    /// This shard's connections subscribed to `topic`.
+    pub fn local_subscribers(&self, topic: &str) -> Vec<usize> {
+        self.topics
+            .get(topic)
+            .map(|l| l.iter().map(|(s, _)| *s).collect())
+            .unwrap_or_default()
     }
 
     fn begin_shutdown(&mut self) {

@@ -187,6 +187,12 @@ pub enum Event {
         username: String,
         status: &'static str,
     },
+    /// Everyone online in a room now: replaces the client's view (sent when presence
+    /// events may have been lost).
+    PresenceList {
+        room_id: String,
+        online: Vec<Participant>,
+    },
     Typing {
         #[serde(skip_serializing_if = "Option::is_none")]
         room_id: Option<String>,
