@@ -256,6 +256,10 @@ impl App for ServerCtx {
         }
     }
 
+    fn route_label(req: &net::Request) -> &'static str {
+        crate::routes::route_label(req)
+    }
+
     fn on_missed(sh: &mut Shard, topic: Option<&str>) {
         crate::topic::on_missed(sh, topic)
     }

@@ -117,8 +117,16 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             _ => Response::text(
                 200,
                 "text/plain; version=0.0.4",
-                ctx.metrics
-                    .prometheus(&ctx.net.metrics, ctx.net.shards.dropped()),
+                ctx.metrics.prometheus(
+                    &ctx.net.metrics,
+                    &crate::metrics::Depths {
+                        inbox_dropped: ctx.net.shards.dropped(),
+                        inboxes: ctx.net.shards.inbox_lens(),
+                        store_writes: ctx.store.write_queue_len(),
+                        store_reads: ctx.store.read_queue_len(),
+                        uploads: ctx.uploads.queue_len(),
+                    },
+                ),
             ),
         },
         ("GET", "/") | ("GET", "/index.html") => {
@@ -407,4 +415,48 @@ fn upgrade(
         leftover: req.leftover,
     };
     shard.upgrade(slot, bytes, up);
+}
+
+/// The route of a request as a metrics label: the path with its ids replaced by their
+/// names (bounded: any path not served here is `other`).
+pub fn route_label(req: &Request) -> &'static str {
+    let path = req.path.as_str();
+    // The seeds' prefixed paths count as their bare forms.
+    let path = match path.strip_prefix("/compat/") {
+        Some(rest) if rest.len() > 3 && rest.as_bytes()[3] == b'/' => &rest[3..],
+        _ => path,
+    };
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    match segs.as_slice() {
+        ["health"] => "/health",
+        ["metrics"] => "/metrics",
+        [""] | ["index.html"] => "/",
+        ["favicon.ico"] => "/favicon.ico",
+        ["v1", "ws"] => "/v1/ws",
+        ["v1", "token"] => "/v1/token",
+        ["v1", "stats"] => "/v1/stats",
+        ["v1", "broadcast"] => "/v1/broadcast",
+        ["v1", "conversations"] => "/v1/conversations",
+        ["v1", "conversations", _, "messages"] => "/v1/conversations/{id}/messages",
+        ["v1", "conversation", _, "stream"] => "/v1/conversation/{id}/stream",
+        ["v1", "files", _] => "/v1/files/{id}",
+        ["v1", "rooms"] => "/v1/rooms",
+        ["v1", "rooms", _] => "/v1/rooms/{id}",
+        ["v1", "rooms", _, "members"] => "/v1/rooms/{id}/members",
+        ["ws", "chat"] => "/ws/chat",
+        ["ws", "test"] => "/ws/test",
+        ["ws", _, _] => "/ws/{user_id}/{session_id}",
+        ["conversations", _] => "/conversations/{user_id}",
+        ["conversations", _, _, "messages"] => "/conversations/{user_id}/{id}/messages",
+        ["api", "v1", "ws", "ws"] => "/api/v1/ws/ws",
+        ["api", "v1", "ws", "token"] => "/api/v1/ws/token",
+        ["api", "v1", "ws", "stats"] => "/api/v1/ws/stats",
+        ["api", "v1", "ws", "status"] => "/api/v1/ws/status",
+        ["api", "v1", "ws", "broadcast"] => "/api/v1/ws/broadcast",
+        ["api", "v1", "ws", "rooms"] => "/api/v1/ws/rooms",
+        ["api", "v1", "ws", "rooms", _] => "/api/v1/ws/rooms/{id}",
+        ["api", "v1", "ws", _] => "/api/v1/ws/{user_id}",
+        _ if req.is_websocket_upgrade() => "other-websocket",
+        _ => "other",
+    }
 }

@@ -558,6 +558,7 @@ fn announce_end(
     agent: &str,
 ) {
     let conv = &gen.conversation_id;
+    ctx.metrics.generations.record(&meta, reason);
     if let Some(msg) = error {
         ctx.metrics.error(ErrorCode::LlmError);
         let ev = Event::Error {

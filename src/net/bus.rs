@@ -132,6 +132,11 @@ impl<A: App> Shards<A> {
         self.handles.is_empty()
     }
 
+    /// Each shard's inbox length now.
+    pub fn inbox_lens(&self) -> Vec<usize> {
+        self.handles.iter().map(|h| h.tx.len()).collect()
+    }
+
     /// Messages dropped on a full inbox so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)

@@ -47,7 +47,8 @@ pub struct Conn<S> {
 
 pub enum Phase<S> {
     Head(Vec<u8>),
-    HttpWait,
+    /// Waiting for a worker's answer to the request on this route (its metrics label).
+    HttpWait(&'static str),
     HttpWrite {
         buf: Vec<u8>,
         pos: usize,
@@ -147,7 +148,9 @@ impl<S> Conn<S> {
         session_deadline: impl Fn(&S) -> Option<Instant>,
     ) -> Option<Instant> {
         match &self.phase {
-            Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } => Some(self.head_deadline),
+            Phase::Head(_) | Phase::HttpWait(_) | Phase::HttpWrite { .. } => {
+                Some(self.head_deadline)
+            }
             Phase::Ws(ws) => ws.next_deadline(session_deadline(&ws.session)),
             Phase::Done => None,
         }

@@ -134,7 +134,7 @@ impl<A: App> Shard<A> {
             };
             let r = match &mut conn.phase {
                 Phase::Head(_) if readable => self.read_head(slot),
-                Phase::Head(_) | Phase::HttpWait => Io::Blocked,
+                Phase::Head(_) | Phase::HttpWait(_) => Io::Blocked,
                 Phase::HttpWrite { .. } => self.write_http(slot),
                 Phase::Ws(ws) => {
                     if writable {
@@ -196,10 +196,13 @@ impl<A: App> Shard<A> {
             Ok(None) => Io::Blocked,
             Ok(Some(req)) => {
                 self.app.net().metrics.http_requests.fetch_add(1, Relaxed);
+                self.route = A::route_label(&req);
                 A::on_request(self, slot, req);
+                self.route = "malformed";
                 Io::Continue
             }
             Err(e) => {
+                self.route = "malformed";
                 self.respond(slot, e.response());
                 Io::Continue
             }
@@ -656,8 +659,12 @@ impl<A: App> Shard<A> {
                         Then::RequestTimeout
                     }
                 }
-                Phase::HttpWait | Phase::HttpWrite { .. } if now >= *head_deadline => Then::Remove,
-                Phase::Head(_) | Phase::HttpWait | Phase::HttpWrite { .. } | Phase::Done => return,
+                Phase::HttpWait(_) | Phase::HttpWrite { .. } if now >= *head_deadline => {
+                    Then::Remove
+                }
+                Phase::Head(_) | Phase::HttpWait(_) | Phase::HttpWrite { .. } | Phase::Done => {
+                    return
+                }
                 Phase::Ws(ws) => {
                     if let Some(d) = ws.close_deadline {
                         // The peer never answered our close frame.

@@ -133,6 +133,11 @@ pub trait App: Send + Sync + Sized + 'static {
     /// topic when `topic` is `None`: resync this shard's subscribers of it if the
     /// application's events need it (typing does not; presence does).
     fn on_missed(_sh: &mut Shard<Self>, _topic: Option<&str>) {}
+    /// The route a request is on, as a metrics label (`/v1/rooms/{id}`, not the id): HTTP
+    /// answers are counted by route and status.
+    fn route_label(_req: &Request) -> &'static str {
+        "other"
+    }
     /// The server is about to close this WebSocket (`code`, `reason`): a last frame may be
     /// queued now (it goes out before the close frame).
     fn on_closing(_sh: &mut Shard<Self>, _slot: usize, _code: u16, _reason: &str) {}

@@ -54,6 +54,9 @@ pub struct Shard<A: App> {
     /// Local subscribers by topic: (slot, generation), so a stale entry never reaches
     /// the connection that reused its slot.
     topics: HashMap<Arc<str>, Vec<(usize, u32)>>,
+    /// The route label of the request being handled (`App::route_label`), for the HTTP
+    /// answer counters.
+    pub(super) route: &'static str,
     pub(super) app: Arc<A>,
     local: A::Local,
     pub(super) shutdown_at: Option<Instant>,
@@ -72,6 +75,7 @@ impl<A: App> Shard<A> {
             pending: Vec::new(),
             dirty: Vec::new(),
             topics: HashMap::new(),
+            route: "malformed",
             app,
             local: A::Local::default(),
             shutdown_at: None,
@@ -172,6 +176,12 @@ impl<A: App> Shard<A> {
 
     /// Answer an HTTP request and close.
     pub fn respond(&mut self, slot: usize, resp: Response) {
+        // A deferred answer belongs to the route its request was on.
+        let route = match self.conns.get(slot).map(|c| &c.phase) {
+            Some(Phase::HttpWait(r)) => r,
+            _ => self.route,
+        };
+        self.app.net().metrics.http_answer(route, resp.status);
         let bytes = resp.to_bytes();
         self.start_http_write(slot, bytes, AfterWrite::Close, resp.hold);
     }
@@ -179,13 +189,15 @@ impl<A: App> Shard<A> {
     /// The answer will come later as `ShardMsg::Http` (a worker is on it); until then the
     /// connection waits, bounded by the head deadline.
     pub fn defer(&mut self, slot: usize) {
+        let route = self.route;
         if let Some(c) = self.conns.get_mut(slot) {
-            c.phase = Phase::HttpWait;
+            c.phase = Phase::HttpWait(route);
         }
     }
 
     /// Write the `101` answer, then become a WebSocket with this session.
     pub fn upgrade(&mut self, slot: usize, response_101: Vec<u8>, up: Upgrade<A::Session>) {
+        self.app.net().metrics.http_answer(self.route, 101);
         self.start_http_write(slot, response_101, AfterWrite::Upgrade(Box::new(up)), None);
     }
 
@@ -311,7 +323,7 @@ impl<A: App> Shard<A> {
             }
             ShardMsg::Http(id, resp) => {
                 if let Some(slot) = self.resolve(id) {
-                    if matches!(self.conns[slot].phase, Phase::HttpWait) {
+                    if matches!(self.conns[slot].phase, Phase::HttpWait(_)) {
                         self.respond(slot, resp);
                     }
                 }

@@ -24,9 +24,16 @@ pub struct NetMetrics {
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Messages a non-blocking send dropped because a shard's inbox was full.
     pub inbox_dropped: AtomicU64,
+    /// HTTP answers by (route label, status): `App::route_label` names the route.
+    pub http: parking_lot::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl NetMetrics {
+    /// One HTTP answer (a `101` for a WebSocket upgrade included).
+    pub fn http_answer(&self, route: &'static str, status: u16) {
+        *self.http.lock().entry((route, status)).or_insert(0) += 1;
+    }
+
     pub fn close(&self, code: u16) {
         let i = CLOSE_CODES
             .iter()

@@ -345,6 +345,10 @@ impl<R: Send + 'static> Store<R> {
         self.write_tx.len()
     }
 
+    pub fn read_queue_len(&self) -> usize {
+        self.read_tx.len()
+    }
+
     /// Stop the writer after everything queued so far is committed, and the readers.
     pub fn shutdown(&self) {
         self.stopping

@@ -149,7 +149,9 @@ fn commit_batch<R: 'static>(
             {
                 let mut h = metrics.commit_latency_us.lock();
                 for (_, _, enq) in &done {
-                    let _ = h.record(enq.elapsed().as_micros().max(1) as u64);
+                    let waited = enq.elapsed();
+                    let _ = h.record(waited.as_micros().max(1) as u64);
+                    metrics.commit_seconds.observe(waited);
                 }
             }
             for (r, reply, _) in done {

@@ -137,6 +137,11 @@ impl Uploads {
         })
     }
 
+    /// Jobs waiting for the upload workers now.
+    pub fn queue_len(&self) -> usize {
+        self.senders.iter().map(|s| s.len()).sum()
+    }
+
     fn worker_for(&self, file_id: &str) -> &Sender<Job> {
         // FNV-1a: stable, cheap, and ids are random anyway.
         let h = file_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -14,6 +14,21 @@ use crate::protocol::ErrorCode;
 
 use crate::net::stats::{NetMetrics, CLOSE_CODES};
 
+pub mod generation;
+pub mod hist;
+
+/// Queue depths at the time of a scrape (read by the caller from their owners).
+#[derive(Default)]
+pub struct Depths {
+    /// Messages dropped on full shard inboxes so far.
+    pub inbox_dropped: u64,
+    /// Each shard's inbox length.
+    pub inboxes: Vec<usize>,
+    pub store_writes: usize,
+    pub store_reads: usize,
+    pub uploads: usize,
+}
+
 pub struct Metrics {
     pub started: Instant,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
@@ -36,8 +51,13 @@ pub struct Metrics {
     pub upload_bytes: AtomicU64,
     pub downloads: AtomicU64,
     pub download_bytes: AtomicU64,
-    /// Microseconds from a write entering the writer's queue to its COMMIT.
+    /// Microseconds from a write entering the writer's queue to its COMMIT (for the
+    /// percentiles of `/v1/stats`).
     pub commit_latency_us: Mutex<Histogram<u64>>,
+    /// The same, as a Prometheus histogram in seconds.
+    pub commit_seconds: hist::Histogram,
+    /// AI replies by agent and model.
+    pub generations: generation::Generations,
 }
 
 // Constant bounds that hdrhistogram accepts (1 ≤ low, high ≥ 2·low, 3 digits): no error.
@@ -68,6 +88,8 @@ impl Default for Metrics {
             downloads: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
             commit_latency_us: hist(),
+            commit_seconds: Default::default(),
+            generations: Default::default(),
         }
     }
 }
@@ -83,7 +105,8 @@ impl Metrics {
 
     /// The Prometheus text page: the transport's counters (`net`, plus the messages
     /// dropped on full inboxes) and the application's.
-    pub fn prometheus(&self, net: &NetMetrics, inbox_dropped: u64) -> String {
+    pub fn prometheus(&self, net: &NetMetrics, depths: &Depths) -> String {
+        let inbox_dropped = depths.inbox_dropped;
         let mut s = String::with_capacity(4096);
         let mut line = |name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(
@@ -279,16 +302,31 @@ impl Metrics {
                 self.errors[code.index()].load(Relaxed)
             );
         }
-        let h = self.commit_latency_us.lock();
-        let _ = writeln!(s, "# HELP confab_commit_latency_us Store queue-to-commit latency, microseconds.\n# TYPE confab_commit_latency_us summary");
-        for q in [0.5, 0.9, 0.99, 0.999] {
+        let _ = writeln!(s, "# HELP confab_store_commit_seconds From a write entering the store's queue to its COMMIT.\n# TYPE confab_store_commit_seconds histogram");
+        self.commit_seconds
+            .render(&mut s, "confab_store_commit_seconds", "");
+        self.generations.render(&mut s);
+        let _ = writeln!(s, "# HELP confab_http_responses_total HTTP answers by route and status (101: WebSocket upgrades).\n# TYPE confab_http_responses_total counter");
+        for ((route, status), n) in net.http.lock().iter() {
             let _ = writeln!(
                 s,
-                "confab_commit_latency_us{{quantile=\"{q}\"}} {}",
-                h.value_at_quantile(q)
+                "confab_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let _ = writeln!(s, "confab_commit_latency_us_count {}", h.len());
+        let _ = writeln!(s, "# HELP confab_queue_depth Items waiting in a queue now.\n# TYPE confab_queue_depth gauge");
+        for (i, n) in depths.inboxes.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "confab_queue_depth{{queue=\"shard_inbox\",shard=\"{i}\"}} {n}"
+            );
+        }
+        for (q, n) in [
+            ("store_write", depths.store_writes),
+            ("store_read", depths.store_reads),
+            ("uploads", depths.uploads),
+        ] {
+            let _ = writeln!(s, "confab_queue_depth{{queue=\"{q}\"}} {n}");
+        }
         let _ = writeln!(s, "# HELP confab_uptime_seconds Seconds since start.\n# TYPE confab_uptime_seconds gauge\nconfab_uptime_seconds {}", self.uptime_s());
         let _ = writeln!(
             s,
