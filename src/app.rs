@@ -256,6 +256,10 @@ impl App for ServerCtx {
         }
     }
 
+    fn user_of(s: &Session) -> Option<&str> {
+        s.user.as_ref().map(|u| u.id.as_str())
+    }
+
     fn route_label(req: &net::Request) -> &'static str {
         crate::routes::route_label(req)
     }

@@ -351,6 +351,44 @@ fn json_logs_are_one_object_per_line_and_rust_log_directives_apply() {
         .expect("a debug line for the accepted connection");
     assert_eq!(accepted["level"], "DEBUG");
     assert_eq!(accepted["target"], "confab::net::io");
+    let mut next_line = |pred: &dyn Fn(&str) -> bool| -> String {
+        (0..50)
+            .filter_map(|_| lines.next()?.ok())
+            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+            .find_map(|v| v["msg"].as_str().filter(|m| pred(m)).map(str::to_string))
+            .expect("the expected log line")
+    };
+    // An HTTP answer's line carries its request id, which the client gets as a header.
+    let (st, headers, _) = http_raw(addr, "GET", "/health", None, None);
+    assert_eq!(st, 200);
+    let id = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("x-request-id: ")
+                .or(l.strip_prefix("X-Request-Id: "))
+        })
+        .expect("X-Request-Id")
+        .trim()
+        .to_string();
+    let line = next_line(&|m| m.contains("/health answered 200"));
+    assert!(line.contains(&format!("r={id}")), "{line} vs {id}");
+    // A WebSocket's lines name its user once it has one.
+    let (_, tok) = http_request(
+        addr,
+        "POST",
+        "/v1/token",
+        None,
+        Some(&json!({"sub":"logan"})),
+    );
+    let mut c = Client::connect(&format!(
+        "ws://{addr}/v1/ws?token={}",
+        tok["token"].as_str().unwrap()
+    ))
+    .unwrap();
+    c.recv_type("connected");
+    let _ = c.ws.send(tungstenite::Message::text("x".repeat(100_000)));
+    let line = next_line(&|m| m.contains("too big"));
+    assert!(line.contains("user=logan"), "{line}");
     std::thread::spawn(move || for _ in lines {});
     sigterm(&child);
     assert_eq!(child.wait().unwrap().code(), Some(0));

@@ -45,10 +45,20 @@ pub struct Conn<S> {
     pub dirty: bool,
 }
 
+/// What the answer to an HTTP request is logged and counted under.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTag {
+    /// `App::route_label` of the request.
+    pub route: &'static str,
+    /// Per shard, from 1: with the shard, the request id (`X-Request-Id: s0-42`).
+    pub request: u64,
+    pub started: Instant,
+}
+
 pub enum Phase<S> {
     Head(Vec<u8>),
-    /// Waiting for a worker's answer to the request on this route (its metrics label).
-    HttpWait(&'static str),
+    /// Waiting for a worker's answer to this request.
+    HttpWait(HttpTag),
     HttpWrite {
         buf: Vec<u8>,
         pos: usize,

@@ -16,7 +16,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::bus::ConnId;
-use super::conn::{drain_queue, AfterWrite, Conn, Drain, Phase, Upgrade, Ws};
+use super::conn::{drain_queue, AfterWrite, Conn, Drain, HttpTag, Phase, Upgrade, Ws};
 use super::http::{self, Response};
 use super::outqueue::{OutItem, Overflow, Pushed};
 use super::shard::{Shard, CONN_OFFSET};
@@ -196,13 +196,22 @@ impl<A: App> Shard<A> {
             Ok(None) => Io::Blocked,
             Ok(Some(req)) => {
                 self.app.net().metrics.http_requests.fetch_add(1, Relaxed);
-                self.route = A::route_label(&req);
+                self.requests += 1;
+                self.http = HttpTag {
+                    route: A::route_label(&req),
+                    request: self.requests,
+                    started: Instant::now(),
+                };
                 A::on_request(self, slot, req);
-                self.route = "malformed";
                 Io::Continue
             }
             Err(e) => {
-                self.route = "malformed";
+                self.requests += 1;
+                self.http = HttpTag {
+                    route: "malformed",
+                    request: self.requests,
+                    started: Instant::now(),
+                };
                 self.respond(slot, e.response());
                 Io::Continue
             }

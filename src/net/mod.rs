@@ -133,6 +133,10 @@ pub trait App: Send + Sync + Sized + 'static {
     /// topic when `topic` is `None`: resync this shard's subscribers of it if the
     /// application's events need it (typing does not; presence does).
     fn on_missed(_sh: &mut Shard<Self>, _topic: Option<&str>) {}
+    /// The user a WebSocket session belongs to, for log lines (`Shard::label`).
+    fn user_of(_s: &Self::Session) -> Option<&str> {
+        None
+    }
     /// The route a request is on, as a metrics label (`/v1/rooms/{id}`, not the id): HTTP
     /// answers are counted by route and status.
     fn route_label(_req: &Request) -> &'static str {

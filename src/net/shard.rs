@@ -26,13 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::{Events, Poll, Token};
 use slab::Slab;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use super::bus::{self, ConnId, ShardMsg, WAKER};
-use super::conn::{AfterWrite, Conn, Phase, Upgrade};
+use super::conn::{AfterWrite, Conn, HttpTag, Phase, Upgrade};
 use super::http::Response;
 use super::outqueue::OutItem;
 use super::timer::Timers;
@@ -54,9 +54,11 @@ pub struct Shard<A: App> {
     /// Local subscribers by topic: (slot, generation), so a stale entry never reaches
     /// the connection that reused its slot.
     topics: HashMap<Arc<str>, Vec<(usize, u32)>>,
-    /// The route label of the request being handled (`App::route_label`), for the HTTP
-    /// answer counters.
-    pub(super) route: &'static str,
+    /// The request being handled (its route label and id), for the answer's counters,
+    /// log line and `X-Request-Id`.
+    pub(super) http: HttpTag,
+    /// Requests read so far (request ids are `s{idx}-{n}`).
+    pub(super) requests: u64,
     pub(super) app: Arc<A>,
     local: A::Local,
     pub(super) shutdown_at: Option<Instant>,
@@ -75,7 +77,12 @@ impl<A: App> Shard<A> {
             pending: Vec::new(),
             dirty: Vec::new(),
             topics: HashMap::new(),
-            route: "malformed",
+            http: HttpTag {
+                route: "malformed",
+                request: 0,
+                started: Instant::now(),
+            },
+            requests: 0,
             app,
             local: A::Local::default(),
             shutdown_at: None,
@@ -117,9 +124,17 @@ impl<A: App> Shard<A> {
     }
 
     /// `sN cSLOT.GEN`, the prefix of every log line about a connection.
+    /// How log lines name a connection: `s0 c12.3`, and ` user=alice` once a
+    /// WebSocket's user is known (`App::user_of`).
     pub fn label(&self, slot: usize) -> String {
         match self.conns.get(slot) {
-            Some(c) => format!("s{} c{slot}.{}", self.idx, c.gen),
+            Some(c) => match &c.phase {
+                Phase::Ws(ws) => match A::user_of(&ws.session) {
+                    Some(u) => format!("s{} c{slot}.{} user={u}", self.idx, c.gen),
+                    None => format!("s{} c{slot}.{}", self.idx, c.gen),
+                },
+                _ => format!("s{} c{slot}.{}", self.idx, c.gen),
+            },
             None => format!("s{} c{slot}", self.idx),
         }
     }
@@ -176,12 +191,30 @@ impl<A: App> Shard<A> {
 
     /// Answer an HTTP request and close.
     pub fn respond(&mut self, slot: usize, resp: Response) {
-        // A deferred answer belongs to the route its request was on.
-        let route = match self.conns.get(slot).map(|c| &c.phase) {
-            Some(Phase::HttpWait(r)) => r,
-            _ => self.route,
+        // A deferred answer belongs to the request that waited for it.
+        let tag = match self.conns.get(slot).map(|c| &c.phase) {
+            Some(Phase::HttpWait(t)) => *t,
+            _ => self.http,
         };
-        self.app.net().metrics.http_answer(route, resp.status);
+        self.app.net().metrics.http_answer(tag.route, resp.status);
+        let id = format!("s{}-{}", self.idx, tag.request);
+        let took = tag.started.elapsed();
+        if resp.status >= 500 {
+            warn!(
+                "[{} r={id}] {} answered {} in {took:?}",
+                self.label(slot),
+                tag.route,
+                resp.status
+            );
+        } else {
+            debug!(
+                "[{} r={id}] {} answered {} in {took:?}",
+                self.label(slot),
+                tag.route,
+                resp.status
+            );
+        }
+        let resp = resp.with_header("X-Request-Id", id);
         let bytes = resp.to_bytes();
         self.start_http_write(slot, bytes, AfterWrite::Close, resp.hold);
     }
@@ -189,15 +222,22 @@ impl<A: App> Shard<A> {
     /// The answer will come later as `ShardMsg::Http` (a worker is on it); until then the
     /// connection waits, bounded by the head deadline.
     pub fn defer(&mut self, slot: usize) {
-        let route = self.route;
+        let tag = self.http;
         if let Some(c) = self.conns.get_mut(slot) {
-            c.phase = Phase::HttpWait(route);
+            c.phase = Phase::HttpWait(tag);
         }
     }
 
     /// Write the `101` answer, then become a WebSocket with this session.
     pub fn upgrade(&mut self, slot: usize, response_101: Vec<u8>, up: Upgrade<A::Session>) {
-        self.app.net().metrics.http_answer(self.route, 101);
+        self.app.net().metrics.http_answer(self.http.route, 101);
+        debug!(
+            "[{} r=s{}-{}] {} upgraded to WebSocket",
+            self.label(slot),
+            self.idx,
+            self.http.request,
+            self.http.route
+        );
         self.start_http_write(slot, response_101, AfterWrite::Upgrade(Box::new(up)), None);
     }
 
