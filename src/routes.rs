@@ -196,9 +196,13 @@ pub fn bearer_user(shard: &Shard, req: &Request) -> Result<User, Response> {
             "missing Authorization: Bearer <JWT>",
         ));
     };
-    shard.app().auth.verify(token).map_err(|e| match e {
-        AuthError::Expired => Response::error(401, ErrorCode::AuthFailed, "token expired"),
-        AuthError::Invalid(m) => Response::error(401, ErrorCode::AuthFailed, &m),
+    shard.app().auth.verify(token).map_err(|e| {
+        let reason = match e {
+            AuthError::Expired => "token expired".to_string(),
+            AuthError::Invalid(m) => m,
+        };
+        crate::logging::auth_failure(shard.request_peer(), "bearer token", &reason);
+        Response::error(401, ErrorCode::AuthFailed, &reason)
     })
 }
 
@@ -326,6 +330,7 @@ fn upgrade(
                         AuthError::Expired => "token expired".to_string(),
                         AuthError::Invalid(m) => m,
                     };
+                    crate::logging::auth_failure(shard.request_peer(), "WebSocket token", &msg);
                     if route
                         .as_ref()
                         .is_some_and(crate::dialect::http::in_band_auth)

@@ -12,8 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::debug;
-
 use crate::app::{Shard, ShardExt};
 use crate::auth::{AuthError, User};
 use crate::codec::Codec;
@@ -400,7 +398,7 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                 AuthError::Expired => "token expired".to_string(),
                 AuthError::Invalid(m) => m,
             };
-            debug!("[{}] auth message refused: {message}", shard.label(slot));
+            crate::logging::auth_failure(shard.peer(slot), "auth message", &message);
             shard.app().metrics.error(ErrorCode::AuthFailed);
             shard.send(
                 slot,

@@ -310,7 +310,10 @@ fn json_logs_are_one_object_per_line_and_rust_log_directives_apply() {
         .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
         .env("CONFAB_STORE_DATA_DIR", &dir)
         .env("CONFAB_SERVER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,confab::net=debug,confab::server=info")
+        .env(
+            "RUST_LOG",
+            "warn,confab::net=debug,confab::server=info,confab::logging=info",
+        )
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -339,6 +342,7 @@ fn json_logs_are_one_object_per_line_and_rust_log_directives_apply() {
                 |v| v["target"].as_str().unwrap().starts_with("confab::server")
                     || v["target"].as_str().unwrap().starts_with("confab::net")
                     || v["target"] == "confab"
+                    || v["target"] == "confab::logging"
             ),
         "{seen:?}"
     );
@@ -372,6 +376,14 @@ fn json_logs_are_one_object_per_line_and_rust_log_directives_apply() {
         .to_string();
     let line = next_line(&|m| m.contains("/health answered 200"));
     assert!(line.contains(&format!("r={id}")), "{line} vs {id}");
+    // An authentication failure is logged at info with the peer and the reason.
+    let (st, _, _) = http_raw(addr, "GET", "/v1/conversations", Some("not-a-jwt"), None);
+    assert_eq!(st, 401);
+    let line = next_line(&|m| m.contains("bearer token refused from 127.0.0.1:"));
+    assert!(
+        line.len() > "bearer token refused from 127.0.0.1:1: ".len(),
+        "{line}"
+    );
     // A WebSocket's lines name its user once it has one.
     let (_, tok) = http_request(
         addr,

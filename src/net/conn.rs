@@ -53,6 +53,8 @@ pub struct HttpTag {
     /// Per shard, from 1: with the shard, the request id (`X-Request-Id: s0-42`).
     pub request: u64,
     pub started: Instant,
+    /// Who sent it.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 pub enum Phase<S> {

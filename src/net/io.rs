@@ -201,6 +201,7 @@ impl<A: App> Shard<A> {
                     route: A::route_label(&req),
                     request: self.requests,
                     started: Instant::now(),
+                    peer: self.peer(slot),
                 };
                 A::on_request(self, slot, req);
                 Io::Continue
@@ -211,6 +212,7 @@ impl<A: App> Shard<A> {
                     route: "malformed",
                     request: self.requests,
                     started: Instant::now(),
+                    peer: self.peer(slot),
                 };
                 self.respond(slot, e.response());
                 Io::Continue

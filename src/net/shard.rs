@@ -81,6 +81,7 @@ impl<A: App> Shard<A> {
                 route: "malformed",
                 request: 0,
                 started: Instant::now(),
+                peer: None,
             },
             requests: 0,
             app,
@@ -137,6 +138,11 @@ impl<A: App> Shard<A> {
             },
             None => format!("s{} c{slot}", self.idx),
         }
+    }
+
+    /// The address the HTTP request being handled came from.
+    pub fn request_peer(&self) -> Option<std::net::SocketAddr> {
+        self.http.peer
     }
 
     pub fn peer(&self, slot: usize) -> Option<std::net::SocketAddr> {
