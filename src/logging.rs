@@ -231,6 +231,33 @@ pub fn init(level: LevelFilter, format: Format) {
     }
 }
 
+/// An authentication failure, at info with the peer and the reason — at most
+/// `AUTH_LINES_PER_S` lines a second (a token-guessing client must not flood the log);
+/// the next line written says how many were left out.
+pub fn auth_failure(peer: Option<std::net::SocketAddr>, what: &str, reason: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static WINDOW_S: AtomicU64 = AtomicU64::new(0);
+    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now_s = crate::auth::now_s();
+    if WINDOW_S.swap(now_s, Relaxed) != now_s {
+        IN_WINDOW.store(0, Relaxed);
+    }
+    if IN_WINDOW.fetch_add(1, Relaxed) >= AUTH_LINES_PER_S {
+        SUPPRESSED.fetch_add(1, Relaxed);
+        return;
+    }
+    let left_out = SUPPRESSED.swap(0, Relaxed);
+    let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+    if left_out > 0 {
+        log::info!("{what} refused from {peer}: {reason} ({left_out} more refusals not logged)");
+    } else {
+        log::info!("{what} refused from {peer}: {reason}");
+    }
+}
+
+const AUTH_LINES_PER_S: u64 = 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,30 +297,3 @@ mod tests {
         assert_eq!(r.check("EMFILE", t0 + WINDOW), Emit::Yes { suppressed: 95 });
     }
 }
-
-/// An authentication failure, at info with the peer and the reason — at most
-/// `AUTH_LINES_PER_S` lines a second (a token-guessing client must not flood the log);
-/// the next line written says how many were left out.
-pub fn auth_failure(peer: Option<std::net::SocketAddr>, what: &str, reason: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    static WINDOW_S: AtomicU64 = AtomicU64::new(0);
-    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let now_s = crate::auth::now_s();
-    if WINDOW_S.swap(now_s, Relaxed) != now_s {
-        IN_WINDOW.store(0, Relaxed);
-    }
-    if IN_WINDOW.fetch_add(1, Relaxed) >= AUTH_LINES_PER_S {
-        SUPPRESSED.fetch_add(1, Relaxed);
-        return;
-    }
-    let left_out = SUPPRESSED.swap(0, Relaxed);
-    let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
-    if left_out > 0 {
-        log::info!("{what} refused from {peer}: {reason} ({left_out} more refusals not logged)");
-    } else {
-        log::info!("{what} refused from {peer}: {reason}");
-    }
-}
-
-const AUTH_LINES_PER_S: u64 = 10;
