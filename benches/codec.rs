@@ -43,6 +43,7 @@ fn codec(c: &mut Criterion) {
             status: "complete".into(),
             created_at: "2026-11-23T01:31:23.123Z".into(),
             updated_at: "2026-11-23T01:31:23.123Z".into(),
+            meta: None,
         },
         replayed: None,
     };

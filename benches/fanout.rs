@@ -33,6 +33,7 @@ fn fanout(c: &mut Criterion) {
                         status: "complete".into(),
                         created_at: "t".into(),
                         updated_at: "t".into(),
+                        meta: None,
                     },
                     replayed: None,
                 };

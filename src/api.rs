@@ -18,6 +18,10 @@ use crate::store::{ReadCmd, ReadDone, StoreError, WriteCmd};
 /// Requests answered on the shard without I/O. `None`: not one of these.
 pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response> {
     match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/v1/agents") => Some(match bearer_user(shard, req) {
+            Err(r) => r,
+            Ok(_) => agents(shard.app()),
+        }),
         ("GET", "/v1/stats") => Some(match bearer_user(shard, req) {
             Err(r) => r,
             Ok(u) if !u.admin => Response::error(403, ErrorCode::Forbidden, "admin scope required"),
@@ -25,6 +29,29 @@ pub fn route(shard: &mut Shard, _slot: usize, req: &Request) -> Option<Response>
         }),
         _ => None,
     }
+}
+
+/// The agents a chat may name: what a user needs to choose one, no secrets (the system
+/// prompt and API keys stay on the server).
+fn agents(ctx: &ServerCtx) -> Response {
+    let list: Vec<_> = ctx
+        .cfg
+        .agents
+        .values()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "description": a.description,
+                "model": a.model,
+                "max_tokens": a.max_tokens,
+                "temperature": a.temperature,
+                "price_prompt_per_1k": a.price_prompt_per_1k,
+                "price_completion_per_1k": a.price_completion_per_1k,
+                "default": a.name == ctx.cfg.llm.default_agent,
+            })
+        })
+        .collect();
+    Response::json_value(200, &json!({ "agents": list }))
 }
 
 fn stats(ctx: &ServerCtx) -> Response {
@@ -74,6 +101,108 @@ pub fn defer(shard: &mut Shard, slot: usize, op: StoreOp, then: HttpThen) {
         let r = Response::error(503, ErrorCode::Busy, "the store is busy")
             .with_header("Retry-After", "1");
         shard.respond(slot, r);
+    }
+}
+
+/// `PATCH /v1/conversations/{id}` `{"title"}` and `DELETE /v1/conversations/{id}`: the
+/// owner (or an admin) renames or deletes a conversation. `true`: answered.
+fn change_conversation(shard: &mut Shard, slot: usize, req: &Request, conv: &str) -> bool {
+    let method = req.method.as_str();
+    if method != "PATCH" && method != "DELETE" {
+        return false;
+    }
+    let conv = crate::net::http::percent_decode(conv);
+    let user = match bearer_user(shard, req) {
+        Ok(u) => u,
+        Err(r) => {
+            shard.respond(slot, r);
+            return true;
+        }
+    };
+    let cmd = if method == "DELETE" {
+        // Replies being made there stop now; their rows go with the conversation.
+        shard
+            .app()
+            .hub
+            .generations
+            .cancel(&conv, &user.id, user.admin);
+        WriteCmd::DeleteConversation {
+            conversation_id: conv,
+            user_id: user.id,
+            admin: user.admin,
+        }
+    } else {
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let title = match body.get("title") {
+            Some(serde_json::Value::String(t)) if t.trim().chars().count() <= 200 => {
+                Some(t.trim().to_string()).filter(|t| !t.is_empty())
+            }
+            Some(serde_json::Value::Null) => None,
+            _ => {
+                let r = Response::error(
+                    400,
+                    ErrorCode::BadRequest,
+                    "body must be {\"title\": \"…\"} (at most 200 characters, or null)",
+                );
+                shard.respond(slot, r);
+                return true;
+            }
+        };
+        WriteCmd::RenameConversation {
+            conversation_id: conv,
+            user_id: user.id,
+            admin: user.admin,
+            title,
+        }
+    };
+    defer(
+        shard,
+        slot,
+        StoreOp::Write(cmd),
+        HttpThen::ConversationChanged,
+    );
+    true
+}
+
+/// The HTTP answer to a committed write (on the writer's thread): conversations here,
+/// rooms in `rooms_api`.
+pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: crate::store::Written) -> Response {
+    use crate::store::Written;
+    match (then, w) {
+        (
+            HttpThen::ConversationChanged,
+            Written::Renamed {
+                conversation_id,
+                title,
+            },
+        ) => Response::json_value(
+            200,
+            &json!({"conversation_id": conversation_id, "title": title}),
+        ),
+        (
+            HttpThen::ConversationChanged,
+            Written::ConversationDeleted {
+                conversation_id,
+                files,
+            },
+        ) => {
+            for f in &files {
+                let _ = std::fs::remove_file(ctx.uploads.dir.join(f));
+            }
+            let conv: std::sync::Arc<str> = std::sync::Arc::from(conversation_id.as_str());
+            let ev = crate::protocol::Event::ConversationDeleted {
+                conversation_id: conversation_id.clone(),
+            };
+            ctx.net.publish(
+                crate::net::MayBlock::worker(),
+                crate::topic::topic_event(&conv, crate::topic::TopicKind::Deleted, ev),
+            );
+            Response::json_value(
+                200,
+                &json!({"deleted": true, "conversation_id": conversation_id, "files": files.len()}),
+            )
+        }
+        (then, w) => crate::rooms_api::render_written(ctx, then, w),
     }
 }
 
@@ -184,6 +313,12 @@ pub fn deferred(shard: &mut Shard, slot: usize, req: &Request) -> bool {
         return true;
     }
 
+    if let Some(conv) = path
+        .strip_prefix("/v1/conversations/")
+        .filter(|c| !c.is_empty() && !c.contains('/'))
+    {
+        return change_conversation(shard, slot, req, conv);
+    }
     if let Some(rest) = path.strip_prefix("/v1/conversations/") {
         let Some(conv) = rest
             .strip_suffix("/messages")

@@ -89,6 +89,8 @@ pub struct UploadReply {
 
 /// How an HTTP answer is rendered from the store's result.
 pub enum HttpThen {
+    /// A conversation renamed or deleted.
+    ConversationChanged,
     /// 003's conversation list (`dialect::http`).
     SeedConversations {
         user_id: String,
@@ -203,7 +205,7 @@ impl Completions<Reply> for ServerCtx {
             }
             (Reply::Http { conn, then }, result) => {
                 let resp = match result {
-                    Ok(w) => crate::rooms_api::render_written(self, then, w),
+                    Ok(w) => crate::api::render_written(self, then, w),
                     Err(e) => crate::api::store_error(e),
                 };
                 self.http_answer(conn, resp);

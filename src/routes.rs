@@ -175,13 +175,13 @@ fn truncate(s: &str, n: usize) -> &str {
 /// Known paths and their methods (for 405 vs 404).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/health" | "/metrics" | "/" | "/index.html" | "/v1/stats" | "/v1/conversations" => {
-            Some("GET")
-        }
+        "/health" | "/metrics" | "/" | "/index.html" | "/v1/stats" | "/v1/agents"
+        | "/v1/conversations" => Some("GET"),
         "/v1/token" | "/v1/broadcast" => Some("POST"),
         "/v1/rooms" => Some("POST"),
         p if p.starts_with("/v1/rooms/") => Some("GET, DELETE"),
-        p if p.starts_with("/v1/conversations/") => Some("GET"),
+        p if p.starts_with("/v1/conversations/") && p.ends_with("/messages") => Some("GET"),
+        p if p.starts_with("/v1/conversations/") => Some("PATCH, DELETE"),
         p if p.starts_with("/v1/files/") => Some("GET"),
         _ => None,
     }
@@ -440,9 +440,11 @@ pub fn route_label(req: &Request) -> &'static str {
         ["v1", "ws"] => "/v1/ws",
         ["v1", "token"] => "/v1/token",
         ["v1", "stats"] => "/v1/stats",
+        ["v1", "agents"] => "/v1/agents",
         ["v1", "broadcast"] => "/v1/broadcast",
         ["v1", "conversations"] => "/v1/conversations",
         ["v1", "conversations", _, "messages"] => "/v1/conversations/{id}/messages",
+        ["v1", "conversations", _] => "/v1/conversations/{id}",
         ["v1", "conversation", _, "stream"] => "/v1/conversation/{id}/stream",
         ["v1", "files", _] => "/v1/files/{id}",
         ["v1", "rooms"] => "/v1/rooms",

@@ -173,7 +173,9 @@ impl Subscription {
                     TopicKind::Updated { message_id } | TopicKind::Complete { message_id } => {
                         !matches!(cover.held.get(message_id), Some(Held::Final))
                     }
-                    TopicKind::Ephemeral | TopicKind::RoomClosed { .. } => true,
+                    TopicKind::Ephemeral | TopicKind::RoomClosed { .. } | TopicKind::Deleted => {
+                        true
+                    }
                 };
                 if let (true, TopicKind::Added { seq }) = (deliver, &ev.kind) {
                     last_seq = last_seq.max(*seq);
@@ -233,6 +235,7 @@ mod tests {
                 TopicKind::Complete { message_id } => format!("complete {message_id}"),
                 TopicKind::Ephemeral => "ephemeral".into(),
                 TopicKind::RoomClosed { .. } => "closed".into(),
+                TopicKind::Deleted => "deleted".into(),
             })
             .collect()
     }

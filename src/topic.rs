@@ -29,6 +29,8 @@ pub enum TopicKind {
     Ephemeral,
     /// The room was deleted: members' connections leave it.
     RoomClosed { room_id: Arc<str> },
+    /// The conversation was deleted: its subscribers stop following it.
+    Deleted,
 }
 
 /// One event for every local subscriber of a conversation, encoded once per codec.
@@ -188,6 +190,12 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
             shard.close_ws(slot, close::OVERLOADED, "too many events during replay")
         }
         Then::Deliver => {
+            if let TopicKind::Deleted = &ev.kind {
+                if let Some(s) = shard.session_mut(slot) {
+                    s.subs.remove(&ev.conversation_id);
+                }
+                shard.unsubscribe(&ev.conversation_id, slot);
+            }
             if let TopicKind::RoomClosed { room_id } = &ev.kind {
                 crate::session::room_closed_locally(
                     shard,

@@ -533,3 +533,92 @@ fn a_replay_cut_at_replay_max_says_more_and_where_it_starts() {
         "{sub}"
     );
 }
+
+#[test]
+fn history_keeps_usage_agents_are_listed_and_owners_rename_and_delete() {
+    let s = TestServer::start("conv-manage", |c| {
+        c.agents
+            .get_mut("assistant")
+            .unwrap()
+            .price_completion_per_1k = 0.0123;
+    });
+    let alice = s.token("alice");
+    let mut a = s.client("alice");
+    a.send(json!({"type":"chat","id":"1","message":"hello there"}));
+    let ack = a.recv_type("ack");
+    let conv = ack["conversation_id"].as_str().unwrap().to_string();
+    let done = a.recv_type("complete");
+    // History returns each reply's usage and cost, exact.
+    let (_, h) = s.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&alice),
+        None,
+    );
+    let meta = &h["messages"][1]["meta"];
+    assert_eq!(meta["finish_reason"], "stop", "{h}");
+    assert_eq!(
+        meta["completion_tokens"],
+        done["metadata"]["completion_tokens"]
+    );
+    assert_eq!(meta["cost_usd"], done["metadata"]["cost_usd"]);
+    let want = done["metadata"]["completion_tokens"].as_f64().unwrap() / 1000.0 * 0.0123;
+    assert!(
+        (meta["cost_usd"].as_f64().unwrap() - want).abs() < 1e-15,
+        "{meta}"
+    );
+    // Replay too.
+    let mut a2 = s.client("alice");
+    a2.send(json!({"type":"subscribe","conversation_id":conv,"after_seq":0}));
+    let mut replayed = Vec::new();
+    loop {
+        let v = a2.recv();
+        if v["type"] == "subscribed" {
+            break;
+        }
+        replayed.push(v);
+    }
+    assert_eq!(replayed[1]["message"]["meta"]["finish_reason"], "stop");
+
+    // Agents: what a user chooses by, no system prompt.
+    let (st, ag) = s.http("GET", "/v1/agents", Some(&alice), None);
+    assert_eq!(st, 200);
+    let first = &ag["agents"][0];
+    assert_eq!(first["name"], "assistant");
+    assert!(first["description"].is_string() && first["model"].is_string());
+    assert!(first.get("system_prompt").is_none());
+    assert_eq!(s.http("GET", "/v1/agents", None, None).0, 401);
+
+    // Rename: the owner only; the list shows the title.
+    let path = format!("/v1/conversations/{conv}");
+    let (st, _) = s.http(
+        "PATCH",
+        &path,
+        Some(&s.token("bob")),
+        Some(&json!({"title":"x"})),
+    );
+    assert_eq!(st, 403);
+    let (st, r) = s.http(
+        "PATCH",
+        &path,
+        Some(&alice),
+        Some(&json!({"title":"  Trip plans "})),
+    );
+    assert_eq!(st, 200, "{r}");
+    let (_, list) = s.http("GET", "/v1/conversations", Some(&alice), None);
+    assert_eq!(list["conversations"][0]["title"], "Trip plans");
+
+    // Delete: the owner only; subscribers are told; history is gone.
+    assert_eq!(s.http("DELETE", &path, Some(&s.token("bob")), None).0, 403);
+    let (st, r) = s.http("DELETE", &path, Some(&alice), None);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        a2.recv_type("conversation_deleted")["conversation_id"],
+        conv.as_str()
+    );
+    let (st, _) = s.http("GET", &format!("{path}/messages"), Some(&alice), None);
+    assert_eq!(st, 404);
+    let (_, list) = s.http("GET", "/v1/conversations", Some(&alice), None);
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
+    assert_eq!(s.http("DELETE", &path, Some(&alice), None).0, 404);
+}

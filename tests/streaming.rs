@@ -364,6 +364,13 @@ fn backend_failures_become_llm_error_and_complete_with_error_and_the_partial_rep
             (Some("error"), Some(partial)),
             "{model}: {h}"
         );
+        // History keeps what `complete` said; a reply that failed before its first
+        // token is not charged for a prompt the backend never ran.
+        assert_eq!(asst["meta"]["finish_reason"], "error", "{model}: {h}");
+        if partial.is_empty() {
+            assert_eq!(r.complete["metadata"]["prompt_tokens"], 0, "{model}");
+            assert_eq!(asst["meta"]["prompt_tokens"], 0, "{model}");
+        }
     }
     // Nothing listening at all.
     let dead = TcpListener::bind("127.0.0.1:0")

@@ -280,6 +280,8 @@ impl UploadsConfig {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub name: String,
+    /// Shown to users choosing an agent (`GET /v1/agents`).
+    pub description: String,
     pub provider: ProviderKind,
     pub model: String,
     pub system_prompt: String,

@@ -153,6 +153,8 @@ pub(super) struct RawUploads {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAgent {
     #[serde(default)]
+    description: String,
+    #[serde(default)]
     provider: String,
     #[serde(default)]
     model: String,
@@ -429,6 +431,7 @@ impl Raw {
                 name.clone(),
                 AgentConfig {
                     name,
+                    description: ra.description,
                     provider,
                     model: match (ra.model.is_empty(), provider) {
                         (false, _) => ra.model,

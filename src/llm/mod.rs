@@ -423,9 +423,15 @@ fn generate(
         let st = gen.state.lock();
         (st.content.clone(), st.tokens)
     };
+    // No usage from the backend: estimate the prompt — unless the reply failed before
+    // its first token (the backend never ran it; nothing to charge).
     let counted = |u: Option<Usage>| {
         u.unwrap_or(Usage {
-            prompt_tokens: (prompt_chars as u64).div_ceil(4),
+            prompt_tokens: if tokens == 0 && first_token.is_none() {
+                0
+            } else {
+                (prompt_chars as u64).div_ceil(4)
+            },
             completion_tokens: tokens,
         })
     };
@@ -480,7 +486,7 @@ fn meta(
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: prompt + completion,
-        cost_usd: (cost * 1e6).round() / 1e6,
+        cost_usd: cost,
         first_token_ms: first.map(|d| d.as_millis() as u64),
         response_time_ms: started.elapsed().as_millis() as u64,
     }
@@ -513,7 +519,12 @@ fn finish(
         message_id: req.gen.message_id,
         content: content.clone(),
         status,
-        meta_json: serde_json::to_string(&meta).unwrap_or_default(),
+        // What `complete` says, kept with the row: history and replay show it.
+        meta_json: {
+            let mut v = serde_json::to_value(&meta).unwrap_or_default();
+            v["finish_reason"] = serde_json::json!(reason);
+            v.to_string()
+        },
     };
     let reply = Reply::Finish(Box::new(FinishReply {
         gen: req.gen.clone(),

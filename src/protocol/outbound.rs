@@ -33,6 +33,10 @@ pub struct MessageView {
     pub status: String,
     pub created_at: String,
     pub updated_at: String,
+    /// A finished reply's `metadata` (as in `complete`: usage, cost, model, timings) and
+    /// its `finish_reason`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -186,6 +190,10 @@ pub enum Event {
         user_id: String,
         username: String,
         status: &'static str,
+    },
+    /// The conversation was deleted by its owner: no more events for it.
+    ConversationDeleted {
+        conversation_id: String,
     },
     /// Everyone online in a room now: replaces the client's view (sent when presence
     /// events may have been lost).

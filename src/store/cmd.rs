@@ -63,6 +63,19 @@ pub enum WriteCmd {
     },
     /// Record a stored upload (access to its conversation is checked again).
     RecordFile(FileRecord),
+    /// Title a conversation (owner or admin).
+    RenameConversation {
+        conversation_id: String,
+        user_id: String,
+        admin: bool,
+        title: Option<String>,
+    },
+    /// Delete a conversation and everything in it (owner or admin).
+    DeleteConversation {
+        conversation_id: String,
+        user_id: String,
+        admin: bool,
+    },
     /// The conversation a dialect's alias names, created with the alias when missing.
     ResolveAlias {
         user_id: String,
@@ -107,6 +120,15 @@ pub enum Written {
     RoomDeleted(RoomRow),
     MemberChanged(RoomRow),
     FileRecorded,
+    Renamed {
+        conversation_id: String,
+        title: Option<String>,
+    },
+    /// A conversation is gone; these files' bytes are to be removed.
+    ConversationDeleted {
+        conversation_id: String,
+        files: Vec<String>,
+    },
     /// The conversation an alias names.
     Alias {
         conversation_id: String,

@@ -14,6 +14,7 @@
 
 pub mod alias;
 pub mod cmd;
+pub mod conversations;
 pub mod files;
 pub mod read;
 pub mod rooms;
@@ -160,6 +161,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, profile, alias)
     ) WITHOUT ROWID;
     CREATE INDEX compat_alias_conversation ON compat_alias(conversation_id);
+    "#,
+    // 5: a conversation's title, set by its owner (lists show the preview without one).
+    r#"
+    ALTER TABLE conversations ADD COLUMN title TEXT;
     "#,
 ];
 

@@ -209,7 +209,7 @@ pub fn load_replay(
 }
 
 pub const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at";
+    "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at, meta";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRow {
@@ -223,6 +223,8 @@ pub struct MessageRow {
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A finished reply's usage, cost, model and finish reason (JSON), if any.
+    pub meta: Option<String>,
 }
 
 pub fn message_row(r: &Row) -> rusqlite::Result<MessageRow> {
@@ -237,6 +239,7 @@ pub fn message_row(r: &Row) -> rusqlite::Result<MessageRow> {
         status: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
+        meta: r.get(10)?,
     })
 }
 
@@ -251,6 +254,10 @@ impl MessageRow {
             status: self.status.clone(),
             created_at: rfc3339_ms(self.created_at),
             updated_at: rfc3339_ms(self.updated_at),
+            meta: self
+                .meta
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
         }
     }
 }
@@ -320,6 +327,8 @@ pub struct ConversationSummary {
     pub created_at: String,
     pub last_updated: String,
     pub unread: i64,
+    /// Set by its owner (`PATCH /v1/conversations/{id}`); `null`: show the preview.
+    pub title: Option<String>,
     /// The user's alias for it in a dialect profile (asked for by that dialect's HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
@@ -336,7 +345,7 @@ pub fn list_conversations(
     // No cursor: (MAX, "") — every row has last_updated < MAX.
     let (cu, cid) = cursor.unwrap_or((i64::MAX, String::new()));
     let mut stmt = conn.prepare_cached(
-        "SELECT c.id, c.kind, c.room_id, c.room_name, c.message_count, c.last_seq, c.preview, c.created_at, c.last_updated, m.read_seq
+        "SELECT c.id, c.kind, c.room_id, c.room_name, c.message_count, c.last_seq, c.preview, c.created_at, c.last_updated, m.read_seq, c.title
          FROM members m JOIN conversations c ON c.id = m.conversation_id
          WHERE m.user_id = ?1 AND c.deleted = 0
            AND (c.last_updated < ?2 OR (c.last_updated = ?2 AND c.id < ?3))
@@ -360,6 +369,7 @@ pub fn list_conversations(
                     last_updated: rfc3339_ms(updated),
                     unread: (last_seq - read).max(0),
                     alias: None,
+                    title: r.get(10)?,
                 },
                 updated,
             ))

@@ -195,6 +195,33 @@ pub fn execute(
     cmd: WriteCmd,
 ) -> Result<Written, StoreError> {
     match cmd {
+        WriteCmd::RenameConversation {
+            conversation_id,
+            user_id,
+            admin,
+            title,
+        } => super::conversations::rename(
+            conn,
+            state.now_ms,
+            &conversation_id,
+            &user_id,
+            admin,
+            title.as_deref(),
+        )
+        .map(|()| Written::Renamed {
+            conversation_id,
+            title,
+        }),
+        WriteCmd::DeleteConversation {
+            conversation_id,
+            user_id,
+            admin,
+        } => super::conversations::delete(conn, &conversation_id, &user_id, admin).map(|files| {
+            Written::ConversationDeleted {
+                conversation_id,
+                files,
+            }
+        }),
         WriteCmd::ResolveAlias {
             user_id,
             user_name,
@@ -495,6 +522,7 @@ fn insert_message(
         status: status.to_string(),
         created_at: now,
         updated_at: now,
+        meta: None,
     })
 }
 
