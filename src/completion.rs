@@ -118,7 +118,7 @@ pub enum HttpThen {
     /// Admin broadcast to one room (found by id).
     Broadcast {
         room_id: String,
-        event: Event,
+        event: Box<Event>,
     },
 }
 

@@ -114,7 +114,7 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
                 let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
                 ctx.net.publish(
                     MayBlock::worker(),
-                    topic_event(&conv, TopicKind::Ephemeral, event),
+                    topic_event(&conv, TopicKind::Ephemeral, *event),
                 );
                 let n = ctx.net.topics.subscribers(&conv);
                 Response::json_value(
@@ -468,7 +468,7 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
             };
             let then = HttpThen::Broadcast {
                 room_id: rid,
-                event: ev,
+                event: Box::new(ev),
             };
             defer(shard, slot, StoreOp::Read(cmd), then);
         }
