@@ -21,6 +21,9 @@ use crate::session::{AutoJoin, Session, WsKind};
 
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
 
+/// The JavaScript client library (clients/js/confab.js), served at `/confab.js`.
+pub const CONFAB_JS: &str = include_str!("../clients/js/confab.js");
+
 fn respond(shard: &mut Shard, slot: usize, resp: Response) {
     shard.respond(slot, resp);
 }
@@ -133,6 +136,13 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             Response::text(200, "text/html; charset=utf-8", INDEX_HTML)
         }
         ("GET", "/favicon.ico") => Response::text(204, "image/x-icon", Vec::new()),
+        ("GET", "/confab.js") => {
+            // Public code: any page may load it as a module (modules are fetched with CORS).
+            let r = Response::text(200, "text/javascript; charset=utf-8", CONFAB_JS)
+                .with_header("Cache-Control", "no-cache")
+                .with_cors(Cors::Any);
+            return respond(shard, slot, r);
+        }
         ("POST", "/v1/token") => mint_token(shard, &req),
         _ => match crate::api::route(shard, slot, &req) {
             Some(r) => r,
@@ -175,8 +185,8 @@ fn truncate(s: &str, n: usize) -> &str {
 /// Known paths and their methods (for 405 vs 404).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/health" | "/metrics" | "/" | "/index.html" | "/v1/stats" | "/v1/agents"
-        | "/v1/conversations" => Some("GET"),
+        "/health" | "/metrics" | "/" | "/index.html" | "/confab.js" | "/v1/stats"
+        | "/v1/agents" | "/v1/conversations" => Some("GET"),
         "/v1/token" | "/v1/broadcast" => Some("POST"),
         "/v1/rooms" => Some("POST"),
         p if p.starts_with("/v1/rooms/") => Some("GET, DELETE"),
@@ -437,6 +447,7 @@ pub fn route_label(req: &Request) -> &'static str {
         ["metrics"] => "/metrics",
         [""] | ["index.html"] => "/",
         ["favicon.ico"] => "/favicon.ico",
+        ["confab.js"] => "/confab.js",
         ["v1", "ws"] => "/v1/ws",
         ["v1", "token"] => "/v1/token",
         ["v1", "stats"] => "/v1/stats",
