@@ -136,6 +136,16 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             Response::text(200, "text/html; charset=utf-8", INDEX_HTML)
         }
         ("GET", "/favicon.ico") => Response::text(204, "image/x-icon", Vec::new()),
+        ("GET", "/vendor/marked.min.js") => Response::text(
+            200,
+            "text/javascript; charset=utf-8",
+            include_str!("../static/vendor/marked.min.js"),
+        ),
+        ("GET", "/vendor/purify.min.js") => Response::text(
+            200,
+            "text/javascript; charset=utf-8",
+            include_str!("../static/vendor/purify.min.js"),
+        ),
         ("GET", "/confab.js") => {
             // Public code: any page may load it as a module (modules are fetched with CORS).
             let r = Response::text(200, "text/javascript; charset=utf-8", CONFAB_JS)
@@ -448,6 +458,7 @@ pub fn route_label(req: &Request) -> &'static str {
         [""] | ["index.html"] => "/",
         ["favicon.ico"] => "/favicon.ico",
         ["confab.js"] => "/confab.js",
+        ["vendor", _] => "/vendor/{file}",
         ["v1", "ws"] => "/v1/ws",
         ["v1", "token"] => "/v1/token",
         ["v1", "stats"] => "/v1/stats",
