@@ -80,3 +80,85 @@ fn the_test_page_streams_resumes_after_a_reload_stops_and_uploads() {
     let url = format!("http://{}/", s.addr);
     drive(&dir, &chromium, "page.test.js", &url, "browser test passed");
 }
+
+#[test]
+fn the_chat_page_on_desktop_and_phone_with_markdown_errors_an_outage_and_a_room() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !ready(&dir, &chromium) {
+        return;
+    }
+    let data = temp_dir("browser-chat-data");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tweak = |addr: Option<std::net::SocketAddr>, data: std::path::PathBuf| {
+        move |c: &mut confab::Config| {
+            c.llm.demo_tokens_per_s = 400.0;
+            c.store.data_dir = data.clone();
+            // An agent whose backend is down, for the error case.
+            c.llm.base_url = format!("http://{dead}/v1");
+            let mut broken = c.agents["assistant"].clone();
+            broken.name = "broken".into();
+            broken.provider = confab::config::ProviderKind::OpenAi;
+            c.agents.insert("broken".into(), broken);
+            if let Some(a) = addr {
+                c.server.listen = a;
+            }
+        }
+    };
+    let mut server = Some(TestServer::start("browser-chat", tweak(None, data.clone())));
+    let addr = server.as_ref().unwrap().addr;
+    let mut stopped = Vec::new();
+    // CONFAB_SHOTS_DIR=docs refreshes docs/page-desktop.png and docs/page-phone.png.
+    let mut child = Command::new("node")
+        .arg(dir.join("chat.test.js"))
+        .arg(format!("http://{addr}/"))
+        .env("CHROMIUM", &chromium)
+        .env(
+            "SHOTS_DIR",
+            std::env::var("CONFAB_SHOTS_DIR").unwrap_or_default(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        match line.as_str() {
+            "STOP" => {
+                let mut s = server.take().unwrap();
+                if let Some(h) = s.handle.take() {
+                    h.shutdown();
+                }
+                stopped.push(s); // dropping it would delete the data dir
+            }
+            "START" => {
+                server = Some(TestServer::start(
+                    "browser-chat-2",
+                    tweak(Some(addr), data.clone()),
+                ))
+            }
+            _ => continue,
+        }
+        writeln!(stdin, "ok").unwrap();
+        stdin.flush().unwrap();
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success() && out.contains("chat page test passed"),
+        "{out}\n{err}"
+    );
+    drop(stopped);
+    let _ = std::fs::remove_dir_all(data);
+}
