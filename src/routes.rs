@@ -431,7 +431,7 @@ fn upgrade(
         }
         let mut d = crate::dialect::Dialect::new(r, &ctx.cfg);
         d.auth_failure = auth_failure;
-        session.dialect = Some(d);
+        session.set_dialect(d);
     }
     let up = Upgrade {
         session,

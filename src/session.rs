@@ -36,6 +36,10 @@ pub struct AutoJoin {
     pub room_name: Option<String>,
 }
 
+/// `codec_id` of a dialect connection (no codec has it; `codec()` is then the native one,
+/// which a dialect's translator sits on).
+const DIALECT: u8 = u8::MAX;
+
 /// The application's state for one WebSocket.
 pub struct Session {
     pub kind: WsKind,
@@ -64,7 +68,8 @@ pub struct Session {
     pub typing: HashMap<Arc<str>, Instant>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
     pub uploads: Vec<crate::uploads::OpenUpload>,
-    /// A seed document's protocol on this connection (`dialect/`); `None`: native.
+    /// A seed document's protocol on this connection (`dialect/`); `None`: native. Set
+    /// with `set_dialect`, which also marks `codec_id` (what the per-delivery check reads).
     pub dialect: Option<Box<crate::dialect::Dialect>>,
 }
 
@@ -98,6 +103,18 @@ impl Session {
     /// This connection's codec.
     pub fn codec(&self) -> &'static dyn Codec {
         crate::codec::by_id(self.codec_id as usize)
+    }
+
+    /// Speak a seed's dialect on this connection.
+    pub fn set_dialect(&mut self, d: Box<crate::dialect::Dialect>) {
+        self.dialect = Some(d);
+        self.codec_id = DIALECT;
+    }
+
+    /// Does this connection speak a dialect? Reads the byte `codec()` reads anyway: the
+    /// topic delivery path asks for every event and subscriber.
+    pub fn is_dialect(&self) -> bool {
+        self.codec_id == DIALECT
     }
 
     /// The earliest of the session's own deadlines (auth, token expiry, typing).

@@ -170,7 +170,7 @@ pub fn on_topic(shard: &mut Shard, slot: usize, ev: &Arc<TopicEvent>) {
             return;
         };
         let codec = s.codec();
-        let dialect = s.dialect.is_some();
+        let dialect = s.is_dialect();
         let excluded = (me.is_some() && ev.exclude == me)
             || matches!((&s.user, &ev.exclude_user), (Some(u), Some(x)) if *u.id == **x);
         let then = match s.subs.get_mut(&ev.conversation_id) {
