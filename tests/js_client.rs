@@ -91,6 +91,18 @@ fn a_chat_streams_and_matches_what_is_stored() {
 }
 
 #[test]
+fn node_with_the_ws_package_instead_of_a_global_websocket() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/ws");
+    if !ws.exists() {
+        let required = std::env::var("CONFAB_REQUIRE_SEED_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(!required, "tests/browser/node_modules/ws is required (npm ci there)");
+        eprintln!("NOTICE: no `ws` package (npm ci in tests/browser); skipped");
+        return;
+    }
+    scenario("ws_package", |_| {}, |_, _| {});
+}
+
+#[test]
 fn a_reply_resumes_after_a_network_drop_with_no_gap_and_no_duplicate() {
     scenario("resume", |c| c.llm.demo_tokens_per_s = 60.0, |_, _| {});
 }

@@ -9,6 +9,8 @@
 
 import net from 'node:net';
 import readline from 'node:readline';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { connect } from '../confab.js';
 
 const [scenario, base] = process.argv.slice(2);
@@ -60,6 +62,21 @@ const scenarios = {
     assert(complete.response === text && text.length > 20, 'text equals the complete response');
     const msgs = await history(ack.conversation_id, token);
     assert(msgs[1].content === text && msgs[1].meta.finish_reason === 'stop', 'stored reply');
+    c.close();
+  },
+
+  // Node with the `ws` package instead of a global WebSocket (tests/browser's node_modules).
+  async ws_package() {
+    const here = fileURLToPath(new URL('.', import.meta.url));
+    const require = createRequire(here + '../../../tests/browser/package.json');
+    const WebSocket = require('ws');
+    const token = await devToken('wes');
+    const c = connect({ url: wsUrl, getToken: () => token, WebSocket });
+    const reply = c.chat({ message: 'over the ws package' });
+    const { text, complete } = await collect(reply);
+    assert(text === complete.response && text.length > 20, 'streamed over ws');
+    const done = await c.upload(new Uint8Array(60000).fill(3), { name: 'w.pdf' });
+    assert(done.upload_type === 'complete', 'upload over ws');
     c.close();
   },
 
