@@ -80,14 +80,17 @@ fn query_token_chat_streams_progress_tokens_and_complete() {
     let (_, list) = s.http("GET", "/v1/conversations", Some(&s.token("alice")), None);
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
 
-    // Without session_id: the connection's current conversation, named by its native id.
+    // Without session_id: the connection's own conversation, named by its native id —
+    // even for two messages sent at once (before the first is acknowledged).
     let mut c3 = Client::connect(&s.url(&format!("/ws/chat?token={}", s.token("bob")))).unwrap();
     c3.send(json!({"type":"message","message":"one"}));
-    let (_, d1) = reply(&mut c3);
     c3.send(json!({"type":"message","message":"two"}));
+    let (_, d1) = reply(&mut c3);
     let (_, d2) = reply(&mut c3);
-    assert!(d1["session_id"].as_str().unwrap().starts_with("c_"));
+    assert!(d1["session_id"].as_str().unwrap().starts_with("c_"), "{d1}");
     assert_eq!(d1["session_id"], d2["session_id"]);
+    let (_, list) = s.http("GET", "/v1/conversations", Some(&s.token("bob")), None);
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1, "{list}");
 }
 
 #[test]

@@ -16,12 +16,11 @@ use crate::protocol::{ClientMsg, ErrorCode, Event, Incoming};
 /// `complete`; these bound a connection that stopped following some).
 const PARTIALS_KEPT: usize = 32;
 
-#[derive(Default)]
 pub struct State {
-    /// The conversation messages without `session_id` go to (made by the first one).
-    current: Option<String>,
-    /// A chat without `session_id` is waiting for its ack (which names `current`).
-    awaiting_current: bool,
+    /// The alias of the conversation messages without `session_id` go to: private to this
+    /// connection (made by its first such message; the store serializes the resolution,
+    /// so two quick messages still share one conversation).
+    current: String,
     /// Reply message id → its text so far (`partial_response`).
     partial: HashMap<i64, String>,
 }
@@ -39,6 +38,19 @@ pub fn error_frame(code: ErrorCode, error: &str, retry_after: Option<f64>) -> Va
         v["retry_after"] = json!(r);
     }
     v
+}
+
+/// Aliases of connections' own conversations start with this (a client's session ids are
+/// shown back as given; these are shown as the native id).
+const CONNECTION_ALIAS: &str = "~conn-";
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            current: format!("{CONNECTION_ALIAS}{}", crate::chat::random_id("")),
+            partial: HashMap::new(),
+        }
+    }
 }
 
 impl State {
@@ -61,20 +73,8 @@ impl State {
                     return invalid(id, "missing field `message`");
                 };
                 let session = id_field(&m, "session_id");
-                return match (session, &self.current) {
-                    (Some(s), _) => chat_into(d, id, message.to_string(), &s),
-                    (None, Some(c)) => chat_into(d, id, message.to_string(), c),
-                    (None, None) => {
-                        self.awaiting_current = true;
-                        Inbound::Native {
-                            inc: Incoming {
-                                id,
-                                msg: ClientMsg::Chat(super::ai_chat(message.to_string(), None)),
-                            },
-                            alias: None,
-                        }
-                    }
-                };
+                let conv = session.unwrap_or_else(|| self.current.clone());
+                return chat_into(d, id, message.to_string(), &conv);
             }
             Some(other) => {
                 let shown: String = other.chars().take(40).collect();
@@ -109,12 +109,6 @@ impl State {
                 retry_after,
                 ..
             } => out.push(error_frame(*code, error, *retry_after)),
-            Event::Ack {
-                conversation_id, ..
-            } if self.awaiting_current && self.current.is_none() => {
-                self.current = Some(conversation_id.clone());
-                self.awaiting_current = false;
-            }
             Event::Progress { step, message, .. } => match *step {
                 "queued" => {
                     out.push(json!({ "type": "progress", "step": "starting", "message": "Processing started" }));
@@ -150,7 +144,10 @@ impl State {
                 if *finish_reason == "error" {
                     return;
                 }
-                let session = d.alias_of(conversation_id).unwrap_or(conversation_id);
+                let session = d
+                    .alias_of(conversation_id)
+                    .filter(|a| !a.starts_with(CONNECTION_ALIAS))
+                    .unwrap_or(conversation_id);
                 out.push(json!({
                     "type": "complete",
                     "response": response,
