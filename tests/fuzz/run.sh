@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 S=${1:-60}
-for t in ws_frames http_head client_msg sse config; do
+for t in ws_frames http_head client_msg sse config dialects; do
     mkdir -p "work/$t"
     log=$(mktemp)
     if ! cargo +nightly fuzz run --fuzz-dir . "$t" "work/$t" "corpus/$t" -- \
