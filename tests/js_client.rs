@@ -95,7 +95,10 @@ fn node_with_the_ws_package_instead_of_a_global_websocket() {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/ws");
     if !ws.exists() {
         let required = std::env::var("CONFAB_REQUIRE_SEED_CLIENTS").is_ok_and(|v| v == "1");
-        assert!(!required, "tests/browser/node_modules/ws is required (npm ci there)");
+        assert!(
+            !required,
+            "tests/browser/node_modules/ws is required (npm ci there)"
+        );
         eprintln!("NOTICE: no `ws` package (npm ci in tests/browser); skipped");
         return;
     }
