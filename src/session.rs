@@ -165,6 +165,8 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             .and_then(|s| s.dialect.as_mut())
             .map(|d| d.inbound(dec, text))
     };
+    // A dialect's own answer (e.g. a pong in its form) is rate-limited like any message.
+    let mut own_answer = None;
     let (decoded, alias) = match inbound {
         None => {
             let codec = crate::app::codec_of(shard, slot);
@@ -173,12 +175,14 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
         Some(Inbound::Native { inc, alias }) => (Ok(inc), alias),
         Some(Inbound::Invalid(e)) => (Err(e), None),
         Some(Inbound::Reply(frames)) => {
-            if let Some((Verdict::Allowed, _)) = charge(shard, slot, now) {
-                for f in frames {
-                    shard.send_frame(slot, f);
-                }
-            }
-            return;
+            own_answer = Some(frames);
+            (
+                Err(crate::protocol::DecodeError {
+                    id: None,
+                    reason: String::new(),
+                }),
+                None,
+            )
         }
     };
     // The next chunk of an upload this connection has open is paced by the upload queue
@@ -227,6 +231,12 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
                 id,
                 retry_after_s,
             );
+        }
+        return;
+    }
+    if let Some(frames) = own_answer {
+        for f in frames {
+            shard.send_frame(slot, f);
         }
         return;
     }
