@@ -7,7 +7,9 @@
 //! the run when the expected output appeared) and, where SEEDS-COMPAT.md §8 says a
 //! snippet cannot run as written, the smallest outside help it names — never a change to
 //! the snippet's text. JavaScript runs in Node (≥ 20, with its built-in WebSocket), the
-//! Python client with the `websockets` package, the shell lines with curl.
+//! Python clients with the `websockets` package, the shell lines with curl. Where §8 says
+//! a snippet cannot run as written (000's Python fragment, 004's Python class), its
+//! closest faithful form runs: the snippet's text unchanged inside what it lacks.
 //!
 //! Without Node, Python's `websockets` or curl the affected tests print a notice and
 //! pass, unless `CONFAB_REQUIRE_SEED_CLIENTS=1` (CI) makes them mandatory.
@@ -393,4 +395,132 @@ fn seed_curl_commands() {
     assert!(run("004_36-37.sh")["token"].is_string());
     assert!(run("004_613-614.sh")["connections"].is_number());
     assert_eq!(run("004_633.sh")["status"], "ok");
+}
+
+/// Run a Python program until a line of its stdout satisfies `done` (then stop it);
+/// meanwhile `poke` runs once, after a second (the harness's side of the conversation).
+fn run_python_until(program: &str, tag: &str, done: impl Fn(&str) -> bool, poke: impl FnOnce()) {
+    use std::io::BufRead;
+    let dir = temp_dir(tag);
+    let file = dir.join("client.py");
+    std::fs::write(&file, program).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    poke();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let ok = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if done(&line) => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        ok,
+        "{tag}: expected line not seen; stdout {seen:?}\n{}\n--- program:\n{program}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn have_websockets() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import websockets.legacy.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing("python3 with the websockets package");
+    }
+    ok
+}
+
+/// 000's Python is a fragment (a top-level `async with`, `uri` undefined): its closest
+/// faithful form defines `uri` and runs the fragment, unchanged but indented, in a
+/// coroutine (SEEDS-COMPAT.md §8).
+#[test]
+fn seed_000_python_fragment_in_a_coroutine() {
+    if !have_websockets() {
+        return;
+    }
+    let s = server("seed000py");
+    let tok = s.token("alice");
+    let mut a = s.client("alice");
+    a.send(json!({"type":"chat","message":"first"}));
+    let conv = a.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.recv_type("complete");
+    let text = snippet("000_130-138.py");
+    let (imports, fragment) = text.split_at(text.find("async with").unwrap());
+    let indented: String = fragment.lines().map(|l| format!("    {l}\n")).collect();
+    let program = format!(
+        "{imports}uri = \"ws://{}/v1/conversation/{conv}/stream?authorization={tok}\"\n\nasync def main():\n{indented}\nasyncio.run(main())\n",
+        s.addr
+    );
+    run_python_until(
+        &program,
+        "seed000py",
+        |l| l == "New message: from the harness",
+        || {
+            a.send(json!({"type":"chat","message":"from the harness","conversation_id":conv,"ai":false}));
+        },
+    );
+}
+
+/// 004's Python class, unchanged, with what §8 says it lacks: the `websockets` API it was
+/// written for (< 14, where connections have `.closed`: the legacy client), its
+/// `handle_*` methods (a subclass), and a usage that sends (its own blocks in `connect`).
+#[test]
+fn seed_004_python_class_with_handlers_and_a_sending_usage() {
+    if !have_websockets() {
+        return;
+    }
+    let s = server("seed004py");
+    let tok = s.token("alice");
+    let class = substitute(&snippet("004_497-566.py"), &s.addr.to_string(), &[]);
+    let usage = r#"
+class Client(WebSocketChatClient):
+    async def handle_chat_message(self, message):
+        data = message['data']
+        if data.get('done'):
+            print('DONE', data.get('room_id'), data.get('tokens_used', 0) > 0, flush=True)
+            await self.close()
+
+    async def handle_typing_indicator(self, message):
+        print('TYPING', flush=True)
+
+async def harness():
+    client = Client(TOKEN, 'py-room')
+    task = asyncio.create_task(client.connect())
+    while not client.running:
+        await asyncio.sleep(0.05)
+    await client.send_chat_message('Hello from the Python class')
+    await asyncio.wait_for(task, 20)
+
+asyncio.run(harness())
+"#
+    .replace("TOKEN", &format!("{tok:?}"));
+    let program = format!(
+        "import websockets, websockets.legacy.client\nwebsockets.connect = websockets.legacy.client.connect\n\n{class}\n{usage}"
+    );
+    run_python_until(&program, "seed004py", |l| l == "DONE py-room True", || {});
 }
