@@ -496,7 +496,7 @@ fn seed_004_python_class_with_handlers_and_a_sending_usage() {
     }
     let s = server("seed004py");
     let tok = s.token("alice");
-    let class = substitute(&snippet("004_497-566.py"), &s.addr.to_string(), &[]);
+    let class = substitute(&snippet("004_497-565.py"), &s.addr.to_string(), &[]);
     let usage = r#"
 class Client(WebSocketChatClient):
     async def handle_chat_message(self, message):

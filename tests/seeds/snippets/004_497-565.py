@@ -67,4 +67,3 @@ class WebSocketChatClient:
         self.running = False
         if self.websocket:
             await self.websocket.close()
-
