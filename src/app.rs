@@ -77,6 +77,14 @@ pub enum ConnMsg {
         room_id: String,
         conversation_id: String,
     },
+    /// A page of a backfilling connection's history.
+    Backfilled {
+        conversation_id: Arc<str>,
+        /// The page starts after this seq.
+        after_seq: i64,
+        rows: Vec<crate::store::read::MessageRow>,
+        has_more: bool,
+    },
     /// A dialect's alias names this conversation: run the command that used it.
     Resolved {
         alias: String,
@@ -347,6 +355,12 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             conversation_id,
             then,
         } => crate::session::alias_resolved(sh, slot, &alias, conversation_id, *then),
+        ConnMsg::Backfilled {
+            conversation_id,
+            after_seq,
+            rows,
+            has_more,
+        } => crate::chat::backfilled(sh, slot, conversation_id, after_seq, rows, has_more),
         ConnMsg::UploadDone { file_id, event } => {
             crate::uploads::forget(sh, slot, &file_id);
             if let Some(ev) = event {

@@ -77,6 +77,10 @@ pub fn dispatch(
         ),
         ClientMsg::LeaveRoom { room_id } => crate::rooms::leave(shard, slot, user, id, &room_id),
         ClientMsg::FileUpload(up) => crate::uploads::on_message(shard, slot, user, id, up),
+        ClientMsg::Backfill {
+            conversation_id,
+            after_seq,
+        } => backfill(shard, slot, user, Arc::from(conversation_id), after_seq),
         ClientMsg::Auth { .. } | ClientMsg::Ping => {}
     }
 }
@@ -502,6 +506,71 @@ pub fn finish_replay(
     };
     for ev in deliver {
         crate::topic::deliver(shard, slot, &ev);
+    }
+}
+
+// ---------------------------------------------------------------- backfill (000)
+
+/// The whole history of `conv` after `after_seq`, oldest first, as replayed
+/// `message_added`s in pages of `store.max_page`, then a subscription from where the pages
+/// ended (its replay covers what was committed meanwhile, and a reply still streaming).
+/// For a dialect that promises every stored message (000): a native `subscribe` replays
+/// at most `store.replay_max`. A client slower than the pages is closed 1013 by its
+/// out-queue like any slow reader; memory stays bounded.
+fn backfill(shard: &mut Shard, slot: usize, user: &Arc<User>, conv: Arc<str>, after_seq: i64) {
+    let Some(conn) = shard.conn_id(slot) else {
+        return;
+    };
+    let cmd = ReadCmd::History {
+        conversation_id: conv.to_string(),
+        alias: None,
+        user_id: user.id.clone(),
+        admin: user.admin,
+        before_seq: None,
+        after_seq: Some(after_seq),
+        limit: shard.app().cfg.store.max_page,
+    };
+    let reply = Reply::Backfill {
+        conn,
+        conversation_id: conv,
+        after_seq,
+    };
+    if shard.app().store.try_read(cmd, reply).is_err() {
+        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", None, 0.5);
+    }
+}
+
+/// A page of backfill arrived: show it, then the next page or the live subscription.
+pub fn backfilled(
+    shard: &mut Shard,
+    slot: usize,
+    conv: Arc<str>,
+    after_seq: i64,
+    rows: Vec<crate::store::read::MessageRow>,
+    has_more: bool,
+) {
+    let Some(user) = shard.session(slot).and_then(|s| s.user.clone()) else {
+        return;
+    };
+    let mut last = after_seq;
+    for row in rows {
+        // A reply still being written: the subscription's replay carries its exact text.
+        if row.status == "streaming" {
+            return subscribe(shard, slot, &user, None, conv, row.seq - 1);
+        }
+        last = row.seq;
+        let ev = Event::MessageAdded {
+            conversation_id: conv.to_string(),
+            room_id: None,
+            message: row.view(),
+            replayed: Some(true),
+        };
+        shard.send(slot, &ev);
+    }
+    if has_more && last > after_seq {
+        backfill(shard, slot, &user, conv, last)
+    } else {
+        subscribe(shard, slot, &user, None, conv, last)
     }
 }
 

@@ -61,6 +61,12 @@ pub enum Reply {
     },
     /// An HTTP request waiting in `HttpWait`.
     Http { conn: ConnId, then: HttpThen },
+    /// A page of history for a backfilling connection (`chat::backfill`).
+    Backfill {
+        conn: ConnId,
+        conversation_id: Arc<str>,
+        after_seq: i64,
+    },
     /// A dialect's conversation alias; `then` runs once it names a conversation.
     Alias {
         conn: ConnId,
@@ -279,6 +285,35 @@ impl Completions<Reply> for ServerCtx {
                     ConnMsg::Refused {
                         conversation_id: Some(conversation_id),
                         error: Box::new(Event::error(code, msg, id)),
+                    },
+                );
+            }
+            (
+                Reply::Backfill {
+                    conn,
+                    conversation_id,
+                    after_seq,
+                },
+                Ok(ReadDone::History {
+                    messages, has_more, ..
+                }),
+            ) => self.to_shard(
+                conn,
+                ConnMsg::Backfilled {
+                    conversation_id,
+                    after_seq,
+                    rows: messages,
+                    has_more,
+                },
+            ),
+            (Reply::Backfill { conn, .. }, Err(e)) => {
+                let (code, msg) = e.client_error();
+                self.metrics.error(code);
+                self.to_shard(
+                    conn,
+                    ConnMsg::Refused {
+                        conversation_id: None,
+                        error: Box::new(Event::error(code, msg, None)),
                     },
                 );
             }

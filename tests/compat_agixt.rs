@@ -209,3 +209,36 @@ fn a_room_message_from_a_004_socket_reaches_a_000_stream_and_back() {
     let added = st.recv_type("message_added");
     assert_eq!(added["data"]["message"], "hi from native");
 }
+
+#[test]
+fn the_whole_history_arrives_oldest_first_beyond_one_replay() {
+    let s = TestServer::start("c000d", |c| {
+        c.store.replay_max = 5;
+        c.store.max_page = 3;
+    });
+    let mut a = s.client("alice");
+    a.send(json!({"type":"chat","message":"m0","ai":false}));
+    let conv = a.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 1..12 {
+        a.send(json!({"type":"chat","message":format!("m{i}"),"conversation_id":conv,"ai":false}));
+        a.recv_type("ack");
+    }
+    let mut st = stream(&s, &conv, &format!("?authorization={}", s.token("alice")));
+    assert_eq!(st.recv()["type"], "connected");
+    for i in 0..12 {
+        let v = st.recv();
+        assert_eq!(v["type"], "initial_message", "{v}");
+        assert_eq!(v["data"]["message"], format!("m{i}"));
+        assert_eq!(v["data"]["seq"], i + 1);
+    }
+    // Then live, nothing repeated.
+    a.send(json!({"type":"chat","message":"live","conversation_id":conv,"ai":false}));
+    let v = st.recv();
+    assert_eq!(
+        (v["type"].as_str(), v["data"]["message"].as_str()),
+        (Some("message_added"), Some("live"))
+    );
+}

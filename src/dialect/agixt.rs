@@ -95,9 +95,10 @@ impl State {
                     }),
                 ));
                 if let Some(c) = &self.conversation {
+                    // Every stored message, oldest first, then live.
                     out.then.push(Incoming {
                         id: None,
-                        msg: ClientMsg::Subscribe {
+                        msg: ClientMsg::Backfill {
                             conversation_id: c.clone(),
                             after_seq: 0,
                         },

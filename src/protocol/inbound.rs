@@ -100,6 +100,12 @@ pub enum ClientMsg {
         seq: i64,
     },
     FileUpload(Upload),
+    /// Not on the wire: a dialect (000) asking for a conversation's whole history, oldest
+    /// first, in pages, and then to follow it live (`chat::backfill`).
+    Backfill {
+        conversation_id: String,
+        after_seq: i64,
+    },
 }
 
 impl ClientMsg {
@@ -116,6 +122,7 @@ impl ClientMsg {
             ClientMsg::Typing { .. } => "typing",
             ClientMsg::Read { .. } => "read",
             ClientMsg::FileUpload(_) => "file_upload",
+            ClientMsg::Backfill { .. } => "backfill",
         }
     }
 }
