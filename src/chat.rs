@@ -134,8 +134,7 @@ pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
         let registered = ws.subs.contains_key(conv);
         let sub = ws
             .subs
-            .entry(conv.clone())
-            .or_insert_with(Subscription::pending);
+            .get_or_insert_with(conv.clone(), Subscription::pending);
         (sub.confirm(), registered)
     };
     if !registered {

@@ -50,6 +50,7 @@ pub mod store;
 pub mod subscription;
 pub mod topic;
 pub mod uploads;
+pub mod vecmap;
 
 pub use config::Config;
 pub use server::ServerHandle;

@@ -8,7 +8,6 @@
 //! and a full queue is answered at once with `BUSY`. Results come back to the shard as
 //! typed messages through its inbox.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use crate::net::ConnId;
 use crate::protocol::{close, ClientMsg, ErrorCode, Event, Incoming, UserInfo};
 use crate::ratelimit::{RateWindow, Verdict};
 use crate::subscription::Subscription;
+use crate::vecmap::VecMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WsKind {
@@ -59,13 +59,13 @@ pub struct Session {
     pub strikes: u32,
     pub strikes_window: Instant,
     /// Conversations this connection follows (`subscription.rs` holds the rules).
-    pub subs: HashMap<Arc<str>, Subscription>,
+    pub subs: VecMap<Arc<str>, Subscription>,
     /// Rooms joined on this connection (room id → its conversation id).
-    pub rooms: HashMap<Arc<str>, Arc<str>>,
+    pub rooms: VecMap<Arc<str>, Arc<str>>,
     /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
     pub ai_rooms: Vec<Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
-    pub typing: HashMap<Arc<str>, Instant>,
+    pub typing: VecMap<Arc<str>, Instant>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
     pub uploads: Vec<crate::uploads::OpenUpload>,
     /// A seed document's protocol on this connection (`dialect/`); `None`: native. Set
@@ -91,10 +91,10 @@ impl Session {
             rate: RateWindow::new(now),
             strikes: 0,
             strikes_window: now,
-            subs: HashMap::new(),
-            rooms: HashMap::new(),
+            subs: VecMap::new(),
+            rooms: VecMap::new(),
             ai_rooms: Vec::new(),
-            typing: HashMap::new(),
+            typing: VecMap::new(),
             uploads: Vec::new(),
             dialect: None,
         }

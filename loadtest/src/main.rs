@@ -27,6 +27,8 @@ pub struct Opts {
     pub path: Option<String>,
     pub threads: usize,
     pub generic: bool,
+    /// `hold`: every connection also joins `--room`.
+    pub in_room: bool,
     pub json: bool,
     pub room: String,
     pub size: usize,
@@ -36,7 +38,7 @@ pub struct Opts {
 
 const USAGE: &str = "usage: confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
-  [--room ROOM] [--size BYTES] [--open-rate CONNS_PER_S] [--generic] [--json]
+  [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
 
 fn parse() -> Result<Opts, String> {
@@ -58,6 +60,7 @@ fn parse() -> Result<Opts, String> {
         generic: false,
         json: false,
         room: "load-room".into(),
+        in_room: false,
         size: 32,
         open_rate: 0.0,
     };
@@ -84,6 +87,7 @@ fn parse() -> Result<Opts, String> {
             "--size" => o.size = v()?.parse().map_err(|_| "--size: a number")?,
             "--open-rate" => o.open_rate = v()?.parse().map_err(|_| "--open-rate: a number")?,
             "--generic" => o.generic = true,
+            "--in-room" => o.in_room = true,
             "--json" => o.json = true,
             other => return Err(format!("unknown argument {other}")),
         }

@@ -44,7 +44,13 @@ pub fn hold(o: &Opts) -> Value {
     let paths: Vec<String> = if o.generic {
         vec![o.path.clone().unwrap_or_else(|| "/".into()); n]
     } else {
-        toks.iter().map(|t| ws_path(t, "")).collect()
+        // With --room, every connection also joins it (authenticated and in a room).
+        let extra = if o.in_room {
+            format!("&room_id={}", o.room)
+        } else {
+            String::new()
+        };
+        toks.iter().map(|t| ws_path(t, &extra)).collect()
     };
     let rss_before = o.server_pid.and_then(proc_rss_kib);
     let connected = Arc::new(AtomicUsize::new(0));
