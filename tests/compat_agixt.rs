@@ -239,6 +239,9 @@ fn the_whole_history_arrives_oldest_first_beyond_one_replay() {
     a.send(json!({"type":"chat","message":"live","conversation_id":conv,"ai":false}));
     let v = st.recv();
     assert_eq!(v["data"]["message"], "live", "{v}");
-    assert!(v["type"] == "initial_message" || v["type"] == "message_added", "{v}");
+    assert!(
+        v["type"] == "initial_message" || v["type"] == "message_added",
+        "{v}"
+    );
     assert!(st.try_recv(std::time::Duration::from_millis(300)).is_none());
 }
