@@ -15,7 +15,7 @@
 //!
 //! ```text
 //!   acceptor ─Accept─▶ shard 0..N-1 (net::Shard<ServerCtx>) ──try_send──▶ store writer,
-//!                        ▲   inbox: ShardMsg (frames, topics,        store readers,
+//!                        ▲   inbox: ShardMsg (sockets, topics,       store readers,
 //!                        │   HTTP answers, AppMsg)                   llm workers,
 //!                        └──────────── blocking sends (MayBlock) ──── upload workers
 //! ```

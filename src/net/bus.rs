@@ -23,7 +23,6 @@ use parking_lot::Mutex;
 use parking_lot::RwLock;
 
 use super::http::Response;
-use super::outqueue::OutItem;
 use super::App;
 
 /// The inbox's waker token. Connection tokens start after it.
@@ -49,8 +48,6 @@ impl std::fmt::Display for ConnId {
 pub enum ShardMsg<A: App> {
     /// A freshly accepted socket from the acceptor.
     Accept(TcpStream, SocketAddr),
-    /// One frame (or token delta) for one connection.
-    Send(ConnId, OutItem),
     /// The answer for a connection waiting on a deferred HTTP request.
     Http(ConnId, Response),
     /// Close a connection with this code and reason.

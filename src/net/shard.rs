@@ -362,11 +362,6 @@ impl<A: App> Shard<A> {
     fn on_msg(&mut self, msg: ShardMsg<A>) {
         match msg {
             ShardMsg::Accept(sock, peer) => self.accept(sock, peer),
-            ShardMsg::Send(id, item) => {
-                if let Some(slot) = self.resolve(id) {
-                    self.queue(slot, item);
-                }
-            }
             ShardMsg::Http(id, resp) => {
                 if let Some(slot) = self.resolve(id) {
                     if matches!(self.conns[slot].phase, Phase::HttpWait(_)) {
