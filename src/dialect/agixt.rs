@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use super::{envelope, invalid, parse_object, str_field, Inbound, Out};
+use super::{envelope, invalid, native, parse_object, str_field, Inbound, Out};
 use crate::protocol::{close, ClientMsg, ErrorCode, Event, Incoming, MessageView};
 
 pub struct State {
@@ -64,13 +64,7 @@ impl State {
             Err(e) => return invalid(None, e),
         };
         match str_field(&m, "type") {
-            Some("ping") => Inbound::Native {
-                inc: Incoming {
-                    id: None,
-                    msg: ClientMsg::Ping,
-                },
-                alias: None,
-            },
+            Some("ping") => native(None, ClientMsg::Ping),
             _ => invalid(None, "this stream is read-only"),
         }
     }

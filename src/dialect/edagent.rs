@@ -10,8 +10,11 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use super::{chat_into, id_field, invalid, parse_object, str_field, Dialect, Inbound, Out};
-use crate::protocol::{now_rfc3339, ClientMsg, Event, Incoming};
+use super::{
+    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect, Inbound,
+    Out,
+};
+use crate::protocol::{now_rfc3339, ClientMsg, Event};
 
 /// The alias of every EdAgent user's one conversation.
 pub const DEFAULT_ALIAS: &str = "default";
@@ -37,17 +40,8 @@ impl State {
                 _ => invalid(id, "message is required"),
             },
             Some("typing") => Inbound::Reply(Vec::new()),
-            Some("ping") => Inbound::Native {
-                inc: Incoming {
-                    id,
-                    msg: ClientMsg::Ping,
-                },
-                alias: None,
-            },
-            Some(other) => {
-                let shown: String = other.chars().take(40).collect();
-                invalid(id, format!("unknown message type {shown:?}"))
-            }
+            Some("ping") => native(id, ClientMsg::Ping),
+            Some(other) => unknown_type(id, other),
         }
     }
 

@@ -273,6 +273,20 @@ pub fn parse_object(text: &str) -> Result<Map<String, Value>, &'static str> {
     }
 }
 
+/// A native command, with no alias to resolve.
+pub fn native(id: Option<String>, msg: crate::protocol::ClientMsg) -> Inbound {
+    Inbound::Native {
+        inc: Incoming { id, msg },
+        alias: None,
+    }
+}
+
+/// A `type` this dialect does not have (shown shortened).
+pub fn unknown_type(id: Option<String>, ty: &str) -> Inbound {
+    let shown: String = ty.chars().take(40).collect();
+    invalid(id, format!("unknown message type {shown:?}"))
+}
+
 pub fn invalid(id: Option<String>, reason: impl Into<String>) -> Inbound {
     Inbound::Invalid(DecodeError {
         id,
@@ -315,27 +329,19 @@ pub fn chat_into(d: &Dialect, id: Option<String>, message: String, conv_ref: &st
     // A blank message is refused natively (EMPTY_MESSAGE) before an alias could make a
     // conversation for it.
     if message.trim().is_empty() {
-        let inc = Incoming {
-            id,
-            msg: ClientMsg::Chat(ai_chat(message, None)),
-        };
-        return Inbound::Native { inc, alias: None };
+        return native(id, ClientMsg::Chat(ai_chat(message, None)));
     }
-    if is_native_id(conv_ref) {
-        let inc = Incoming {
+    // A native id as is; an alias this connection already resolved, by its conversation.
+    let known = if is_native_id(conv_ref) {
+        Some(conv_ref)
+    } else {
+        d.alias(conv_ref)
+    };
+    match known {
+        Some(conv) => native(
             id,
-            msg: ClientMsg::Chat(ai_chat(message, Some(conv_ref.to_string()))),
-        };
-        return Inbound::Native { inc, alias: None };
-    }
-    match d.alias(conv_ref) {
-        Some(conv) => Inbound::Native {
-            inc: Incoming {
-                id,
-                msg: ClientMsg::Chat(ai_chat(message, Some(conv.to_string()))),
-            },
-            alias: None,
-        },
+            ClientMsg::Chat(ai_chat(message, Some(conv.to_string()))),
+        ),
         None => Inbound::Native {
             inc: Incoming {
                 id,

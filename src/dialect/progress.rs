@@ -12,9 +12,10 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{
-    chat_into, envelope, id_field, invalid, parse_object, str_field, Dialect, Inbound, Out,
+    chat_into, envelope, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect,
+    Inbound, Out,
 };
-use crate::protocol::{ClientMsg, ErrorCode, Event, Incoming};
+use crate::protocol::{ClientMsg, ErrorCode, Event};
 
 pub struct State {
     user: String,
@@ -59,17 +60,8 @@ impl State {
                 let conv = id_field(&m, "conversation_id").unwrap_or_else(|| self.session.clone());
                 chat_into(d, id, q.to_string(), &conv)
             }
-            Some("ping") => Inbound::Native {
-                inc: Incoming {
-                    id,
-                    msg: ClientMsg::Ping,
-                },
-                alias: None,
-            },
-            Some(other) => {
-                let shown: String = other.chars().take(40).collect();
-                invalid(id, format!("unknown message type {shown:?}"))
-            }
+            Some("ping") => native(id, ClientMsg::Ping),
+            Some(other) => unknown_type(id, other),
             None => invalid(id, "missing field `type`"),
         }
     }

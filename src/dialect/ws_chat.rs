@@ -9,8 +9,11 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{chat_into, id_field, invalid, parse_object, str_field, Dialect, Inbound, Out};
-use crate::protocol::{ClientMsg, ErrorCode, Event, Incoming};
+use super::{
+    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect, Inbound,
+    Out,
+};
+use crate::protocol::{ClientMsg, ErrorCode, Event};
 
 /// Replies whose text is being accumulated at once, at most (a reply's entry goes at its
 /// `complete`; these bound a connection that stopped following some).
@@ -76,16 +79,10 @@ impl State {
                 let conv = session.unwrap_or_else(|| self.current.clone());
                 return chat_into(d, id, message.to_string(), &conv);
             }
-            Some(other) => {
-                let shown: String = other.chars().take(40).collect();
-                return invalid(id, format!("unknown message type {shown:?}"));
-            }
+            Some(other) => return unknown_type(id, other),
             None => return invalid(id, "missing field `type`"),
         };
-        Inbound::Native {
-            inc: Incoming { id, msg },
-            alias: None,
-        }
+        native(id, msg)
     }
 
     pub fn outbound(&mut self, d: &Dialect, ev: &Event, out: &mut Out) {
