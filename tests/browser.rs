@@ -83,8 +83,6 @@ fn the_test_page_streams_resumes_after_a_reload_stops_and_uploads() {
 
 #[test]
 fn the_chat_page_on_desktop_and_phone_with_markdown_errors_an_outage_and_a_room() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !ready(&dir, &chromium) {
@@ -114,51 +112,29 @@ fn the_chat_page_on_desktop_and_phone_with_markdown_errors_an_outage_and_a_room(
     let addr = server.as_ref().unwrap().addr;
     let mut stopped = Vec::new();
     // CONFAB_SHOTS_DIR=docs refreshes docs/page-desktop.png and docs/page-phone.png.
-    let mut child = Command::new("node")
-        .arg(dir.join("chat.test.js"))
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("chat.test.js"))
         .arg(format!("http://{addr}/"))
         .env("CHROMIUM", &chromium)
         .env(
             "SHOTS_DIR",
             std::env::var("CONFAB_SHOTS_DIR").unwrap_or_default(),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        out.push_str(&line);
-        out.push('\n');
-        match line.as_str() {
-            "STOP" => {
-                let mut s = server.take().unwrap();
-                if let Some(h) = s.handle.take() {
-                    h.shutdown();
-                }
-                stopped.push(s); // dropping it would delete the data dir
+        );
+    let (ok, out, err) = run_driver(&mut cmd, |line| {
+        if line == "STOP" {
+            let mut s = server.take().unwrap();
+            if let Some(h) = s.handle.take() {
+                h.shutdown();
             }
-            "START" => {
-                server = Some(TestServer::start(
-                    "browser-chat-2",
-                    tweak(Some(addr), data.clone()),
-                ))
-            }
-            _ => continue,
+            stopped.push(s); // dropping it would delete the data dir
+        } else {
+            server = Some(TestServer::start(
+                "browser-chat-2",
+                tweak(Some(addr), data.clone()),
+            ));
         }
-        writeln!(stdin, "ok").unwrap();
-        stdin.flush().unwrap();
-    }
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(
-        status.success() && out.contains("chat page test passed"),
-        "{out}\n{err}"
-    );
+    });
+    assert!(ok && out.contains("chat page test passed"), "{out}\n{err}");
     drop(stopped);
     let _ = std::fs::remove_dir_all(data);
 }

@@ -11,7 +11,6 @@ mod common;
 use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 fn seed_socket(s: &TestServer, user: &str, query: &str) -> Client {
     let url = s.url(&format!("/api/v1/ws/ws?token={}{query}", s.token(user)));
@@ -245,10 +244,7 @@ fn one_mib_chunks_upload_through_the_seed_socket() {
     let data: Vec<u8> = (0..(1024 * 1024 + 5000))
         .map(|i| (i * 7 % 251) as u8)
         .collect();
-    let sha: String = Sha256::digest(&data)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect();
+    let sha = sha_hex(&data);
     a.send(
         json!({"type":"file_upload","data":{"upload_type":"init","file_name":"report.pdf",
         "file_size":data.len(),"mime_type":"application/pdf"}}),

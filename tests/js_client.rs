@@ -10,29 +10,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use confab::Config;
-
-fn node_flags() -> Option<Vec<&'static str>> {
-    let out = Command::new("node").arg("--version").output().ok()?;
-    let v = String::from_utf8_lossy(&out.stdout);
-    let major: u32 = v
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()?
-        .parse()
-        .ok()?;
-    match major {
-        0..=19 => None,
-        20 | 21 => Some(vec!["--experimental-websocket", "--no-warnings"]),
-        _ => Some(vec![]),
-    }
-}
 
 fn script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/test/client.test.mjs")
@@ -53,35 +35,12 @@ fn scenario(
     };
     let mut server = Some(TestServer::start(&format!("js-{name}"), tweak));
     let base = format!("http://{}", server.as_ref().unwrap().addr);
-    let mut child = Command::new("node")
-        .args(&flags)
-        .arg(script())
-        .arg(name)
-        .arg(&base)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut out = String::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        out.push_str(&line);
-        out.push('\n');
-        if line == "STOP" || line == "START" {
-            on_line(&line, &mut server);
-            writeln!(stdin, "ok").unwrap();
-            stdin.flush().unwrap();
-        }
-    }
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.args(&flags).arg(script()).arg(name).arg(&base);
+    let (ok, out, err) = run_driver(&mut cmd, |line| on_line(line, &mut server));
     assert!(
-        status.success() && out.contains(&format!("PASS {name}")),
-        "{name}: {status}\n{out}\n{err}"
+        ok && out.contains(&format!("PASS {name}")),
+        "{name}\n{out}\n{err}"
     );
 }
 

@@ -57,24 +57,6 @@ fn substitute(text: &str, addr: &str, tokens: &[(&str, &str)]) -> String {
     t
 }
 
-/// `node` and the flag its WebSocket needs, if a Node ≥ 20 is installed.
-fn node() -> Option<Vec<String>> {
-    let out = Command::new("node").arg("--version").output().ok()?;
-    let v = String::from_utf8_lossy(&out.stdout);
-    let major: u32 = v
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()?
-        .parse()
-        .ok()?;
-    match major {
-        0..=19 => None,
-        20 | 21 => Some(vec!["--experimental-websocket".into()]),
-        _ => Some(vec![]),
-    }
-}
-
 /// The prelude of every JavaScript run: console.log is recorded; `expect(pred)` ends the
 /// run with success once `pred(lines)` holds; a watchdog fails it after 15 s.
 const PRELUDE: &str = r#"
@@ -92,7 +74,7 @@ setTimeout(() => { __print('SEED-CLIENT-TIMEOUT'); process.exit(3); }, 15000);
 "#;
 
 /// Run `program` in Node; true when it printed `SEED-CLIENT-OK`.
-fn run_node(flags: &[String], program: &str, tag: &str) -> bool {
+fn run_node(flags: &[&str], program: &str, tag: &str) -> bool {
     let dir = temp_dir(tag);
     let file = dir.join("client.js");
     std::fs::write(&file, program).unwrap();
@@ -171,7 +153,7 @@ fn snippets_are_the_seeds_text() {
 
 #[test]
 fn seed_000_js_gets_a_message_added_by_someone_else() {
-    let Some(flags) = node() else {
+    let Some(flags) = node_flags() else {
         return missing("node >= 20");
     };
     let s = server("seed000");
@@ -196,7 +178,7 @@ fn seed_000_js_gets_a_message_added_by_someone_else() {
 
 #[test]
 fn seed_001_js_auth_options_and_the_client_class() {
-    let Some(flags) = node() else {
+    let Some(flags) = node_flags() else {
         return missing("node >= 20");
     };
     let s = server("seed001");
@@ -289,7 +271,7 @@ fn seed_001_python_client() {
 
 #[test]
 fn seed_002_and_003_js_with_the_user_in_the_path() {
-    let Some(flags) = node() else {
+    let Some(flags) = node_flags() else {
         return missing("node >= 20");
     };
     let s = server("seed002");
@@ -327,7 +309,7 @@ fn seed_002_and_003_js_with_the_user_in_the_path() {
 
 #[test]
 fn seed_004_js_snippets_and_the_client_class() {
-    let Some(flags) = node() else {
+    let Some(flags) = node_flags() else {
         return missing("node >= 20");
     };
     let s = server("seed004");

@@ -12,29 +12,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Deterministic, incompressible-looking bytes.
-fn bytes(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn sha_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
 
 fn init(c: &mut Client, name: &str, size: usize, extra: Value) -> Value {
     let mut m = json!({"type": "file_upload", "upload_type": "init", "id": "init",
@@ -98,7 +77,7 @@ fn get_file(s: &TestServer, url: &str, token: Option<&str>) -> (u16, String, Vec
 fn a_file_uploaded_in_chunks_downloads_byte_for_byte_and_survives_a_restart() {
     let mut s = TestServer::start("upload-roundtrip", |_| {});
     let mut a = s.client("alice");
-    let data = bytes(150_000, 7);
+    let data = noise(150_000, 7);
     let done = upload(&mut a, "Quarterly report.pdf", &data, json!({}));
     assert_eq!(
         (done["type"].as_str(), done["upload_type"].as_str()),
@@ -188,7 +167,7 @@ fn room_members_download_room_files_and_others_cannot() {
         c.send(json!({"type": "join_room", "room_id": "design", "room_type": "shared"}));
         c.recv_type("room_joined");
     }
-    let data = bytes(10_000, 3);
+    let data = noise(10_000, 3);
     let done = upload(
         &mut a,
         "mock.png",
@@ -266,7 +245,7 @@ fn bad_uploads_get_clear_errors_and_the_connection_stays_usable() {
     );
 
     // In-flight mistakes: order, encoding, size, early finalize, wrong checksum.
-    let data = bytes(100, 1);
+    let data = noise(100, 1);
     let ev = init(
         &mut a,
         "notes.txt",
@@ -282,7 +261,7 @@ fn bad_uploads_get_clear_errors_and_the_connection_stays_usable() {
         .contains("expected chunk_index 0"));
     a.send(chunk(0, "not base64!!"));
     expect_error(&mut a, "BAD_REQUEST");
-    a.send(chunk(0, &B64.encode(bytes(101, 2))));
+    a.send(chunk(0, &B64.encode(noise(101, 2))));
     expect_error(&mut a, "UPLOAD_TOO_LARGE");
     a.send(chunk(0, &B64.encode(&data[..50])));
     assert_eq!(reply(&mut a)["received_bytes"], 50);
@@ -356,7 +335,7 @@ fn a_closed_connection_abandons_its_partial_upload() {
     let mut a = s.client("alice");
     let ev = init(&mut a, "half.pdf", 1000, json!({}));
     let fid = ev["file_id"].as_str().unwrap().to_string();
-    a.send(json!({"type": "file_upload", "upload_type": "chunk", "file_id": fid, "chunk_index": 0, "total_chunks": 2, "chunk_data": B64.encode(bytes(500, 9))}));
+    a.send(json!({"type": "file_upload", "upload_type": "chunk", "file_id": fid, "chunk_index": 0, "total_chunks": 2, "chunk_data": B64.encode(noise(500, 9))}));
     assert_eq!(reply(&mut a)["received_bytes"], 500);
     let tmp = s.dir.join("files").join("tmp");
     assert!(tmp.join(&fid).is_file());
@@ -403,7 +382,7 @@ fn chunks_of_an_open_upload_do_not_count_against_the_message_rate() {
         c.uploads.max_chunk_bytes = 1000;
     });
     let mut a = s.client("alice");
-    let data = bytes(11_500, 5);
+    let data = noise(11_500, 5);
     let done = upload(
         &mut a,
         "many.txt",
@@ -439,7 +418,7 @@ fn upload_names_are_reduced_to_a_safe_base_name() {
             "{bad:?}"
         );
     }
-    let data = bytes(300, 3);
+    let data = noise(300, 3);
     let done = upload(&mut a, "../../evil\u{202E}fdp.pdf", &data, json!({}));
     assert_eq!(done["upload_type"], "complete", "{done}");
     assert_eq!(done["file_name"], "evilfdp.pdf");

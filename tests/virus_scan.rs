@@ -21,28 +21,8 @@ use base64::Engine;
 use common::*;
 use confab::config::{ClamdAddress, ScanConfig};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
-fn sha_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn clamd_binary() -> Option<PathBuf> {
     ["/usr/sbin/clamd", "/usr/bin/clamd", "/usr/local/sbin/clamd"]

@@ -329,3 +329,79 @@ pub fn sigterm(child: &std::process::Child) {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
 }
+
+/// Deterministic, incompressible-looking bytes (xorshift).
+pub fn noise(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// SHA-256 as 64 lower-case hex digits (what `finalize` takes).
+pub fn sha_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The flags `node` needs for a global WebSocket, if a Node ≥ 20 is installed.
+pub fn node_flags() -> Option<Vec<&'static str>> {
+    let out = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    let major: u32 = v
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()?;
+    match major {
+        0..=19 => None,
+        20 | 21 => Some(vec!["--experimental-websocket", "--no-warnings"]),
+        _ => Some(vec![]),
+    }
+}
+
+/// Run a driver script that prints `STOP` / `START` when it wants the server stopped or
+/// started again: `on_request` does it, then the script reads a line on stdin and goes on.
+/// Returns (success, stdout, stderr).
+pub fn run_driver(
+    cmd: &mut std::process::Command,
+    mut on_request: impl FnMut(&str),
+) -> (bool, String, String) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line == "STOP" || line == "START" {
+            on_request(&line);
+            writeln!(stdin, "ok").unwrap();
+            stdin.flush().unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status.success(), out, err)
+}
