@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use super::{
-    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect, Inbound,
+    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Aliases, Inbound,
     Out,
 };
 use crate::protocol::{now_rfc3339, ClientMsg, Event};
@@ -28,7 +28,7 @@ pub struct State {
 const TYPING_KEPT: usize = 64;
 
 impl State {
-    pub fn inbound(&mut self, d: &Dialect, text: &str) -> Inbound {
+    pub fn inbound(&mut self, d: &Aliases, text: &str) -> Inbound {
         let m = match parse_object(text) {
             Ok(m) => m,
             Err(e) => return invalid(None, e),

@@ -159,8 +159,7 @@ enum State {
 pub struct Dialect {
     pub profile: Profile,
     state: State,
-    /// Aliases this connection resolved: (alias, conversation id), newest last.
-    aliases: Vec<(String, String)>,
+    aliases: Aliases,
     /// An authentication failure to report in the dialect's form once the socket is open
     /// (the seeds expect an in-band error, not an HTTP status).
     pub auth_failure: Option<(ErrorCode, String)>,
@@ -168,6 +167,38 @@ pub struct Dialect {
 
 /// Aliases remembered per connection (a client juggling more re-resolves, still correct).
 const ALIASES_KEPT: usize = 64;
+
+/// The aliases a connection resolved: (alias, conversation id), newest last.
+#[derive(Default)]
+pub struct Aliases(Vec<(String, String)>);
+
+impl Aliases {
+    /// The conversation an alias was resolved to on this connection.
+    pub fn alias(&self, alias: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(a, _)| a == alias)
+            .map(|(_, c)| c.as_str())
+    }
+
+    /// The alias this connection knows `conv` by.
+    pub fn alias_of(&self, conv: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(_, c)| c == conv)
+            .map(|(a, _)| a.as_str())
+    }
+
+    fn learn(&mut self, alias: &str, conv: &str) {
+        self.0.retain(|(a, _)| a != alias);
+        if self.0.len() >= ALIASES_KEPT {
+            self.0.remove(0);
+        }
+        self.0.push((alias.to_string(), conv.to_string()));
+    }
+}
 
 impl Dialect {
     pub fn new(route: &Route, cfg: &Config) -> Box<Dialect> {
@@ -184,63 +215,38 @@ impl Dialect {
         Box::new(Dialect {
             profile: route.profile,
             state,
-            aliases: Vec::new(),
+            aliases: Aliases::default(),
             auth_failure: None,
         })
     }
 
-    /// The conversation an alias was resolved to on this connection.
-    pub fn alias(&self, alias: &str) -> Option<&str> {
-        self.aliases
-            .iter()
-            .rev()
-            .find(|(a, _)| a == alias)
-            .map(|(_, c)| c.as_str())
-    }
-
-    /// The alias this connection knows `conv` by.
-    pub fn alias_of(&self, conv: &str) -> Option<&str> {
-        self.aliases
-            .iter()
-            .rev()
-            .find(|(_, c)| c == conv)
-            .map(|(a, _)| a.as_str())
-    }
-
     /// The store resolved `alias` to `conv`.
     pub fn learn(&mut self, alias: &str, conv: &str) {
-        self.aliases.retain(|(a, _)| a != alias);
-        if self.aliases.len() >= ALIASES_KEPT {
-            self.aliases.remove(0);
-        }
-        self.aliases.push((alias.to_string(), conv.to_string()));
+        self.aliases.learn(alias, conv);
     }
 
     /// One inbound text frame.
     pub fn inbound(&mut self, dec: &mut Decoder, text: &str) -> Inbound {
-        let mut st = std::mem::replace(&mut self.state, State::WsChat(Default::default()));
-        let r = match &mut st {
+        let a = &self.aliases;
+        match &mut self.state {
             State::Agixt(s) => s.inbound(text),
-            State::WsChat(s) => s.inbound(self, text),
-            State::EdAgent(s) => s.inbound(self, text),
-            State::Progress(s) => s.inbound(self, text),
-            State::Rooms(s) => s.inbound(self, dec, text),
-        };
-        self.state = st;
-        r
+            State::WsChat(s) => s.inbound(a, text),
+            State::EdAgent(s) => s.inbound(a, text),
+            State::Progress(s) => s.inbound(a, text),
+            State::Rooms(s) => s.inbound(a, dec, text),
+        }
     }
 
     /// One native event.
     pub fn outbound(&mut self, ev: &Event, out: &mut Out) {
-        let mut st = std::mem::replace(&mut self.state, State::WsChat(Default::default()));
-        match &mut st {
+        let a = &self.aliases;
+        match &mut self.state {
             State::Agixt(s) => s.outbound(ev, out),
-            State::WsChat(s) => s.outbound(self, ev, out),
+            State::WsChat(s) => s.outbound(a, ev, out),
             State::EdAgent(s) => s.outbound(ev, out),
-            State::Progress(s) => s.outbound(self, ev, out),
+            State::Progress(s) => s.outbound(a, ev, out),
             State::Rooms(s) => s.outbound(ev, out),
         }
-        self.state = st;
     }
 
     /// The frame a dialect sends before the server closes the connection (002's chosen
@@ -324,7 +330,7 @@ pub fn ai_chat(message: String, conversation_id: Option<String>) -> crate::proto
 }
 
 /// A chat into `conv_ref` (native id or alias) from a dialect connection.
-pub fn chat_into(d: &Dialect, id: Option<String>, message: String, conv_ref: &str) -> Inbound {
+pub fn chat_into(d: &Aliases, id: Option<String>, message: String, conv_ref: &str) -> Inbound {
     use crate::protocol::ClientMsg;
     // A blank message is refused natively (EMPTY_MESSAGE) before an alias could make a
     // conversation for it.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{
-    chat_into, envelope, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect,
+    chat_into, envelope, id_field, invalid, native, parse_object, str_field, unknown_type, Aliases,
     Inbound, Out,
 };
 use crate::protocol::{ClientMsg, ErrorCode, Event};
@@ -46,7 +46,7 @@ impl State {
         }
     }
 
-    pub fn inbound(&mut self, d: &Dialect, text: &str) -> Inbound {
+    pub fn inbound(&mut self, d: &Aliases, text: &str) -> Inbound {
         let m = match parse_object(text) {
             Ok(m) => m,
             Err(e) => return invalid(None, e),
@@ -82,7 +82,7 @@ impl State {
         out.push(envelope(ty, data));
     }
 
-    pub fn outbound(&mut self, d: &Dialect, ev: &Event, out: &mut Out) {
+    pub fn outbound(&mut self, d: &Aliases, ev: &Event, out: &mut Out) {
         match ev {
             Event::Connected { .. } => out.push(envelope(
                 "connected",

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{envelope, invalid, is_native_id, Dialect, Inbound, Out};
+use super::{envelope, invalid, is_native_id, Aliases, Inbound, Out};
 use crate::config::Config;
 use crate::protocol::{now_rfc3339, ClientMsg, Decoder, Event, Incoming, MessageView};
 
@@ -73,7 +73,7 @@ impl State {
         }
     }
 
-    pub fn inbound(&mut self, d: &Dialect, dec: &mut Decoder, text: &str) -> Inbound {
+    pub fn inbound(&mut self, d: &Aliases, dec: &mut Decoder, text: &str) -> Inbound {
         let mut top = match super::parse_object(text) {
             Ok(m) => m,
             Err(e) => return invalid(None, e),

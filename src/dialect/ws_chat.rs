@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{
-    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Dialect, Inbound,
+    chat_into, id_field, invalid, native, parse_object, str_field, unknown_type, Aliases, Inbound,
     Out,
 };
 use crate::protocol::{ClientMsg, ErrorCode, Event};
@@ -57,7 +57,7 @@ impl Default for State {
 }
 
 impl State {
-    pub fn inbound(&mut self, d: &Dialect, text: &str) -> Inbound {
+    pub fn inbound(&mut self, d: &Aliases, text: &str) -> Inbound {
         let m = match parse_object(text) {
             Ok(m) => m,
             Err(e) => return invalid(None, e),
@@ -85,7 +85,7 @@ impl State {
         native(id, msg)
     }
 
-    pub fn outbound(&mut self, d: &Dialect, ev: &Event, out: &mut Out) {
+    pub fn outbound(&mut self, d: &Aliases, ev: &Event, out: &mut Out) {
         match ev {
             Event::AuthSuccess { user, .. } => out.push(json!({
                 "type": "auth_success",
