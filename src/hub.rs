@@ -151,6 +151,11 @@ impl Hub {
         map.get(user).map(|e| e.conns.clone()).unwrap_or_default()
     }
 
+    /// How many users have a connection open (no allocation: anyone may ask, 002's status).
+    pub fn user_count(&self) -> usize {
+        self.users.iter().map(|s| s.lock().len()).sum()
+    }
+
     /// Every user with a connection open, with how many (walks every stripe: for status
     /// pages, not for the message path).
     pub fn users_online(&self) -> Vec<(String, usize)> {

@@ -165,8 +165,6 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             .and_then(|s| s.dialect.as_mut())
             .map(|d| d.inbound(dec, text))
     };
-    // A dialect's own answer (e.g. a pong in its form) is rate-limited like any message.
-    let mut own_answer = None;
     let (decoded, alias) = match inbound {
         None => {
             let codec = crate::app::codec_of(shard, slot);
@@ -174,15 +172,14 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
         }
         Some(Inbound::Native { inc, alias }) => (Ok(inc), alias),
         Some(Inbound::Invalid(e)) => (Err(e), None),
+        // A dialect's own answer (e.g. a pong in its form) is rate-limited like any message.
         Some(Inbound::Reply(frames)) => {
-            own_answer = Some(frames);
-            (
-                Err(crate::protocol::DecodeError {
-                    id: None,
-                    reason: String::new(),
-                }),
-                None,
-            )
+            if !rate_limited(shard, slot, now, None) {
+                for f in frames {
+                    shard.send_frame(slot, f);
+                }
+            }
+            return;
         }
     };
     // The next chunk of an upload this connection has open is paced by the upload queue
@@ -204,40 +201,11 @@ pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
             return;
         }
     }
-    let Some(verdict) = charge(shard, slot, now) else {
-        return;
+    let id = match &decoded {
+        Ok(m) => m.id.as_deref(),
+        Err(e) => e.id.as_deref(),
     };
-    let strikes_max = shard.app().cfg.limits.rate_strikes;
-    if let (Verdict::Limited { retry_after_s }, strikes) = verdict {
-        if strikes > strikes_max {
-            send_error(
-                shard,
-                slot,
-                ErrorCode::RateLimit,
-                "rate limit exceeded repeatedly",
-                None,
-            );
-            shard.close_ws(slot, close::POLICY, "rate limit abuse");
-        } else {
-            let id = match &decoded {
-                Ok(m) => m.id.clone(),
-                Err(e) => e.id.clone(),
-            };
-            send_error_retry(
-                shard,
-                slot,
-                ErrorCode::RateLimit,
-                "too many messages",
-                id,
-                retry_after_s,
-            );
-        }
-        return;
-    }
-    if let Some(frames) = own_answer {
-        for f in frames {
-            shard.send_frame(slot, f);
-        }
+    if rate_limited(shard, slot, now, id) {
         return;
     }
     match (decoded, alias) {
@@ -291,6 +259,37 @@ pub fn alias_resolved(
         req.conversation_id = Some(conv);
     }
     dispatch(shard, slot, inc);
+}
+
+/// Charge one message to the rate window; over it, answer `RATE_LIMIT` (echoing `id`),
+/// or close 1008 after `limits.rate_strikes` strikes. `true`: the message goes no further.
+fn rate_limited(shard: &mut Shard, slot: usize, now: Instant, id: Option<&str>) -> bool {
+    let Some(verdict) = charge(shard, slot, now) else {
+        return true;
+    };
+    let (Verdict::Limited { retry_after_s }, strikes) = verdict else {
+        return false;
+    };
+    if strikes > shard.app().cfg.limits.rate_strikes {
+        send_error(
+            shard,
+            slot,
+            ErrorCode::RateLimit,
+            "rate limit exceeded repeatedly",
+            None,
+        );
+        shard.close_ws(slot, close::POLICY, "rate limit abuse");
+    } else {
+        send_error_retry(
+            shard,
+            slot,
+            ErrorCode::RateLimit,
+            "too many messages",
+            id.map(str::to_string),
+            retry_after_s,
+        );
+    }
+    true
 }
 
 /// Charge one frame to the connection's rate window: the verdict and the strikes in the

@@ -336,14 +336,16 @@ fn path_user(shard: &Shard, req: &Request, user: &str) -> Result<(), Response> {
 /// 002's `GET /api/v1/ws/status`: counts for anyone, the users for an admin.
 fn status(ctx: &ServerCtx, admin: bool) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let users = ctx.hub.users_online();
     let mut v = json!({
         "active_connections": ctx.net.metrics.ws_connections.load(Relaxed).max(0),
-        "active_users": users.len(),
+        "active_users": ctx.hub.user_count(),
         "timestamp": crate::protocol::now_rfc3339(),
     });
+    // The list (every user, allocated) only for an admin.
     if admin {
-        v["users"] = users
+        v["users"] = ctx
+            .hub
+            .users_online()
             .into_iter()
             .map(|(u, n)| json!({ "user_id": u, "connections": n }))
             .collect();
