@@ -18,6 +18,7 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/confab.toml");
 
 const SECTIONS: &[&str] = &[
     "server", "tls", "auth", "ws", "limits", "store", "llm", "rooms", "uploads", "compat",
+    "cluster",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +43,12 @@ fn invalid(key: &'static str, msg: impl Into<String>) -> ConfigError {
     }
 }
 
+mod cluster;
 mod compat;
 mod load;
 mod raw;
 
+pub use cluster::ClusterConfig;
 pub use compat::{CompatConfig, Profile};
 
 // ---------------------------------------------------------------- validated
@@ -68,6 +71,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub uploads: UploadsConfig,
     pub compat: CompatConfig,
+    /// `None`: a single box (SQLite, in-process hub).
+    pub cluster: Option<ClusterConfig>,
     pub agents: BTreeMap<String, AgentConfig>,
 }
 

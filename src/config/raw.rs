@@ -16,6 +16,7 @@ pub(super) struct Raw {
     rooms: RawRooms,
     uploads: RawUploads,
     compat: super::compat::RawCompat,
+    cluster: super::cluster::RawCluster,
     #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
 }
@@ -462,6 +463,13 @@ impl Raw {
             u.clamd_stream_max_bytes,
         )?;
         let compat = self.compat.validate()?;
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && a.jwt_secret.is_empty() && public_key_file.is_none() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "cluster mode needs a secret (or key pair) shared by every node: a generated per-node secret would make each node refuse the others' tokens",
+            ));
+        }
         if u.max_file_bytes == 0 {
             return Err(invalid("uploads.max_file_bytes", "must be at least 1"));
         }
@@ -597,6 +605,7 @@ impl Raw {
                 scan,
             },
             compat,
+            cluster,
             agents,
         })
     }
