@@ -15,6 +15,7 @@
 pub mod alias;
 pub mod cmd;
 pub mod conversations;
+pub mod db;
 pub mod files;
 pub mod read;
 pub mod rooms;
@@ -47,6 +48,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[cfg(feature = "cluster")]
+    #[error("postgres: {0}")]
+    Pg(#[from] postgres::Error),
     /// A job refused for a reason the client caused (access, not found, empty...).
     #[error("{1}")]
     Refused(crate::protocol::ErrorCode, String),
@@ -59,6 +63,16 @@ impl StoreError {
             self,
             StoreError::SchemaTooNew { .. } | StoreError::Open { .. }
         )
+    }
+
+    /// A conflict with a concurrent writer elsewhere (another node's transaction): the
+    /// job may simply be run again.
+    pub fn is_retryable(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if let StoreError::Pg(e) = self {
+            return super::store::pg::retryable(e);
+        }
+        false
     }
 
     pub fn refused(code: crate::protocol::ErrorCode, msg: impl Into<String>) -> StoreError {

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::cmd::{Completions, ReadCmd, ReadDone};
+use super::db::{p, Db, Row};
 use super::writer::{conv_access, is_member, room_by_id};
 use super::{ReadMsg, StoreError};
 use crate::metrics::Metrics;
@@ -47,12 +47,12 @@ fn refused_not_member() -> StoreError {
 
 /// Run one query. `sink` supplies the in-flight replies a replay needs.
 pub fn execute<R: 'static>(
-    conn: &Connection,
+    db: &impl Db,
     cmd: ReadCmd,
     sink: &dyn Completions<R>,
 ) -> Result<ReadDone, StoreError> {
     match cmd {
-        ReadCmd::RoomsOf { user_id } => rooms_for_user(conn, &user_id).map(ReadDone::Rooms),
+        ReadCmd::RoomsOf { user_id } => rooms_for_user(db, &user_id).map(ReadDone::Rooms),
         ReadCmd::Replay {
             conversation_id,
             user_id,
@@ -60,21 +60,14 @@ pub fn execute<R: 'static>(
             after_seq,
             limit,
         } => {
-            let a = conv_access(conn, &conversation_id, &user_id)?;
+            let a = conv_access(db, &conversation_id, &user_id)?;
             if !a.is_member && !admin {
                 return Err(refused_not_member());
             }
             // Snapshots BEFORE rows: see `Completions::in_flight`.
             let snapshots = sink.in_flight(&conversation_id);
-            load_replay(
-                conn,
-                &conversation_id,
-                after_seq,
-                limit,
-                a.room_id,
-                snapshots,
-            )
-            .map(ReadDone::Replay)
+            load_replay(db, &conversation_id, after_seq, limit, a.room_id, snapshots)
+                .map(ReadDone::Replay)
         }
         ReadCmd::Conversations {
             user_id,
@@ -82,10 +75,10 @@ pub fn execute<R: 'static>(
             limit,
             aliases,
         } => {
-            let (mut list, next_cursor) = list_conversations(conn, &user_id, cursor, limit)?;
+            let (mut list, next_cursor) = list_conversations(db, &user_id, cursor, limit)?;
             if let Some(profile) = aliases {
                 for c in &mut list {
-                    c.alias = super::alias::alias_of(conn, &user_id, profile, &c.id)?;
+                    c.alias = super::alias::alias_of(db, &user_id, profile, &c.id)?;
                 }
             }
             Ok(ReadDone::Conversations { list, next_cursor })
@@ -102,7 +95,7 @@ pub fn execute<R: 'static>(
             // An alias names the conversation unless the id is a native one.
             let conversation_id = match alias {
                 Some(p) if !conversation_id.starts_with("c_") => {
-                    super::alias::lookup(conn, &user_id, p, &conversation_id)?.ok_or_else(|| {
+                    super::alias::lookup(db, &user_id, p, &conversation_id)?.ok_or_else(|| {
                         StoreError::refused(
                             crate::protocol::ErrorCode::NotFound,
                             format!("no conversation {conversation_id}"),
@@ -111,17 +104,17 @@ pub fn execute<R: 'static>(
                 }
                 _ => conversation_id,
             };
-            let access = conv_access(conn, &conversation_id, &user_id)?;
+            let access = conv_access(db, &conversation_id, &user_id)?;
             if !access.is_member && !admin {
                 return Err(refused_not_member());
             }
-            let messages = history(conn, &conversation_id, before_seq, after_seq, limit)?;
+            let messages = history(db, &conversation_id, before_seq, after_seq, limit)?;
             let first = messages.first().map(|r| r.seq);
             let has_more = match (after_seq, first) {
                 (None, Some(f)) => f > 1,
                 _ => messages.len() as u32 == limit,
             };
-            let last_seq = last_seq(conn, &conversation_id).unwrap_or(0);
+            let last_seq = last_seq(db, &conversation_id).unwrap_or(0);
             Ok(ReadDone::History {
                 conversation_id,
                 messages,
@@ -134,29 +127,29 @@ pub fn execute<R: 'static>(
             file_id,
             user_id,
             admin,
-        } => super::files::readable(conn, &file_id, &user_id, admin).map(ReadDone::File),
+        } => super::files::readable(db, &file_id, &user_id, admin).map(ReadDone::File),
         ReadCmd::Room {
             room_id,
             user_id,
             admin,
         } => {
-            let Some(room) = room_by_id(conn, &room_id)? else {
+            let Some(room) = room_by_id(db, &room_id)? else {
                 return Err(StoreError::refused(
                     ErrorCode::NotFound,
                     format!("no room {room_id}"),
                 ));
             };
-            let member = is_member(conn, &room.conversation_id, &user_id)?;
+            let member = is_member(db, &room.conversation_id, &user_id)?;
             if !member && !admin && room.room_type != RoomType::Shared {
                 return Err(StoreError::refused(
                     ErrorCode::Forbidden,
                     "not a member of this room",
                 ));
             }
-            let members = members(conn, &room.conversation_id)?;
+            let members = members(db, &room.conversation_id)?;
             Ok(ReadDone::Room { room, members })
         }
-        ReadCmd::RoomById { room_id } => room_by_id(conn, &room_id).map(ReadDone::RoomById),
+        ReadCmd::RoomById { room_id } => room_by_id(db, &room_id).map(ReadDone::RoomById),
     }
 }
 
@@ -174,7 +167,7 @@ pub struct Replay {
 
 /// Read what a subscriber missed, given the in-flight `snapshots` taken just before.
 pub fn load_replay(
-    db: &Connection,
+    db: &impl Db,
     conv: &str,
     after_seq: i64,
     limit: u32,
@@ -187,13 +180,15 @@ pub fn load_replay(
     // the client holds only part of it.
     for mid in snapshots.keys() {
         if !rows.iter().any(|r| r.id == *mid) {
-            if let Some(r) = db
-                .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND status = 'streaming'"
-                ))?
-                .query_row([mid], message_row)
-                .optional()?
-            {
+            if let Some(r) = db.row(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE id = ?1 AND status = 'streaming'"
+                ),
+                p![*mid],
+                message_row,
+            )? {
                 rows.push(r);
             }
         }
@@ -208,8 +203,13 @@ pub fn load_replay(
     })
 }
 
-pub const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at, meta";
+/// The columns [`message_row`] reads, for `concat!` into a statement.
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, seq, role, author, author_name, content, status, created_at, updated_at, meta"
+    };
+}
+pub(crate) use message_columns;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRow {
@@ -227,19 +227,19 @@ pub struct MessageRow {
     pub meta: Option<String>,
 }
 
-pub fn message_row(r: &Row) -> rusqlite::Result<MessageRow> {
+pub fn message_row(r: &dyn Row) -> Result<MessageRow, StoreError> {
     Ok(MessageRow {
-        id: r.get(0)?,
-        conversation_id: r.get(1)?,
-        seq: r.get(2)?,
-        role: r.get(3)?,
-        author: r.get(4)?,
-        author_name: r.get(5)?,
-        content: r.get(6)?,
-        status: r.get(7)?,
-        created_at: r.get(8)?,
-        updated_at: r.get(9)?,
-        meta: r.get(10)?,
+        id: r.int(0)?,
+        conversation_id: r.text(1)?,
+        seq: r.int(2)?,
+        role: r.text(3)?,
+        author: r.text(4)?,
+        author_name: r.text(5)?,
+        content: r.text(6)?,
+        status: r.text(7)?,
+        created_at: r.int(8)?,
+        updated_at: r.int(9)?,
+        meta: r.opt_text(10)?,
     })
 }
 
@@ -265,50 +265,65 @@ impl MessageRow {
 /// Messages with seq > `after_seq`, at most `limit`, oldest first. When more than `limit`
 /// match, the NEWEST `limit` are returned and the flag says so.
 pub fn replay(
-    conn: &Connection,
+    db: &impl Db,
     conv: &str,
     after_seq: i64,
     limit: u32,
 ) -> Result<(Vec<MessageRow>, bool), StoreError> {
-    let mut rows: Vec<MessageRow> = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
-        ))?
-        .query_map(params![conv, after_seq, limit as i64 + 1], message_row)?
-        .collect::<Result<_, _>>()?;
+    let mut rows = db.rows(
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
+        ),
+        p![conv, after_seq, limit as i64 + 1],
+        message_row,
+    )?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     rows.reverse();
     Ok((rows, more))
 }
 
-pub fn last_seq(conn: &Connection, conv: &str) -> Result<i64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?
-        .query_row([conv], |r| r.get(0))
-        .optional()?
+pub fn last_seq(db: &impl Db, conv: &str) -> Result<i64, StoreError> {
+    Ok(db
+        .row(
+            "SELECT last_seq FROM conversations WHERE id = ?1",
+            p![conv],
+            |r| r.int(0),
+        )?
         .unwrap_or(0))
 }
 
 /// A page of history in seq order: the newest `limit` before `before_seq` (or after
 /// `after_seq`, oldest first).
 pub fn history(
-    conn: &Connection,
+    db: &impl Db,
     conv: &str,
     before_seq: Option<i64>,
     after_seq: Option<i64>,
     limit: u32,
 ) -> Result<Vec<MessageRow>, StoreError> {
     if let Some(after) = after_seq {
-        return Ok(conn
-            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))?
-            .query_map(params![conv, after, limit as i64], message_row)?
-            .collect::<Result<_, _>>()?);
+        return db.rows(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            p![conv, after, limit as i64],
+            message_row,
+        );
     }
-    let mut rows: Vec<MessageRow> = conn
-        .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"))?
-        .query_map(params![conv, before_seq.unwrap_or(i64::MAX), limit as i64], message_row)?
-        .collect::<Result<_, _>>()?;
+    let mut rows = db.rows(
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        ),
+        p![conv, before_seq.unwrap_or(i64::MAX), limit as i64],
+        message_row,
+    )?;
     rows.reverse();
     Ok(rows)
 }
@@ -337,44 +352,43 @@ pub struct ConversationSummary {
 /// The user's conversations, most recent first. `cursor` = the `next_cursor` of the
 /// previous page (`<last_updated>:<id>`).
 pub fn list_conversations(
-    conn: &Connection,
+    db: &impl Db,
     user: &str,
     cursor: Option<(i64, String)>,
     limit: u32,
 ) -> Result<(Vec<ConversationSummary>, Option<String>), StoreError> {
     // No cursor: (MAX, "") — every row has last_updated < MAX.
     let (cu, cid) = cursor.unwrap_or((i64::MAX, String::new()));
-    let mut stmt = conn.prepare_cached(
+    let rows: Vec<(ConversationSummary, i64)> = db.rows(
         "SELECT c.id, c.kind, c.room_id, c.room_name, c.message_count, c.last_seq, c.preview, c.created_at, c.last_updated, m.read_seq, c.title
          FROM members m JOIN conversations c ON c.id = m.conversation_id
          WHERE m.user_id = ?1 AND c.deleted = 0
            AND (c.last_updated < ?2 OR (c.last_updated = ?2 AND c.id < ?3))
          ORDER BY c.last_updated DESC, c.id DESC LIMIT ?4",
-    )?;
-    let rows: Vec<(ConversationSummary, i64)> = stmt
-        .query_map(params![user, cu, cid, limit as i64 + 1], |r| {
-            let last_seq: i64 = r.get(5)?;
-            let read: i64 = r.get(9)?;
-            let updated: i64 = r.get(8)?;
+        p![user, cu, cid.as_str(), limit as i64 + 1],
+        |r| {
+            let last_seq = r.int(5)?;
+            let read = r.int(9)?;
+            let updated = r.int(8)?;
             Ok((
                 ConversationSummary {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    room_id: r.get(2)?,
-                    room_name: r.get(3)?,
-                    message_count: r.get(4)?,
+                    id: r.text(0)?,
+                    kind: r.text(1)?,
+                    room_id: r.opt_text(2)?,
+                    room_name: r.opt_text(3)?,
+                    message_count: r.int(4)?,
                     last_seq,
-                    preview: r.get(6)?,
-                    created_at: rfc3339_ms(r.get(7)?),
+                    preview: r.opt_text(6)?,
+                    created_at: rfc3339_ms(r.int(7)?),
                     last_updated: rfc3339_ms(updated),
                     unread: (last_seq - read).max(0),
                     alias: None,
-                    title: r.get(10)?,
+                    title: r.opt_text(10)?,
                 },
                 updated,
             ))
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     let more = rows.len() > limit as usize;
     let mut out: Vec<(ConversationSummary, i64)> = rows;
     out.truncate(limit as usize);
@@ -392,57 +406,53 @@ pub fn parse_cursor(s: &str) -> Option<(i64, String)> {
 }
 
 /// The user's rooms with their last seq and unread count (for `connected`).
-pub fn rooms_for_user(conn: &Connection, user: &str) -> Result<Vec<RoomSummary>, StoreError> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT c.room_id, c.room_name, c.room_type, c.id, c.last_seq, m.read_seq
-             FROM members m JOIN conversations c ON c.id = m.conversation_id
-             WHERE m.user_id = ?1 AND m.room = 1 AND c.deleted = 0
-             ORDER BY c.last_updated DESC LIMIT 500",
-        )?
-        .query_map([user], |r| {
-            let last_seq: i64 = r.get(4)?;
-            let read: i64 = r.get(5)?;
-            let rt: String = r.get(2)?;
+pub fn rooms_for_user(db: &impl Db, user: &str) -> Result<Vec<RoomSummary>, StoreError> {
+    db.rows(
+        "SELECT c.room_id, c.room_name, c.room_type, c.id, c.last_seq, m.read_seq
+         FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = ?1 AND m.room = 1 AND c.deleted = 0
+         ORDER BY c.last_updated DESC LIMIT 500",
+        p![user],
+        |r| {
+            let last_seq = r.int(4)?;
+            let read = r.int(5)?;
+            let rt = r.text(2)?;
             Ok(RoomSummary {
-                room_id: r.get(0)?,
-                room_name: r.get(1)?,
+                room_id: r.text(0)?,
+                room_name: r.text(1)?,
                 room_type: RoomType::parse(&rt).unwrap_or(RoomType::Shared).as_str(),
-                conversation_id: r.get(3)?,
+                conversation_id: r.text(3)?,
                 last_seq,
                 unread: (last_seq - read).max(0),
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+        },
+    )
 }
 
-pub fn members(conn: &Connection, conv: &str) -> Result<Vec<(String, String)>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT m.user_id, COALESCE(u.name, m.user_id) FROM members m LEFT JOIN users u ON u.id = m.user_id
-             WHERE m.conversation_id = ?1 ORDER BY m.joined_at LIMIT 10000",
-        )?
-        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?)
+pub fn members(db: &impl Db, conv: &str) -> Result<Vec<(String, String)>, StoreError> {
+    db.rows(
+        "SELECT m.user_id, COALESCE(u.name, m.user_id) FROM members m LEFT JOIN users u ON u.id = m.user_id
+         WHERE m.conversation_id = ?1 ORDER BY m.joined_at LIMIT 10000",
+        p![conv],
+        |r| Ok((r.text(0)?, r.text(1)?)),
+    )
 }
 
 /// Prior messages for a model's context: up to `n` before `before_seq`, oldest first,
 /// newest kept when over `max_chars`.
 pub fn context(
-    conn: &Connection,
+    db: &impl Db,
     conv: &str,
     before_seq: i64,
     n: u32,
     max_chars: usize,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let rows: Vec<(String, String)> = conn
-        .prepare_cached(
-            "SELECT role, content FROM messages WHERE conversation_id = ?1 AND seq < ?2 AND content != ''
-             AND role IN ('user', 'assistant', 'system') ORDER BY seq DESC LIMIT ?3",
-        )?
-        .query_map(params![conv, before_seq, n as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows = db.rows(
+        "SELECT role, content FROM messages WHERE conversation_id = ?1 AND seq < ?2 AND content != ''
+         AND role IN ('user', 'assistant', 'system') ORDER BY seq DESC LIMIT ?3",
+        p![conv, before_seq, n as i64],
+        |r| Ok((r.text(0)?, r.text(1)?)),
+    )?;
     let mut total = 0;
     let mut kept = Vec::new();
     for (role, content) in rows {

@@ -1,8 +1,7 @@
 //! Rooms in the store: a room is a conversation with a room id, a type and members.
 //! Run by the writer inside its batch transaction (reads of a room by the readers too).
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use super::db::{p, Db};
 use super::writer::{touch_user, WriterState};
 use super::StoreError;
 use crate::protocol::{ErrorCode, RoomType};
@@ -18,28 +17,31 @@ pub struct RoomRow {
     pub ai: bool,
 }
 
-pub fn room_by_id(conn: &Connection, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT room_id, room_name, room_type, id, owner, last_seq, ai FROM conversations WHERE room_id = ?1 AND deleted = 0")?
-        .query_row([room_id], |r| {
+pub fn room_by_id(db: &impl Db, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
+    db.row(
+        "SELECT room_id, room_name, room_type, id, owner, last_seq, ai FROM conversations WHERE room_id = ?1 AND deleted = 0",
+        p![room_id],
+        |r| {
             Ok(RoomRow {
-                room_id: r.get(0)?,
-                room_name: r.get(1)?,
-                room_type: RoomType::parse(&r.get::<_, String>(2)?).unwrap_or(RoomType::Shared),
-                conversation_id: r.get(3)?,
-                owner: r.get(4)?,
-                last_seq: r.get(5)?,
-                ai: r.get(6)?,
+                room_id: r.text(0)?,
+                room_name: r.text(1)?,
+                room_type: RoomType::parse(&r.text(2)?).unwrap_or(RoomType::Shared),
+                conversation_id: r.text(3)?,
+                owner: r.text(4)?,
+                last_seq: r.int(5)?,
+                ai: r.flag(6)?,
             })
-        })
-        .optional()?)
+        },
+    )
 }
 
-pub fn is_member(conn: &Connection, conv: &str, user: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
-        .query_row([conv, user], |_| Ok(()))
-        .optional()?
+pub fn is_member(db: &impl Db, conv: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(db
+        .row(
+            "SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+            p![conv, user],
+            |_| Ok(()),
+        )?
         .is_some())
 }
 
@@ -55,15 +57,17 @@ pub struct NewRoom<'a> {
 }
 
 pub fn create_room(
-    conn: &Connection,
+    db: &impl Db,
     state: &mut WriterState,
     r: &NewRoom,
 ) -> Result<RoomRow, StoreError> {
-    if room_by_id(conn, r.room_id)?.is_some()
-        || conn
-            .prepare_cached("SELECT 1 FROM conversations WHERE room_id = ?1")?
-            .query_row([r.room_id], |_| Ok(()))
-            .optional()?
+    if room_by_id(db, r.room_id)?.is_some()
+        || db
+            .row(
+                "SELECT 1 FROM conversations WHERE room_id = ?1",
+                p![r.room_id],
+                |_| Ok(()),
+            )?
             .is_some()
     {
         return Err(StoreError::refused(
@@ -71,18 +75,20 @@ pub fn create_room(
             format!("room {} already exists", r.room_id),
         ));
     }
-    touch_user(conn, state, r.owner, r.owner_name)?;
+    touch_user(db, state, r.owner, r.owner_name)?;
     let now = state.now_ms;
-    conn.prepare_cached(
+    db.exec(
         "INSERT INTO conversations (id, owner, kind, room_id, room_name, room_type, created_at, last_updated, ai)
          VALUES (?1, ?2, 'room', ?3, ?4, ?5, ?6, ?6, ?7)",
-    )?
-    .execute(params![r.conversation_id, r.owner, r.room_id, r.room_name, r.room_type.as_str(), now, r.ai])?;
-    conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'owner', ?3, 1)")?
-        .execute(params![r.conversation_id, r.owner, now])?;
+        p![r.conversation_id, r.owner, r.room_id, r.room_name, r.room_type.as_str(), now, r.ai],
+    )?;
+    db.exec(
+        "INSERT INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'owner', ?3, 1)",
+        p![r.conversation_id, r.owner, now],
+    )?;
     for m in r.members {
         if m != r.owner {
-            add_member(conn, now, r.conversation_id, m)?;
+            add_member(db, now, r.conversation_id, m)?;
         }
     }
     Ok(RoomRow {
@@ -97,33 +103,34 @@ pub fn create_room(
 }
 
 /// Add a member to a room.
-pub fn add_member(conn: &Connection, now: i64, conv: &str, user: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'member', ?3, 1)")?
-        .execute(params![conv, user, now])?;
+pub fn add_member(db: &impl Db, now: i64, conv: &str, user: &str) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO members (conversation_id, user_id, role, joined_at, room) VALUES (?1, ?2, 'member', ?3, 1)
+         ON CONFLICT DO NOTHING",
+        p![conv, user, now],
+    )?;
     Ok(())
 }
 
-pub fn remove_member(conn: &Connection, conv: &str, user: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND role != 'owner'",
-        )?
-        .execute([conv, user])?
-        > 0)
+pub fn remove_member(db: &impl Db, conv: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(db.exec(
+        "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND role != 'owner'",
+        p![conv, user],
+    )? > 0)
 }
 
-pub fn delete_room(conn: &Connection, now: i64, conv: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub fn delete_room(db: &impl Db, now: i64, conv: &str) -> Result<(), StoreError> {
+    db.exec(
         "UPDATE conversations SET deleted = 1, room_id = NULL, last_updated = ?2 WHERE id = ?1",
-    )?
-    .execute(params![conv, now])?;
+        p![conv, now],
+    )?;
     Ok(())
 }
 
 /// Join a room for `join_room`: create it when allowed and missing; check membership.
 #[allow(clippy::too_many_arguments)]
 pub fn join_room(
-    conn: &Connection,
+    db: &impl Db,
     state: &mut WriterState,
     user: &str,
     user_name: &str,
@@ -134,15 +141,13 @@ pub fn join_room(
     create_allowed: bool,
     new_conversation_id: &str,
 ) -> Result<(RoomRow, bool), StoreError> {
-    match room_by_id(conn, room_id)? {
+    match room_by_id(db, room_id)? {
         Some(room) => {
-            let member = is_member(conn, &room.conversation_id, user)?;
+            let member = is_member(db, &room.conversation_id, user)?;
             if !member {
                 match room.room_type {
-                    RoomType::Shared => {
-                        add_member(conn, state.now_ms, &room.conversation_id, user)?
-                    }
-                    _ if is_admin => add_member(conn, state.now_ms, &room.conversation_id, user)?,
+                    RoomType::Shared => add_member(db, state.now_ms, &room.conversation_id, user)?,
+                    _ if is_admin => add_member(db, state.now_ms, &room.conversation_id, user)?,
                     _ => {
                         return Err(StoreError::refused(
                             ErrorCode::Forbidden,
@@ -154,12 +159,12 @@ pub fn join_room(
                     }
                 }
             }
-            touch_user(conn, state, user, user_name)?;
+            touch_user(db, state, user, user_name)?;
             Ok((room, false))
         }
         None if create_allowed => {
             let room = create_room(
-                conn,
+                db,
                 state,
                 &NewRoom {
                     room_id,

@@ -12,10 +12,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
+
+use super::db::{p, Db};
 
 use super::cmd::{Completions, WriteCmd, WriteJob, Written};
-use super::read::{message_row, MessageRow, MESSAGE_COLUMNS};
+use super::read::{message_columns, message_row, MessageRow};
 use super::{StoreError, WriteMsg};
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode};
@@ -55,8 +57,8 @@ pub struct Settings {
     pub idempotency_window_ms: i64,
 }
 
-pub fn run<R: 'static>(
-    mut conn: Connection,
+pub fn run<R: 'static, B: Batch>(
+    mut conn: B,
     rx: Receiver<WriteMsg<R>>,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -93,8 +95,58 @@ pub fn run<R: 'static>(
     log::info!("store writer stopped");
 }
 
-fn commit_batch<R: 'static>(
-    conn: &mut Connection,
+/// A connection the writer runs batches on: one transaction per batch.
+pub trait Batch: Db {
+    /// Open the batch's transaction (reconnecting first if the connection was lost).
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Abandon the open transaction, if any (errors are moot: the batch failed already).
+    fn rollback(&mut self);
+}
+
+impl Batch for Connection {
+    /// IMMEDIATE: take the write lock at BEGIN. A deferred transaction reads first and
+    /// then upgrades, which fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) if the
+    /// checkpointer restarted the WAL in between.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.exec("BEGIN IMMEDIATE", &[]).map(drop)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.exec("COMMIT", &[]).map(drop)
+    }
+    fn rollback(&mut self) {
+        if !self.is_autocommit() {
+            let _ = self.exec("ROLLBACK", &[]);
+        }
+    }
+}
+
+/// Times a job that lost a deadlock with another node's writer is run again (its
+/// savepoint rolled back, so the other writer goes on and this one waits for it).
+const RETRIES: usize = 3;
+
+/// Run one job in its own savepoint: a refused job rolls back alone.
+fn run_job(db: &impl Db, state: &mut WriterState, cmd: WriteCmd) -> Result<Written, StoreError> {
+    let mut tries = 0;
+    loop {
+        db.exec("SAVEPOINT job", &[])?;
+        let r = execute(db, state, &cmd);
+        state.job_done(r.is_ok());
+        if r.is_ok() {
+            db.exec("RELEASE job", &[])?;
+            return r;
+        }
+        db.exec("ROLLBACK TO job", &[])?;
+        db.exec("RELEASE job", &[])?;
+        match r {
+            Err(e) if e.is_retryable() && tries < RETRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn commit_batch<R: 'static, B: Batch>(
+    conn: &mut B,
     jobs: &mut Vec<WriteJob<R>>,
     state: &mut WriterState,
     metrics: &Metrics,
@@ -103,43 +155,20 @@ fn commit_batch<R: 'static>(
     state.now_ms = now_ms();
     let n = jobs.len();
     let mut done: Vec<(Result<Written, StoreError>, R, std::time::Instant)> = Vec::with_capacity(n);
-    // IMMEDIATE: take the write lock at BEGIN. A deferred transaction reads first and
-    // then upgrades, which fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) if the
-    // checkpointer restarted the WAL in between.
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let replies = jobs.drain(..).map(|j| j.reply);
-            fail_all(replies, &StoreError::Sql(e), metrics, sink);
-            return;
-        }
-    };
-    // Prepared once per connection (prepare_cached): parsing these per job cost more than
-    // the jobs' own statements.
-    let savepoint = |sql: &str| -> Result<(), StoreError> {
-        tx.prepare_cached(sql)?.execute([])?;
-        Ok(())
-    };
+    if let Err(e) = conn.begin() {
+        conn.rollback();
+        let replies = jobs.drain(..).map(|j| j.reply);
+        fail_all(replies, &e, metrics, sink);
+        return;
+    }
     for job in jobs.drain(..) {
-        let r = match savepoint("SAVEPOINT job") {
-            Err(e) => Err(e),
-            Ok(()) => {
-                let r = execute(&tx, state, job.cmd);
-                state.job_done(r.is_ok());
-                let end = if r.is_ok() {
-                    savepoint("RELEASE job")
-                } else {
-                    savepoint("ROLLBACK TO job").and_then(|_| savepoint("RELEASE job"))
-                };
-                match end {
-                    Ok(()) => r,
-                    Err(e) => Err(e),
-                }
-            }
-        };
+        let r = run_job(conn, state, job.cmd);
         done.push((r, job.reply, job.enqueued));
     }
-    let committed = tx.commit();
+    let committed = conn.commit();
+    if committed.is_err() {
+        conn.rollback();
+    }
     state.batch_done(committed.is_ok());
     match committed {
         Ok(()) => {
@@ -169,7 +198,7 @@ fn commit_batch<R: 'static>(
         }
         Err(e) => {
             let replies = done.into_iter().map(|(_, reply, _)| reply);
-            fail_all(replies, &StoreError::Sql(e), metrics, sink);
+            fail_all(replies, &e, metrics, sink);
         }
     }
 }
@@ -190,9 +219,9 @@ fn fail_all<R: 'static>(
 
 /// Run one command inside the open transaction.
 pub fn execute(
-    conn: &Connection,
+    db: &impl Db,
     state: &mut WriterState,
-    cmd: WriteCmd,
+    cmd: &WriteCmd,
 ) -> Result<Written, StoreError> {
     match cmd {
         WriteCmd::RenameConversation {
@@ -201,24 +230,24 @@ pub fn execute(
             admin,
             title,
         } => super::conversations::rename(
-            conn,
+            db,
             state.now_ms,
             &conversation_id,
             &user_id,
-            admin,
+            *admin,
             title.as_deref(),
         )
         .map(|()| Written::Renamed {
-            conversation_id,
-            title,
+            conversation_id: conversation_id.clone(),
+            title: title.clone(),
         }),
         WriteCmd::DeleteConversation {
             conversation_id,
             user_id,
             admin,
-        } => super::conversations::delete(conn, &conversation_id, &user_id, admin).map(|files| {
+        } => super::conversations::delete(db, conversation_id, user_id, *admin).map(|files| {
             Written::ConversationDeleted {
-                conversation_id,
+                conversation_id: conversation_id.clone(),
                 files,
             }
         }),
@@ -229,24 +258,20 @@ pub fn execute(
             alias,
             new_conversation_id,
         } => super::alias::resolve_or_create(
-            conn,
+            db,
             state,
-            (&user_id, &user_name),
-            profile,
+            (user_id, user_name),
+            *profile,
             &alias,
             &new_conversation_id,
         )
         .map(|(conversation_id, _)| Written::Alias { conversation_id }),
-        WriteCmd::Chat(input) => {
-            append_chat(conn, state, &input).map(|o| Written::Chat(Box::new(o)))
-        }
+        WriteCmd::Chat(input) => append_chat(db, state, input).map(|o| Written::Chat(Box::new(o))),
         WriteCmd::MarkRead {
             conversation_id,
             user_id,
             seq,
-        } => {
-            mark_read(conn, &conversation_id, &user_id, seq).map(|marker| Written::Read { marker })
-        }
+        } => mark_read(db, conversation_id, user_id, *seq).map(|marker| Written::Read { marker }),
         WriteCmd::JoinRoom {
             user_id,
             user_name,
@@ -257,16 +282,16 @@ pub fn execute(
             create_allowed,
             new_conversation_id,
         } => join_room(
-            conn,
+            db,
             state,
-            &user_id,
-            &user_name,
-            admin,
-            &room_id,
+            user_id,
+            user_name,
+            *admin,
+            room_id,
             room_name.as_deref(),
-            room_type,
-            create_allowed,
-            &new_conversation_id,
+            *room_type,
+            *create_allowed,
+            new_conversation_id,
         )
         .map(|(room, _created)| Written::Joined(room)),
         WriteCmd::CreateRoom {
@@ -279,17 +304,17 @@ pub fn execute(
             ai,
             conversation_id,
         } => create_room(
-            conn,
+            db,
             state,
             &NewRoom {
-                room_id: &room_id,
-                room_name: &room_name,
-                room_type,
-                owner: &owner,
-                owner_name: &owner_name,
-                members: &members,
-                ai,
-                conversation_id: &conversation_id,
+                room_id,
+                room_name,
+                room_type: *room_type,
+                owner,
+                owner_name,
+                members,
+                ai: *ai,
+                conversation_id,
             },
         )
         .map(Written::RoomCreated),
@@ -298,8 +323,8 @@ pub fn execute(
             user_id,
             admin,
         } => {
-            let room = owned_room(conn, &room_id, &user_id, admin, "delete it")?;
-            delete_room(conn, state.now_ms, &room.conversation_id)?;
+            let room = owned_room(db, room_id, user_id, *admin, "delete it")?;
+            delete_room(db, state.now_ms, &room.conversation_id)?;
             Ok(Written::RoomDeleted(room))
         }
         WriteCmd::ChangeMember {
@@ -310,16 +335,16 @@ pub fn execute(
             add,
             max_members,
         } => {
-            let room = owned_room(conn, &room_id, &user_id, admin, "change its members")?;
-            if add {
-                if member_count(conn, &room.conversation_id)? >= i64::from(max_members) {
+            let room = owned_room(db, room_id, user_id, *admin, "change its members")?;
+            if *add {
+                if member_count(db, &room.conversation_id)? >= i64::from(*max_members) {
                     return Err(StoreError::refused(
                         ErrorCode::BadRequest,
                         "the room is full",
                     ));
                 }
-                add_member(conn, state.now_ms, &room.conversation_id, &member)?;
-            } else if !remove_member(conn, &room.conversation_id, &member)? {
+                add_member(db, state.now_ms, &room.conversation_id, member)?;
+            } else if !remove_member(db, &room.conversation_id, member)? {
                 return Err(StoreError::refused(
                     ErrorCode::NotFound,
                     "not a member (or the owner)",
@@ -328,31 +353,31 @@ pub fn execute(
             Ok(Written::MemberChanged(room))
         }
         WriteCmd::RecordFile(f) => {
-            super::files::record(conn, state.now_ms, &f).map(|()| Written::FileRecorded)
+            super::files::record(db, state.now_ms, f).map(|()| Written::FileRecorded)
         }
         WriteCmd::Checkpoint {
             message_id,
             content,
-        } => checkpoint(conn, state.now_ms, message_id, &content).map(|()| Written::Checkpointed),
+        } => checkpoint(db, state.now_ms, *message_id, content).map(|()| Written::Checkpointed),
         WriteCmd::Finalize {
             message_id,
             content,
             status,
             meta_json,
-        } => finalize(conn, state.now_ms, message_id, &content, status, &meta_json)
+        } => finalize(db, state.now_ms, *message_id, content, status, meta_json)
             .map(Written::Finalized),
     }
 }
 
 /// A room that `user` owns (or any room, for an admin); else NOT_FOUND / FORBIDDEN.
 fn owned_room(
-    conn: &Connection,
+    db: &impl Db,
     room_id: &str,
     user: &str,
     admin: bool,
     to: &str,
 ) -> Result<RoomRow, StoreError> {
-    let Some(room) = room_by_id(conn, room_id)? else {
+    let Some(room) = room_by_id(db, room_id)? else {
         return Err(StoreError::refused(
             ErrorCode::NotFound,
             format!("no room {room_id}"),
@@ -367,10 +392,14 @@ fn owned_room(
     Ok(room)
 }
 
-fn member_count(conn: &Connection, conv: &str) -> Result<i64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1")?
-        .query_row([conv], |r| r.get(0))?)
+fn member_count(db: &impl Db, conv: &str) -> Result<i64, StoreError> {
+    Ok(db
+        .row(
+            "SELECT COUNT(*) FROM members WHERE conversation_id = ?1",
+            p![conv],
+            |r| r.int(0),
+        )?
+        .unwrap_or(0))
 }
 
 // ---------------------------------------------------------------- operations
@@ -410,17 +439,24 @@ pub struct ConvAccess {
     pub ai: bool,
 }
 
-pub fn conv_access(conn: &Connection, conv: &str, user: &str) -> Result<ConvAccess, StoreError> {
-    let row = conn
-        .prepare_cached(
-            "SELECT c.kind, c.room_id, c.room_type, c.owner, c.ai, c.deleted,
-                    EXISTS(SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?2)
-             FROM conversations c WHERE c.id = ?1",
-        )?
-        .query_row(params![conv, user], |r| {
-            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get::<_, bool>(4)?, r.get::<_, bool>(5)?, r.get::<_, bool>(6)?))
-        })
-        .optional()?;
+pub fn conv_access(db: &impl Db, conv: &str, user: &str) -> Result<ConvAccess, StoreError> {
+    let row = db.row(
+        "SELECT c.kind, c.room_id, c.room_type, c.owner, c.ai, c.deleted,
+                EXISTS(SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?2)
+         FROM conversations c WHERE c.id = ?1",
+        p![conv, user],
+        |r| {
+            Ok((
+                r.text(0)?,
+                r.opt_text(1)?,
+                r.opt_text(2)?,
+                r.text(3)?,
+                r.flag(4)?,
+                r.flag(5)?,
+                r.flag(6)?,
+            ))
+        },
+    )?;
     match row {
         None | Some((_, _, _, _, _, true, _)) => Err(StoreError::refused(
             ErrorCode::NotFound,
@@ -464,7 +500,7 @@ impl WriterState {
 }
 
 pub(super) fn touch_user(
-    conn: &Connection,
+    db: &impl Db,
     state: &mut WriterState,
     id: &str,
     name: &str,
@@ -472,11 +508,11 @@ pub(super) fn touch_user(
     if state.user_recorded(id) {
         return Ok(());
     }
-    conn.prepare_cached(
+    db.exec(
         "INSERT INTO users (id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen",
-    )?
-    .execute(params![id, name, state.now_ms])?;
+        p![id, name, state.now_ms],
+    )?;
     state.users_job.push(id.to_string());
     Ok(())
 }
@@ -484,7 +520,7 @@ pub(super) fn touch_user(
 // The arguments are the columns of one row; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn insert_message(
-    conn: &Connection,
+    db: &impl Db,
     conv: &str,
     role: &str,
     author: &str,
@@ -494,23 +530,31 @@ fn insert_message(
     client_id: Option<&str>,
     now: i64,
 ) -> Result<MessageRow, StoreError> {
-    let (seq, no_preview): (i64, bool) = conn
-        .prepare_cached(
+    // The conversation's row lock (held to COMMIT) orders its writers, also across the
+    // nodes of a cluster: seq is dense and a committed seq means every lower one is.
+    let (seq, no_preview) = db
+        .row(
             "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
              WHERE id = ?1 RETURNING last_seq, preview IS NULL",
+            p![conv, now],
+            |r| Ok((r.int(0)?, r.flag(1)?)),
         )?
-        .query_row(params![conv, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .ok_or_else(|| StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}")))?;
     if no_preview && role == "user" {
         let preview: String = content.chars().take(100).collect();
-        conn.prepare_cached("UPDATE conversations SET preview = ?2 WHERE id = ?1")?
-            .execute(params![conv, preview])?;
+        db.exec(
+            "UPDATE conversations SET preview = ?2 WHERE id = ?1",
+            p![conv, preview.as_str()],
+        )?;
     }
-    conn.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-    )?
-    .execute(params![conv, seq, role, author, author_name, content, status, client_id, now])?;
-    let id = conn.last_insert_rowid();
+    let id = db
+        .row(
+            "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
+            p![conv, seq, role, author, author_name, content, status, client_id, now],
+            |r| r.int(0),
+        )?
+        .unwrap_or_default();
     Ok(MessageRow {
         id,
         conversation_id: conv.to_string(),
@@ -526,8 +570,21 @@ fn insert_message(
     })
 }
 
+/// A new chat conversation owned by `user`.
+pub fn new_conversation(db: &impl Db, id: &str, user: &str, now: i64) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO conversations (id, owner, kind, created_at, last_updated) VALUES (?1, ?2, 'chat', ?3, ?3)",
+        p![id, user, now],
+    )?;
+    db.exec(
+        "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)",
+        p![id, user, now],
+    )?;
+    Ok(())
+}
+
 pub fn append_chat(
-    conn: &Connection,
+    db: &impl Db,
     state: &mut WriterState,
     input: &ChatInput,
 ) -> Result<ChatOutcome, StoreError> {
@@ -538,18 +595,27 @@ pub fn append_chat(
         // call, ~20-30% of the writer): `client_id IS NOT NULL` is spelled out, so using
         // the partial index does not depend on the bound value (SQLite otherwise re-plans
         // on every bind); and the window is checked here, not with a bound range.
-        let orig = conn
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE author = ?1 AND client_id = ?2 AND client_id IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ))?
-            .query_row(params![input.user_id, cid], message_row)
-            .optional()?
+        // Writers on other nodes may hold the same id right now: the first to commit
+        // wins, the other then finds its row (a no-op on SQLite's single writer).
+        db.serialize(&input.user_id, cid)?;
+        let orig = db
+            .row(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE author = ?1 AND client_id = ?2 AND client_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+                ),
+                p![&input.user_id, cid],
+                message_row,
+            )?
             .filter(|m| m.created_at >= now - state.idempotency_window_ms);
         if let Some(orig) = orig {
-            let room_id: Option<String> = conn
-                .prepare_cached("SELECT room_id FROM conversations WHERE id = ?1")?
-                .query_row([&orig.conversation_id], |r| r.get(0))
-                .optional()?
+            let room_id = db
+                .row(
+                    "SELECT room_id FROM conversations WHERE id = ?1",
+                    p![&orig.conversation_id],
+                    |r| r.opt_text(0),
+                )?
                 .flatten();
             return Ok(ChatOutcome {
                 conversation_id: orig.conversation_id.clone(),
@@ -560,18 +626,13 @@ pub fn append_chat(
             });
         }
     }
-    touch_user(conn, state, &input.user_id, &input.user_name)?;
+    touch_user(db, state, &input.user_id, &input.user_name)?;
     let conv = input.conversation_id.as_str();
     let mut room_id = input.room_id.clone();
     if input.create {
-        conn.prepare_cached(
-            "INSERT INTO conversations (id, owner, kind, created_at, last_updated) VALUES (?1, ?2, 'chat', ?3, ?3)",
-        )?
-        .execute(params![conv, input.user_id, now])?;
-        conn.prepare_cached("INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)")?
-            .execute(params![conv, input.user_id, now])?;
+        new_conversation(db, conv, &input.user_id, now)?;
     } else {
-        let a = conv_access(conn, conv, &input.user_id)?;
+        let a = conv_access(db, conv, &input.user_id)?;
         if !a.is_member && !input.is_admin {
             return Err(StoreError::refused(
                 ErrorCode::Forbidden,
@@ -581,7 +642,7 @@ pub fn append_chat(
         room_id = a.room_id;
     }
     let user_msg = insert_message(
-        conn,
+        db,
         conv,
         "user",
         &input.user_id,
@@ -593,7 +654,7 @@ pub fn append_chat(
     )?;
     let assistant = match &input.assistant {
         Some(agent) => Some(insert_message(
-            conn,
+            db,
             conv,
             "assistant",
             agent,
@@ -616,56 +677,69 @@ pub fn append_chat(
 
 /// Save the partial content of a streaming reply.
 pub fn checkpoint(
-    conn: &Connection,
+    db: &impl Db,
     now: i64,
     message_id: i64,
     content: &str,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
+    db.exec(
         "UPDATE messages SET content = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'streaming'",
-    )?
-    .execute(params![message_id, content, now])?;
+        p![message_id, content, now],
+    )?;
     Ok(())
 }
 
 /// Final content, status and metadata of a reply.
 pub fn finalize(
-    conn: &Connection,
+    db: &impl Db,
     now: i64,
     message_id: i64,
     content: &str,
     status: &str,
     meta: &str,
 ) -> Result<MessageRow, StoreError> {
-    conn.prepare_cached(
+    db.exec(
         "UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1",
-    )?
-    .execute(params![message_id, content, status, meta, now])?;
-    let row = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
-        ))?
-        .query_row([message_id], message_row)?;
-    conn.prepare_cached("UPDATE conversations SET last_updated = ?2 WHERE id = ?1")?
-        .execute(params![row.conversation_id, now])?;
+        p![message_id, content, status, meta, now],
+    )?;
+    let row = db
+        .row(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE id = ?1"
+            ),
+            p![message_id],
+            message_row,
+        )?
+        .ok_or_else(|| StoreError::refused(ErrorCode::NotFound, "no such message"))?;
+    db.exec(
+        "UPDATE conversations SET last_updated = ?2 WHERE id = ?1",
+        p![&row.conversation_id, now],
+    )?;
     Ok(row)
 }
 
 /// Move a member's read marker forward (never back, never past the last message).
 /// Returns the marker after the move.
-pub fn mark_read(conn: &Connection, conv: &str, user: &str, seq: i64) -> Result<i64, StoreError> {
-    let a = conv_access(conn, conv, user)?;
+pub fn mark_read(db: &impl Db, conv: &str, user: &str, seq: i64) -> Result<i64, StoreError> {
+    let a = conv_access(db, conv, user)?;
     if !a.is_member {
         return Err(StoreError::refused(
             ErrorCode::Forbidden,
             "you are not a participant of this conversation",
         ));
     }
-    let v: i64 = conn
-        .prepare_cached(
-            "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM conversations WHERE id = ?1)))
+    // Never past the last message, never back: CASE rather than MIN/MAX, which are
+    // spelled differently in SQLite and PostgreSQL.
+    let last = super::read::last_seq(db, conv)?;
+    let v = db
+        .row(
+            "UPDATE members SET read_seq = CASE WHEN read_seq < ?3 THEN ?3 ELSE read_seq END
              WHERE conversation_id = ?1 AND user_id = ?2 RETURNING read_seq",
+            p![conv, user, seq.min(last)],
+            |r| r.int(0),
         )?
-        .query_row(params![conv, user, seq], |r| r.get(0))?;
+        .unwrap_or(0);
     Ok(v)
 }
