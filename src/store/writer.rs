@@ -232,8 +232,8 @@ pub fn execute(
         } => super::conversations::rename(
             db,
             state.now_ms,
-            &conversation_id,
-            &user_id,
+            conversation_id,
+            user_id,
             *admin,
             title.as_deref(),
         )
@@ -262,8 +262,8 @@ pub fn execute(
             state,
             (user_id, user_name),
             *profile,
-            &alias,
-            &new_conversation_id,
+            alias,
+            new_conversation_id,
         )
         .map(|(conversation_id, _)| Written::Alias { conversation_id }),
         WriteCmd::Chat(input) => append_chat(db, state, input).map(|o| Written::Chat(Box::new(o))),
