@@ -292,7 +292,7 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
 fn worker(ctx: Arc<ServerCtx>, rx: Receiver<Option<Work>>) {
     // Opened now rather than at the first reply: 1,000 chats arriving together made 1,000
     // workers open SQLite at once, and that burst was in every first token (BENCHMARKS.md).
-    let mut db: Option<rusqlite::Connection> = crate::store::open_reader(&ctx.store.path).ok();
+    let mut db: Option<crate::store::ReadConn> = ctx.store.read_conn().ok();
     while let Ok(Some(work)) = rx.recv() {
         ctx.metrics.llm_queued.fetch_sub(1, Relaxed);
         ctx.metrics.llm_running.fetch_add(1, Relaxed);
@@ -304,7 +304,7 @@ fn worker(ctx: Arc<ServerCtx>, rx: Receiver<Option<Work>>) {
 fn generate(
     ctx: &ServerCtx,
     req: &GenRequest,
-    db: &mut Option<rusqlite::Connection>,
+    db: &mut Option<crate::store::ReadConn>,
     enqueued: Instant,
 ) {
     let gen = &req.gen;
@@ -323,7 +323,7 @@ fn generate(
     }
     progress(ctx, gen, "loading_context", "Loading the conversation", 10);
     if db.is_none() {
-        *db = crate::store::open_reader(&ctx.store.path).ok();
+        *db = ctx.store.read_conn().ok();
     }
     let cfg = &ctx.cfg.llm;
     let mut messages = Vec::new();
@@ -331,8 +331,7 @@ fn generate(
         messages.push(("system".to_string(), agent.system_prompt.clone()));
     }
     match db.as_ref().map(|c| {
-        crate::store::read::context(
-            c,
+        c.context(
             &gen.conversation_id,
             gen.seq,
             cfg.context_messages,

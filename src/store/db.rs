@@ -94,6 +94,15 @@ pub trait Db {
     fn serialize(&self, _a: &str, _b: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// A connection the server closed (a restart) is opened again; before a reader's job.
+    fn reconnect_if_lost(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Record that this node runs the streaming reply `message_id` (cluster mode: another
+    /// node ends it if this one dies). A single box has nothing to record.
+    fn stamp_owner(&self, _message_id: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------- SQLite

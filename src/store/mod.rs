@@ -17,6 +17,8 @@ pub mod cmd;
 pub mod conversations;
 pub mod db;
 pub mod files;
+#[cfg(feature = "cluster")]
+pub mod pg;
 pub mod read;
 pub mod rooms;
 pub mod writer;
@@ -48,6 +50,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The database cannot be reached right now.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[cfg(feature = "cluster")]
     #[error("postgres: {0}")]
     Pg(#[from] postgres::Error),
@@ -299,19 +304,90 @@ pub struct Store<R> {
     write_rx: Mutex<Option<Receiver<WriteMsg<R>>>>,
     read_tx: Sender<ReadMsg<R>>,
     read_rx: Receiver<ReadMsg<R>>,
-    writer_conn: Mutex<Option<Connection>>,
+    writer_conn: Mutex<Option<Opened>>,
     readers: usize,
     batch_max: usize,
     idempotency_window_ms: i64,
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Cluster mode: the shared database's URL and the pool for occasional readers.
+    #[cfg(feature = "cluster")]
+    pg: Option<(String, Arc<pg::PgPool>)>,
+}
+
+/// The writer's connection, opened and migrated by `Store::open`.
+enum Opened {
+    Sqlite(Connection),
+    #[cfg(feature = "cluster")]
+    Pg(Box<pg::PgDb>),
+}
+
+/// A connection for a thread that reads outside the reader pool now and then (an LLM
+/// worker loading a reply's context, an upload worker checking access).
+pub enum ReadConn {
+    Sqlite(Connection),
+    #[cfg(feature = "cluster")]
+    Pg(Arc<pg::PgPool>),
+}
+
+impl ReadConn {
+    /// Prior messages for a model's context (see [`read::context`]).
+    pub fn context(
+        &self,
+        conv: &str,
+        before_seq: i64,
+        n: u32,
+        max_chars: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        match self {
+            ReadConn::Sqlite(c) => read::context(c, conv, before_seq, n, max_chars),
+            #[cfg(feature = "cluster")]
+            ReadConn::Pg(p) => read::context(&*p.get()?, conv, before_seq, n, max_chars),
+        }
+    }
+
+    /// What `user` may do in `conv` (see [`writer::conv_access`]).
+    pub fn conv_access(&self, conv: &str, user: &str) -> Result<writer::ConvAccess, StoreError> {
+        match self {
+            ReadConn::Sqlite(c) => writer::conv_access(c, conv, user),
+            #[cfg(feature = "cluster")]
+            ReadConn::Pg(p) => writer::conv_access(&*p.get()?, conv, user),
+        }
+    }
 }
 
 impl<R: Send + 'static> Store<R> {
     pub fn open(cfg: &Config) -> Result<Store<R>, StoreError> {
         let path = cfg.store.db_path();
-        let conn = open_writer(&path, cfg.store.synchronous_full, cfg.store.page_size)?;
+        #[cfg(feature = "cluster")]
+        let (conn, pg) = match &cfg.cluster {
+            Some(c) => (
+                Opened::Pg(Box::new(pg::open_writer(
+                    &c.postgres_url,
+                    &c.node_id,
+                    c.lease,
+                )?)),
+                Some((
+                    c.postgres_url.clone(),
+                    pg::PgPool::new(&c.postgres_url, c.postgres_pool),
+                )),
+            ),
+            None => (
+                Opened::Sqlite(open_writer(
+                    &path,
+                    cfg.store.synchronous_full,
+                    cfg.store.page_size,
+                )?),
+                None,
+            ),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let conn = Opened::Sqlite(open_writer(
+            &path,
+            cfg.store.synchronous_full,
+            cfg.store.page_size,
+        )?);
         let (write_tx, write_rx) = crossbeam_channel::bounded(cfg.store.queue);
         let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
         Ok(Store {
@@ -326,7 +402,27 @@ impl<R: Send + 'static> Store<R> {
             path,
             synchronous_full: cfg.store.synchronous_full,
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            #[cfg(feature = "cluster")]
+            pg,
         })
+    }
+
+    /// A connection for a thread that reads now and then ([`ReadConn`]).
+    pub fn read_conn(&self) -> Result<ReadConn, StoreError> {
+        #[cfg(feature = "cluster")]
+        if let Some((_, pool)) = &self.pg {
+            return Ok(ReadConn::Pg(pool.clone()));
+        }
+        open_reader(&self.path).map(ReadConn::Sqlite)
+    }
+
+    /// true in cluster mode (the record is PostgreSQL, not this box's SQLite file).
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.pg.is_some() {
+            return true;
+        }
+        false
     }
 
     /// Queue a write without blocking (shards).
@@ -395,38 +491,71 @@ impl<R: Send + 'static> Store<R> {
             .lock()
             .take()
             .ok_or_else(|| std::io::Error::other("store writer connection taken"))?;
-        {
-            let settings = writer::Settings {
-                batch_max: self.batch_max,
-                idempotency_window_ms: self.idempotency_window_ms,
-            };
-            let (metrics, sink) = (metrics.clone(), sink.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("store-writer".into())
-                    .spawn(move || writer::run(conn, rx, settings, metrics, sink))?,
-            );
-        }
-        {
-            let path = self.path.clone();
-            let stopping = self.stopping.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("store-checkpoint".into())
-                    .spawn(move || checkpointer(path, stopping))?,
-            );
+        let settings = writer::Settings {
+            batch_max: self.batch_max,
+            idempotency_window_ms: self.idempotency_window_ms,
+        };
+        let spawn_writer = |threads: &mut Vec<JoinHandle<()>>, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(f)
+                .map(|h| threads.push(h))
+        };
+        match conn {
+            Opened::Sqlite(conn) => {
+                let (metrics, sink) = (metrics.clone(), sink.clone());
+                spawn_writer(
+                    &mut threads,
+                    Box::new(move || writer::run(conn, rx, settings, metrics, sink)),
+                )?;
+                let path = self.path.clone();
+                let stopping = self.stopping.clone();
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("store-checkpoint".into())
+                        .spawn(move || checkpointer(path, stopping))?,
+                );
+            }
+            #[cfg(feature = "cluster")]
+            Opened::Pg(conn) => {
+                let (metrics, sink) = (metrics.clone(), sink.clone());
+                spawn_writer(
+                    &mut threads,
+                    Box::new(move || writer::run(*conn, rx, settings, metrics, sink)),
+                )?;
+            }
         }
         for i in 0..self.readers {
             let rx = self.read_rx.clone();
-            let path = self.path.clone();
             let (metrics, sink) = (metrics.clone(), sink.clone());
+            let open = self.reader_opener();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("store-read-{i}"))
-                    .spawn(move || read::run(path, rx, metrics, sink))?,
+                    .spawn(move || open(rx, metrics, sink))?,
             );
         }
         Ok(threads)
+    }
+
+    /// What a reader thread runs: open its own connection, then serve reads.
+    #[allow(clippy::type_complexity)]
+    fn reader_opener(
+        &self,
+    ) -> Box<dyn FnOnce(Receiver<ReadMsg<R>>, Arc<Metrics>, Arc<dyn Completions<R>>) + Send> {
+        #[cfg(feature = "cluster")]
+        if let Some((url, _)) = &self.pg {
+            let url = url.clone();
+            return Box::new(move |rx, metrics, sink| match pg::PgDb::open(&url, None) {
+                Ok(db) => read::serve(&db, rx, sink),
+                Err(e) => read::failed_to_open(&e, &metrics),
+            });
+        }
+        let path = self.path.clone();
+        Box::new(move |rx, metrics, sink| match open_reader(&path) {
+            Ok(db) => read::serve(&db, rx, sink),
+            Err(e) => read::failed_to_open(&e, &metrics),
+        })
     }
 }
 

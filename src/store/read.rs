@@ -3,7 +3,6 @@
 //! listings, access checks — and hand the results to the [`Completions`] sink.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -16,26 +15,22 @@ use super::{ReadMsg, StoreError};
 use crate::metrics::Metrics;
 use crate::protocol::{rfc3339_ms, ErrorCode, MessageView, RoomSummary, RoomType};
 
-pub fn run<R: 'static>(
-    path: PathBuf,
-    rx: Receiver<ReadMsg<R>>,
-    metrics: Arc<Metrics>,
-    sink: Arc<dyn Completions<R>>,
-) {
-    let conn = match super::open_reader(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("store reader cannot open {}: {e}", path.display());
-            metrics
-                .store_unhealthy
-                .store(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-    };
+/// Serve reads on `db` until the queue closes or says stop.
+pub fn serve<R: 'static>(db: &impl Db, rx: Receiver<ReadMsg<R>>, sink: Arc<dyn Completions<R>>) {
     while let Ok(ReadMsg::Job(job)) = rx.recv() {
-        let result = execute(&conn, job.cmd, &*sink);
+        let result = db
+            .reconnect_if_lost()
+            .and_then(|()| execute(db, job.cmd, &*sink));
         sink.read(job.reply, result);
     }
+}
+
+/// A reader that could not open its connection: logged, and the store reported unhealthy.
+pub fn failed_to_open(e: &StoreError, metrics: &Metrics) {
+    log::error!("store reader cannot open the database: {e}");
+    metrics
+        .store_unhealthy
+        .store(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn refused_not_member() -> StoreError {

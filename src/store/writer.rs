@@ -653,17 +653,21 @@ pub fn append_chat(
         now,
     )?;
     let assistant = match &input.assistant {
-        Some(agent) => Some(insert_message(
-            db,
-            conv,
-            "assistant",
-            agent,
-            agent,
-            "",
-            "streaming",
-            None,
-            now,
-        )?),
+        Some(agent) => {
+            let row = insert_message(
+                db,
+                conv,
+                "assistant",
+                agent,
+                agent,
+                "",
+                "streaming",
+                None,
+                now,
+            )?;
+            db.stamp_owner(row.id)?;
+            Some(row)
+        }
         None => None,
     };
     Ok(ChatOutcome {

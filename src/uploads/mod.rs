@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use crate::app::{ConnMsg, Shard};
@@ -109,6 +108,9 @@ pub struct Uploads {
     download_bytes: Arc<AtomicU64>,
     /// clamd, when `uploads.virus_scan = "clamd"`.
     pub scanner: Option<scan::Scanner>,
+    /// Why every upload is refused, if it is: a cluster whose nodes do not share one
+    /// files directory (a file stored on one node could not be downloaded from another).
+    pub off: Option<&'static str>,
 }
 
 impl Uploads {
@@ -118,12 +120,26 @@ impl Uploads {
     /// client never heard `complete`).
     pub fn open(cfg: &crate::Config) -> std::io::Result<Uploads> {
         let dir = UploadsConfig::dir(&cfg.store);
-        let tmp = dir.join("tmp");
+        // In a cluster the directory is shared: each node cleans only its own partial
+        // files, and a file without a row may be another node's finishing upload.
+        let tmp = match &cfg.cluster {
+            Some(c) => dir.join("tmp").join(&c.node_id),
+            None => dir.join("tmp"),
+        };
         std::fs::create_dir_all(&tmp)?;
         for e in std::fs::read_dir(&tmp)?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
-        remove_unrecorded(&dir, &cfg.store.db_path());
+        if cfg.cluster.is_none() {
+            remove_unrecorded(&dir, &cfg.store.db_path());
+        }
+        let off = match &cfg.cluster {
+            Some(c) if !c.shared_files => {
+                log::warn!("uploads are off: cluster.shared_files is false (every node must see one files directory)");
+                Some("uploads are off on this server: its nodes do not share a files directory (cluster.shared_files)")
+            }
+            _ => None,
+        };
         let (senders, receivers) = (0..cfg.uploads.workers)
             .map(|_| crossbeam_channel::bounded(cfg.uploads.queue))
             .unzip();
@@ -134,6 +150,7 @@ impl Uploads {
             tmp,
             download_bytes: Arc::new(AtomicU64::new(0)),
             scanner: cfg.uploads.scan.clone().map(scan::Scanner::new),
+            off,
         })
     }
 

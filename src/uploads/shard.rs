@@ -30,6 +30,9 @@ pub fn on_message(
             conversation_id,
             room_id,
         } => {
+            if let Some(why) = ctx.uploads.off {
+                return send_error(shard, slot, ErrorCode::Forbidden, why, id);
+            }
             let file_name = match check_file(cfg, &file_name, &mime_type, file_size) {
                 Ok(safe) => safe,
                 Err((code, msg)) => return send_error(shard, slot, code, &msg, id),

@@ -25,7 +25,7 @@ pub(super) struct Worker {
     ctx: Arc<ServerCtx>,
     /// For the access check at `init`; `None` when it could not be opened (then every
     /// init that names a conversation fails with INTERNAL).
-    db: Option<Connection>,
+    db: Option<crate::store::ReadConn>,
     pending: HashMap<Arc<str>, Pending>,
     /// This worker asks clamd whether it is alive when idle (one worker does).
     pings: bool,
@@ -33,7 +33,7 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(ctx: Arc<ServerCtx>, pings: bool) -> Worker {
-        let db = match crate::store::open_reader(&ctx.store.path) {
+        let db = match ctx.store.read_conn() {
             Ok(c) => Some(c),
             Err(e) => {
                 log::error!("upload worker: cannot open the database: {e}");
@@ -196,7 +196,8 @@ impl Worker {
             let Some(db) = &self.db else {
                 return Err((ErrorCode::Internal, "storage unavailable".into()));
             };
-            let a = crate::store::writer::conv_access(db, conv, &user.id)
+            let a = db
+                .conv_access(conv, &user.id)
                 .map_err(|e| e.client_error())?;
             if !a.is_member && !user.admin {
                 return Err((

@@ -1,0 +1,190 @@
+//! Cluster mode: several confab nodes on one real PostgreSQL and one real nats-server
+//! (started by the harness on free ports). Run with `cargo test --features cluster`;
+//! skipped with a notice when the servers are not installed.
+#![cfg(feature = "cluster")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/cluster.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use common::{Client, TestServer};
+use confab::config::ClusterConfig;
+use harness::{Nats, Postgres};
+use serde_json::{json, Value};
+
+/// A node of the cluster, in this process.
+fn node(pg: &Postgres, nats: &Nats, id: &str) -> TestServer {
+    let (pg_url, nats_url) = (pg.url(), nats.url());
+    TestServer::start(&format!("cluster-{id}"), |c| {
+        c.cluster = Some(ClusterConfig {
+            postgres_url: pg_url,
+            nats_url,
+            node_id: id.to_string(),
+            postgres_pool: 4,
+            lease: Duration::from_millis(3000),
+            heartbeat: Duration::from_millis(250),
+            down_after_beats: 3,
+            reorder_hold: Duration::from_millis(50),
+            bus_queue: 4096,
+            shared_files: false,
+        });
+    })
+}
+
+fn chat(c: &mut Client, body: Value) -> Value {
+    let mut msg = json!({"type": "chat"});
+    for (k, v) in body.as_object().unwrap() {
+        msg[k] = v.clone();
+    }
+    c.send(msg);
+    c.recv_type("ack")
+}
+
+#[test]
+fn two_nodes_share_conversations_history_and_seq() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+
+    // A conversation started on A, with its AI reply…
+    let mut ca = a.client("ann");
+    let ack = chat(&mut ca, json!({"id": "m1", "message": "hello"}));
+    let conv = ack["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(ack["seq"], 1);
+    let done = ca.recv_type("complete");
+    assert!(!done["response"].as_str().unwrap().is_empty());
+
+    // …continues on B: seq goes on from PostgreSQL's counter, not a node's own.
+    let mut cb = b.client("ann");
+    let ack = chat(
+        &mut cb,
+        json!({"id": "m2", "conversation_id": conv, "message": "again"}),
+    );
+    assert_eq!(ack["seq"], 3);
+    cb.recv_type("complete");
+
+    // Either node lists it and pages its history: four messages, dense seq.
+    let tok = b.token("ann");
+    for n in [&a, &b] {
+        let (st, hist) = n.http(
+            "GET",
+            &format!("/v1/conversations/{conv}/messages"),
+            Some(&tok),
+            None,
+        );
+        assert_eq!(st, 200, "{hist}");
+        let seqs: Vec<i64> = hist["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        let (st, list) = n.http("GET", "/v1/conversations", Some(&tok), None);
+        assert_eq!(st, 200);
+        assert_eq!(list["conversations"][0]["id"], conv.as_str());
+    }
+    // Another user may not read it on either node.
+    let (st, _) = a.http(
+        "GET",
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(&a.token("bob")),
+        None,
+    );
+    assert_eq!(st, 403);
+}
+
+#[test]
+fn a_chat_retried_on_another_node_is_acked_once() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut ca = a.client("cat");
+    let first = chat(&mut ca, json!({"id": "same", "message": "once"}));
+    let conv = first["conversation_id"].as_str().unwrap();
+    // The same client id on B (a reconnect elsewhere): the original ack, no new row.
+    let mut cb = b.client("cat");
+    let again = chat(
+        &mut cb,
+        json!({"id": "same", "conversation_id": conv, "message": "once"}),
+    );
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["duplicate"], true);
+
+    // Both nodes at once with a fresh id: one message, both acks name it.
+    let mut ca2 = a.client("cat");
+    let mut cb2 = b.client("cat");
+    let race = json!({"type": "chat", "id": "race", "conversation_id": conv, "message": "x"});
+    ca2.send(race.clone());
+    cb2.send(race);
+    let (x, y) = (ca2.recv_type("ack"), cb2.recv_type("ack"));
+    assert_eq!(x["message_id"], y["message_id"]);
+    assert_eq!(
+        [&x["duplicate"], &y["duplicate"]]
+            .iter()
+            .filter(|d| **d == &json!(true))
+            .count(),
+        1,
+        "{x} {y}"
+    );
+    assert_eq!(
+        pg.query("SELECT COUNT(*) FROM messages WHERE client_id = 'race'"),
+        "1"
+    );
+}
+
+#[test]
+fn postgres_restart_refuses_writes_then_recovers_by_itself() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let mut c = a.client("dan");
+    let ack = chat(&mut c, json!({"id": "before", "message": "one"}));
+    let conv = ack["conversation_id"].as_str().unwrap().to_string();
+    c.recv_type("complete");
+
+    pg.stop("fast");
+    // No false ack while the database is down: an error, never `ack`.
+    c.send(json!({"type": "chat", "id": "during", "conversation_id": conv, "message": "two"}));
+    let ev = c.recv();
+    assert_eq!(ev["type"], "error", "{ev}");
+    assert!(
+        ["INTERNAL", "BUSY"].contains(&ev["code"].as_str().unwrap()),
+        "{ev}"
+    );
+    pg.restart();
+    // Back by itself: the next batch reconnects.
+    let mut acked = None;
+    for i in 0..50 {
+        c.send(json!({"type": "chat", "id": format!("after{i}"), "conversation_id": conv, "message": "three"}));
+        let ev = c.recv();
+        if ev["type"] == "ack" {
+            acked = Some(ev);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let acked = acked.expect("writes resume after PostgreSQL is back");
+    assert_eq!(
+        pg.query(&format!(
+            "SELECT COUNT(*) FROM messages WHERE id = {}",
+            acked["message_id"]
+        )),
+        "1"
+    );
+    assert_eq!(
+        pg.query("SELECT COUNT(*) FROM messages WHERE client_id = 'during'"),
+        "0"
+    );
+}
