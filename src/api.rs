@@ -193,7 +193,7 @@ pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: crate::store::Written)
             let ev = crate::protocol::Event::ConversationDeleted {
                 conversation_id: conversation_id.clone(),
             };
-            ctx.net.publish(
+            ctx.publish(
                 crate::net::MayBlock::worker(),
                 crate::topic::topic_event(&conv, crate::topic::TopicKind::Deleted, ev),
             );

@@ -335,7 +335,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
         added,
     );
     ev.exclude = Some(conn);
-    ctx.net.publish(MayBlock::worker(), ev);
+    ctx.publish(MayBlock::worker(), ev);
     if out.room_id.is_some() {
         let n = ctx.net.topics.subscribers(&conv).saturating_sub(1);
         let dc = Event::DeliveryConfirmation {
@@ -356,7 +356,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
             message: asst.view(),
             replayed: None,
         };
-        ctx.net.publish(
+        ctx.publish(
             MayBlock::worker(),
             topic_event(&conv, TopicKind::Added { seq: asst.seq }, added),
         );
@@ -629,7 +629,7 @@ pub fn after_read(ctx: &ServerCtx, conn: ConnId, conv: String, user_id: String, 
         seq: marker,
         read_at: now_rfc3339(),
     };
-    ctx.net.publish(
+    ctx.publish(
         MayBlock::worker(),
         topic_event(&c, TopicKind::Ephemeral, ev.clone()),
     );
@@ -723,9 +723,9 @@ pub fn publish_typing_as(
     let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
     te.exclude_user = Some(Arc::from(user_id));
     if from_shard {
-        ctx.net.try_publish(te);
+        ctx.try_publish(te);
     } else {
-        ctx.net.publish(MayBlock::worker(), te);
+        ctx.publish(MayBlock::worker(), te);
     }
 }
 

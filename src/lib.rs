@@ -29,6 +29,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod chat;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod codec;
 pub mod completion;
 pub mod config;

@@ -38,7 +38,7 @@ fn publish_presence(
     };
     let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
     te.exclude_user = Some(Arc::from(user.id.as_str()));
-    ctx.net.try_publish(te);
+    ctx.try_publish(te);
 }
 
 pub fn join(

@@ -53,7 +53,7 @@ pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: Written) -> Response {
                 room_id: room.room_id.clone(),
                 reason: Some("deleted"),
             };
-            ctx.net.publish(
+            ctx.publish(
                 MayBlock::worker(),
                 topic_event(
                     &conv,
@@ -112,7 +112,7 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
         (HttpThen::Broadcast { room_id, event }, ReadDone::RoomById(found)) => match found {
             Some(room) => {
                 let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-                ctx.net.publish(
+                ctx.publish(
                     MayBlock::worker(),
                     topic_event(&conv, TopicKind::Ephemeral, *event),
                 );
@@ -351,7 +351,6 @@ pub fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
             };
             shard
                 .app()
-                .net
                 .try_publish(topic_event(&Arc::from(conv), TopicKind::Ephemeral, ev));
         }
     }

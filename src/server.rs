@@ -35,6 +35,31 @@ pub struct ServerCtx {
     pub store: crate::store::Store<crate::completion::Reply>,
     pub llm: crate::llm::Llm,
     pub uploads: crate::uploads::Uploads,
+    /// Cluster mode: the bus and the order of events across nodes.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl ServerCtx {
+    /// A conversation event for every subscriber: this node's, and in cluster mode every
+    /// other node's. Waits for room in full shard inboxes (workers only).
+    pub fn publish(&self, may: MayBlock, ev: crate::topic::TopicEvent) -> usize {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.publish(self, Some(may), ev);
+        }
+        self.net.publish(may, ev)
+    }
+
+    /// Like [`publish`](Self::publish), never blocking (shards): a full inbox drops the
+    /// event there and marks the topic missed.
+    pub fn try_publish(&self, ev: crate::topic::TopicEvent) -> usize {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.publish(self, None, ev);
+        }
+        self.net.try_publish(ev)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +254,11 @@ impl ServerHandle {
             max_connections: cfg.server.max_connections,
         };
         let store = crate::store::Store::open(&cfg)?;
+        #[cfg(feature = "cluster")]
+        let cluster = match (&cfg.cluster, store.node_incarnation()) {
+            (Some(c), Some(inc)) => Some(Arc::new(crate::cluster::Cluster::new(c.clone(), inc))),
+            _ => None,
+        };
         let llm = crate::llm::Llm::new(&cfg, metrics.clone());
         let uploads =
             crate::uploads::Uploads::open(&cfg).map_err(|source| StartError::DataDir {
@@ -253,11 +283,15 @@ impl ServerHandle {
             store,
             llm,
             uploads,
+            #[cfg(feature = "cluster")]
+            cluster,
         });
         // Threads that need the context (store writer, readers, generation workers).
         let mut threads = ctx.store.start_threads(ctx.metrics.clone(), ctx.clone())?;
         threads.extend(crate::llm::start_workers(&ctx)?);
         threads.extend(crate::uploads::start_workers(&ctx)?);
+        #[cfg(feature = "cluster")]
+        threads.extend(crate::cluster::Cluster::start(&ctx)?);
         for (i, (poll, rx)) in parts.into_iter().enumerate() {
             let shard = crate::app::Shard::new(i, poll, rx, ctx.clone());
             threads.push(
@@ -306,6 +340,10 @@ impl ServerHandle {
             let _ = t.join();
         }
         self.ctx.llm.shutdown(&self.ctx);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.ctx.cluster {
+            c.shutdown();
+        }
         self.ctx.store.shutdown();
         for t in others {
             let _ = t.join();

@@ -188,3 +188,103 @@ fn postgres_restart_refuses_writes_then_recovers_by_itself() {
         "0"
     );
 }
+
+fn join(c: &mut Client, room: &str) -> Value {
+    c.send(json!({"type": "join_room", "room_id": room, "id": format!("join-{room}")}));
+    let j = c.recv_type("room_joined");
+    c.recv_type("subscribed");
+    j
+}
+
+/// Every event of `ty` that arrives within `wait`.
+fn drain(c: &mut Client, ty: &str, wait: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(v) = c.try_recv(wait) {
+        if v["type"] == ty {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_room_with_members_on_two_nodes_gets_messages_streams_typing_and_receipts() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut ann = a.client("ann");
+    let mut bob = b.client("bob");
+    let conv = join(&mut ann, "hall")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    join(&mut bob, "hall");
+    std::thread::sleep(Duration::from_millis(300));
+    while ann.try_recv(Duration::from_millis(50)).is_some() {}
+    while bob.try_recv(Duration::from_millis(50)).is_some() {}
+
+    // Messages both ways, in seq order, exactly once.
+    let mut seen: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+    let added = |v: &Value| v["message"]["seq"].as_i64().unwrap();
+    for i in 0..10 {
+        let (from, to, id) = if i % 2 == 0 {
+            (&mut ann, 0, format!("a{i}"))
+        } else {
+            (&mut bob, 1, format!("b{i}"))
+        };
+        from.send(json!({"type": "chat", "id": id, "room_id": "hall", "message": format!("m{i}")}));
+        loop {
+            let ev = from.recv();
+            match ev["type"].as_str() {
+                Some("ack") => break,
+                Some("message_added") => seen[to].push(added(&ev)),
+                _ => {}
+            }
+        }
+    }
+    for (i, c) in [&mut ann, &mut bob].into_iter().enumerate() {
+        seen[i].extend(
+            drain(c, "message_added", Duration::from_millis(500))
+                .iter()
+                .map(added),
+        );
+        // Each sees the other's five, ascending, none twice.
+        assert_eq!(seen[i].len(), 5, "{:?}", seen[i]);
+        assert!(seen[i].windows(2).all(|w| w[0] < w[1]), "{:?}", seen[i]);
+    }
+
+    // An AI reply running on A streams to Bob on B: tokens, then complete with the text.
+    ann.send(json!({"type": "chat", "id": "ai", "room_id": "hall", "message": "bot?", "ai": true}));
+    ann.recv_type("ack");
+    let mut streamed = String::new();
+    let done = loop {
+        let ev = bob.recv();
+        match ev["type"].as_str().unwrap() {
+            "token" => streamed.push_str(ev["token"].as_str().unwrap()),
+            "complete" => break ev,
+            _ => {}
+        }
+    };
+    assert!(!streamed.is_empty());
+    assert_eq!(done["response"].as_str().unwrap(), streamed);
+    ann.recv_type("complete");
+
+    // Typing and read receipts cross too.
+    bob.send(json!({"type": "typing", "room_id": "hall", "is_typing": true}));
+    let t = loop {
+        let t = ann.recv_type("typing");
+        if t["user_id"] == "bob" {
+            break t;
+        }
+    };
+    assert_eq!(t["is_typing"], true);
+    bob.send(json!({"type": "read", "conversation_id": conv, "seq": 3}));
+    let r = ann.recv_type("receipt");
+    assert_eq!(
+        (r["user_id"].as_str(), r["seq"].as_i64()),
+        (Some("bob"), Some(3))
+    );
+}

@@ -243,7 +243,7 @@ fn progress(ctx: &ServerCtx, gen: &Generation, step: &'static str, message: &str
         message: message.into(),
         percent,
     };
-    ctx.net.publish(
+    ctx.publish(
         MayBlock::worker(),
         topic_event(&gen.conversation_id, TopicKind::Ephemeral, ev),
     );
@@ -392,7 +392,7 @@ fn generate(
                 index,
                 text: Arc::from(delta),
             };
-            ctx.net.publish(
+            ctx.publish(
                 MayBlock::worker(),
                 crate::topic::token_event(&gen.conversation_id, kind, ev),
             );
@@ -577,7 +577,7 @@ fn announce_end(
             id: client_id,
             retry_after: None,
         };
-        ctx.net.publish(
+        ctx.publish(
             MayBlock::worker(),
             topic_event(
                 conv,
@@ -594,7 +594,7 @@ fn announce_end(
             room_id: room_id.clone(),
             message: view,
         };
-        ctx.net.publish(
+        ctx.publish(
             MayBlock::worker(),
             topic_event(
                 conv,
@@ -613,7 +613,7 @@ fn announce_end(
         finish_reason: reason,
         metadata: meta,
     };
-    ctx.net.publish(
+    ctx.publish(
         MayBlock::worker(),
         topic_event(
             conv,

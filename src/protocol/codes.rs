@@ -1,7 +1,7 @@
 //! Error codes (the `code` of an `error` event and of JSON error bodies) and the
 //! WebSocket close codes the server uses.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -46,6 +46,11 @@ impl ErrorCode {
         ErrorCode::UploadScanFailed,
         ErrorCode::Internal,
     ];
+
+    /// The code a string names (`"BUSY"` → `Busy`).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,3 +108,11 @@ impl Serialize for ErrorCode {
 
 /// WebSocket close codes (defined by the transport).
 pub use crate::net::close;
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ErrorCode::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
+    }
+}

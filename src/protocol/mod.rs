@@ -15,6 +15,7 @@
 
 pub mod codes;
 pub mod inbound;
+pub mod intern;
 pub mod outbound;
 pub mod time;
 

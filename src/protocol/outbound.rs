@@ -1,10 +1,12 @@
 //! What the server sends: typed events and the views they carry.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::intern::{interned, interned_opt};
 
 use super::ErrorCode;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UserInfo {
     pub id: String,
     pub name: String,
@@ -13,17 +15,18 @@ pub struct UserInfo {
     pub email: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomSummary {
     pub room_id: String,
     pub room_name: String,
+    #[serde(deserialize_with = "interned")]
     pub room_type: &'static str,
     pub conversation_id: String,
     pub last_seq: i64,
     pub unread: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageView {
     pub id: i64,
     pub seq: i64,
@@ -39,7 +42,7 @@ pub struct MessageView {
     pub meta: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct CompletionMeta {
     pub agent: String,
     pub model: String,
@@ -51,25 +54,27 @@ pub struct CompletionMeta {
     pub response_time_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Participant {
     pub user_id: String,
     pub username: String,
 }
 
 /// Every message the server sends on the native protocol.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Connected {
         connection_id: String,
         user: UserInfo,
         server_time: String,
+        #[serde(deserialize_with = "interned")]
         protocol: &'static str,
         heartbeat_interval: u64,
         rooms: Vec<RoomSummary>,
     },
     AuthSuccess {
+        #[serde(deserialize_with = "interned")]
         message: &'static str,
         user: UserInfo,
     },
@@ -106,6 +111,7 @@ pub enum Event {
     Progress {
         conversation_id: String,
         message_id: i64,
+        #[serde(deserialize_with = "interned")]
         step: &'static str,
         message: String,
         percent: u8,
@@ -124,6 +130,7 @@ pub enum Event {
         message_id: i64,
         seq: i64,
         response: String,
+        #[serde(deserialize_with = "interned")]
         finish_reason: &'static str,
         metadata: CompletionMeta,
     },
@@ -163,6 +170,7 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         message_id: i64,
+        #[serde(deserialize_with = "interned")]
         status: &'static str,
         recipients: u64,
         timestamp: String,
@@ -172,6 +180,7 @@ pub enum Event {
         id: Option<String>,
         room_id: String,
         room_name: String,
+        #[serde(deserialize_with = "interned")]
         room_type: &'static str,
         conversation_id: String,
         participants: Vec<Participant>,
@@ -183,12 +192,14 @@ pub enum Event {
         id: Option<String>,
         room_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, deserialize_with = "interned_opt")]
         reason: Option<&'static str>,
     },
     Presence {
         room_id: String,
         user_id: String,
         username: String,
+        #[serde(deserialize_with = "interned")]
         status: &'static str,
     },
     /// The conversation was deleted by its owner: no more events for it.
@@ -229,10 +240,11 @@ pub enum Event {
 
 /// The body of a `file_upload` event: `upload_type` is `init` (accepted: `file_id`,
 /// `max_chunk_bytes`), `chunk` (progress) or `complete` (stored: `url`, `size`, `sha256`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UploadEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(deserialize_with = "interned")]
     pub upload_type: &'static str,
     pub file_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

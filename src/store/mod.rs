@@ -347,6 +347,37 @@ impl ReadConn {
         }
     }
 
+    /// Up to `limit` messages after `after_seq`, oldest first, and the conversation's room
+    /// (cluster mode repairs a gap in what the bus delivered with these).
+    pub fn messages_after(
+        &self,
+        conv: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<(Vec<read::MessageRow>, Option<String>), StoreError> {
+        fn read(
+            db: &impl db::Db,
+            conv: &str,
+            after_seq: i64,
+            limit: u32,
+        ) -> Result<(Vec<read::MessageRow>, Option<String>), StoreError> {
+            let rows = read::history(db, conv, None, Some(after_seq), limit)?;
+            let room = db
+                .row(
+                    "SELECT room_id FROM conversations WHERE id = ?1",
+                    db::p![conv],
+                    |r| r.opt_text(0),
+                )?
+                .flatten();
+            Ok((rows, room))
+        }
+        match self {
+            ReadConn::Sqlite(c) => read(c, conv, after_seq, limit),
+            #[cfg(feature = "cluster")]
+            ReadConn::Pg(p) => read(&*p.get()?, conv, after_seq, limit),
+        }
+    }
+
     /// What `user` may do in `conv` (see [`writer::conv_access`]).
     pub fn conv_access(&self, conv: &str, user: &str) -> Result<writer::ConvAccess, StoreError> {
         match self {
@@ -414,6 +445,15 @@ impl<R: Send + 'static> Store<R> {
             return Ok(ReadConn::Pg(pool.clone()));
         }
         open_reader(&self.path).map(ReadConn::Sqlite)
+    }
+
+    /// Cluster mode: this process's incarnation of its node (from the nodes table).
+    pub fn node_incarnation(&self) -> Option<i64> {
+        #[cfg(feature = "cluster")]
+        if let Some(Opened::Pg(db)) = &*self.writer_conn.lock() {
+            return db.owner().map(|o| o.inc);
+        }
+        None
     }
 
     /// true in cluster mode (the record is PostgreSQL, not this box's SQLite file).

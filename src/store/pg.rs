@@ -163,6 +163,11 @@ impl PgDb {
         })
     }
 
+    /// The node whose replies this connection creates.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
+    }
+
     /// Reconnect if PostgreSQL closed the connection (a restart, a failover).
     fn ensure(&self) -> Result<(), StoreError> {
         let closed = self.client.borrow().as_ref().is_none_or(Client::is_closed);

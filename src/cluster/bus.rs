@@ -1,0 +1,211 @@
+//! The bus thread: owns the NATS client on a current-thread tokio runtime confined to
+//! it. In: the bounded queue [`BusCmd`]s arrive on. Out: events for this node's
+//! subscribers (through [`Cluster::deliver`], as a worker would publish them).
+//!
+//! Every node listens to every conversation's subject (`cf.c.>`): a node drops what it
+//! has no subscriber for in its topic index. That costs bus traffic × nodes but leaves no
+//! window in which a new subscriber's interest has not reached the server yet.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::{wire, BusCmd, Cluster};
+use crate::net::MayBlock;
+use crate::protocol::{now_ms, Event};
+use crate::server::ServerCtx;
+use crate::topic::{topic_event, TopicKind};
+
+/// Rows a gap repair reads at most (a longer gap is a resync's job: subscribers whose
+/// seq jumps ask for a replay).
+const REPAIR_MAX: u32 = 1000;
+
+/// Conversations with no event for this long are no longer tracked for order.
+const ORDER_IDLE: Duration = Duration::from_secs(300);
+
+pub fn run(ctx: Arc<ServerCtx>, rx: tokio::sync::mpsc::Receiver<BusCmd>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cluster bus: cannot start its runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(serve(ctx, rx));
+    log::info!("cluster bus stopped");
+}
+
+async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>) {
+    let Some(cluster) = ctx.cluster.clone() else {
+        return;
+    };
+    let (resync_tx, mut resync_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let events = {
+        let cluster = cluster.clone();
+        move |ev: async_nats::Event| {
+            let (cluster, resync_tx) = (cluster.clone(), resync_tx.clone());
+            async move { on_event(&cluster, &resync_tx, ev) }
+        }
+    };
+    let client = match async_nats::ConnectOptions::new()
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((100u64 << attempt.min(5) as u32).min(2000))
+        })
+        .event_callback(events)
+        .connect(cluster.cfg.nats_url.as_str())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("cluster bus: {}: {e}", cluster.cfg.nats_url);
+            return;
+        }
+    };
+    let mut sub = match client.subscribe(wire::ALL_CONVERSATIONS).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cluster bus: cannot subscribe: {e}");
+            return;
+        }
+    };
+    let hold = cluster.cfg.reorder_hold.max(Duration::from_millis(5));
+    let mut tick = tokio::time::interval((hold / 2).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => on_message(&ctx, &cluster, &m.payload),
+                None => {
+                    log::error!("cluster bus: subscription ended");
+                    break;
+                }
+            },
+            cmd = rx.recv() => match cmd {
+                Some(BusCmd::Publish { subject, payload }) => {
+                    if let Err(e) = client.publish(subject, payload.into()).await {
+                        log::debug!("cluster bus: publish: {e}");
+                        cluster.health.dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                Some(BusCmd::Stop) | None => break,
+            },
+            Some(()) = resync_rx.recv() => resync(&ctx, &cluster),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let due = cluster.order.lock().overdue(now, hold);
+                for (conv, hwm) in due {
+                    repair(&ctx, &cluster, conv, hwm);
+                }
+                if now.duration_since(last_sweep) > Duration::from_secs(10) {
+                    cluster.order.lock().sweep(now, ORDER_IDLE);
+                    last_sweep = now;
+                }
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+fn on_event(cluster: &Cluster, resync: &tokio::sync::mpsc::Sender<()>, ev: async_nats::Event) {
+    let h = &cluster.health;
+    match ev {
+        async_nats::Event::Connected => {
+            let was_down = !h.connected.swap(true, Relaxed);
+            h.down_since_ms.store(0, Relaxed);
+            log::info!("cluster bus: connected to {}", cluster.cfg.nats_url);
+            if was_down {
+                let _ = resync.try_send(());
+            }
+        }
+        async_nats::Event::Disconnected => {
+            h.connected.store(false, Relaxed);
+            h.down_since_ms.store(now_ms(), Relaxed);
+            log::warn!("cluster bus: disconnected from {}", cluster.cfg.nats_url);
+        }
+        async_nats::Event::SlowConsumer(_) => {
+            log::warn!("cluster bus: slow consumer: events were dropped; resyncing");
+            let _ = resync.try_send(());
+        }
+        other => log::info!("cluster bus: {other}"),
+    }
+}
+
+fn on_message(ctx: &ServerCtx, cluster: &Cluster, payload: &[u8]) {
+    cluster.health.received.fetch_add(1, Relaxed);
+    match wire::decode(payload) {
+        Ok(r) => {
+            if r.node == cluster.cfg.node_id && r.inc == cluster.inc {
+                return;
+            }
+            if ctx.net.topics.subscribers(&r.event.conversation_id) == 0 {
+                return;
+            }
+            cluster.deliver(ctx, Some(MayBlock::worker()), r.event);
+        }
+        Err(e) => {
+            cluster.health.malformed.fetch_add(1, Relaxed);
+            log::debug!("cluster bus: unreadable message: {e}");
+        }
+    }
+}
+
+/// Read the rows after `hwm` for `conv` from the store (off this thread) and deliver
+/// them, then what was held.
+fn repair(ctx: &Arc<ServerCtx>, cluster: &Arc<Cluster>, conv: Arc<str>, hwm: i64) {
+    let (ctx, cluster) = (ctx.clone(), cluster.clone());
+    tokio::task::spawn_blocking(move || {
+        let rows = ctx
+            .store
+            .read_conn()
+            .and_then(|db| db.messages_after(&conv, hwm, REPAIR_MAX));
+        match rows {
+            Ok((rows, room_id)) => {
+                let events = rows
+                    .into_iter()
+                    .map(|r| {
+                        let seq = r.seq;
+                        let ev = Event::MessageAdded {
+                            conversation_id: conv.to_string(),
+                            room_id: room_id.clone(),
+                            message: r.view(),
+                            replayed: None,
+                        };
+                        (seq, topic_event(&conv, TopicKind::Added { seq }, ev))
+                    })
+                    .collect();
+                cluster.health.repairs.fetch_add(1, Relaxed);
+                let mut order = cluster.order.lock();
+                for e in order.repaired(&conv, events) {
+                    ctx.net.publish(MayBlock::worker(), e);
+                }
+            }
+            Err(e) => {
+                log::warn!("cluster bus: cannot read a gap in {conv}: {e}");
+                cluster.order.lock().repair_failed(&conv, Instant::now());
+            }
+        }
+    });
+}
+
+/// After a reconnect or dropped events: every conversation this node follows is read
+/// from its last delivered seq (one read each).
+fn resync(ctx: &Arc<ServerCtx>, cluster: &Arc<Cluster>) {
+    cluster.health.resyncs.fetch_add(1, Relaxed);
+    let tracked = cluster.order.lock().tracked();
+    log::info!("cluster bus: resync of {} conversations", tracked.len());
+    for (conv, hwm) in tracked {
+        if ctx.net.topics.subscribers(&conv) > 0 {
+            repair(ctx, cluster, conv, hwm);
+        }
+    }
+}

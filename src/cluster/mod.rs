@@ -1,0 +1,137 @@
+//! Cluster mode (`--features cluster`, `[cluster]`): several confab nodes share the
+//! record in PostgreSQL (`store::pg`) and live events over NATS core. docs/cluster.md has
+//! the design and what each failure does.
+//!
+//! - [`Cluster::publish`] is where every conversation event of this node goes: to this
+//!   node's subscribers (as on a single box) and, encoded once ([`wire`]), to the bus.
+//! - [`bus`]: the one thread that owns the NATS client (tokio confined to it). Shards and
+//!   workers reach it only through a bounded queue (`try_send`; full: the event is
+//!   dropped and counted, receivers repair the gap).
+//! - [`order`]: `message_added` events delivered in `seq` order whichever node wrote
+//!   them; gaps (lost bus events) read from PostgreSQL.
+
+pub mod bus;
+pub mod order;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::config::ClusterConfig;
+use crate::net::MayBlock;
+use crate::server::ServerCtx;
+use crate::topic::{TopicEvent, TopicKind};
+
+/// What the bus thread is asked to do.
+pub enum BusCmd {
+    Publish { subject: String, payload: Vec<u8> },
+    Stop,
+}
+
+/// The bus's state for `/health` and `/metrics`.
+#[derive(Default)]
+pub struct BusHealth {
+    pub connected: AtomicBool,
+    /// When the bus connection was lost (ms since the epoch; 0: connected or never).
+    pub down_since_ms: AtomicI64,
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    /// Events not sent: the bus queue was full.
+    pub dropped: AtomicU64,
+    /// Bus messages that could not be read.
+    pub malformed: AtomicU64,
+    /// Gaps in a conversation's seq read from PostgreSQL.
+    pub repairs: AtomicU64,
+    /// Reads of every live conversation after a reconnect or a slow-consumer event.
+    pub resyncs: AtomicU64,
+}
+
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    /// This process's incarnation of `cfg.node_id` (a restart is a new one).
+    pub inc: i64,
+    tx: tokio::sync::mpsc::Sender<BusCmd>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<BusCmd>>>,
+    pub(crate) order: Mutex<order::Order>,
+    pub health: BusHealth,
+}
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig, inc: i64) -> Cluster {
+        let (tx, rx) = tokio::sync::mpsc::channel(cfg.bus_queue);
+        Cluster {
+            cfg,
+            inc,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            order: Mutex::new(order::Order::default()),
+            health: BusHealth::default(),
+        }
+    }
+
+    /// A conversation event of this node: to the bus, and to this node's subscribers.
+    /// `may`: the caller may wait for room in full shard inboxes (workers); `None`: it
+    /// may not (shards), so a full inbox drops the event as `Net::try_publish` does.
+    /// Returns how many shards of this node it went to.
+    pub fn publish(&self, ctx: &ServerCtx, may: Option<MayBlock>, ev: TopicEvent) -> usize {
+        let payload = wire::encode(&self.cfg.node_id, self.inc, &ev);
+        let subject = wire::conversation_subject(&ev.conversation_id);
+        match self.tx.try_send(BusCmd::Publish { subject, payload }) {
+            Ok(()) => {
+                self.health.published.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                self.health.dropped.fetch_add(1, Relaxed);
+            }
+        }
+        self.deliver(ctx, may, ev)
+    }
+
+    /// An event for this node's subscribers (from here or from the bus), `message_added`
+    /// in `seq` order.
+    pub fn deliver(&self, ctx: &ServerCtx, may: Option<MayBlock>, ev: TopicEvent) -> usize {
+        let send = |e: TopicEvent| match may {
+            Some(m) => ctx.net.publish(m, e),
+            None => ctx.net.try_publish(e),
+        };
+        match ev.kind {
+            TopicKind::Added { seq } => {
+                // Delivered under the lock: two threads releasing seq 6 and 7 must not
+                // race each other to the shards.
+                let mut order = self.order.lock();
+                let mut n = 0;
+                for e in order.offer(ev, seq, Instant::now()) {
+                    n = n.max(send(e));
+                }
+                n
+            }
+            _ => send(ev),
+        }
+    }
+
+    /// Start the bus thread.
+    pub fn start(
+        ctx: &std::sync::Arc<ServerCtx>,
+    ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+        let Some(cluster) = &ctx.cluster else {
+            return Ok(None);
+        };
+        let rx = cluster
+            .rx
+            .lock()
+            .take()
+            .ok_or_else(|| std::io::Error::other("bus already started"))?;
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("cluster-bus".into())
+            .spawn(move || bus::run(ctx, rx))
+            .map(Some)
+    }
+
+    /// Ask the bus thread to stop (after what is queued).
+    pub fn shutdown(&self) {
+        let _ = self.tx.try_send(BusCmd::Stop);
+    }
+}
