@@ -15,31 +15,10 @@ use crate::chat::{new_conversation_id, subscribe};
 use crate::completion::Reply;
 use crate::net::ConnId;
 use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
-use crate::server::ServerCtx;
 use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
 use crate::store::writer;
 use crate::store::WriteCmd;
-use crate::topic::topic_event;
-use crate::topic::TopicKind;
-
-fn publish_presence(
-    ctx: &ServerCtx,
-    room_id: &str,
-    conv: &Arc<str>,
-    user: &User,
-    status: &'static str,
-) {
-    let ev = Event::Presence {
-        room_id: room_id.to_string(),
-        user_id: user.id.clone(),
-        username: user.name.clone(),
-        status,
-    };
-    let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
-    te.exclude_user = Some(Arc::from(user.id.as_str()));
-    ctx.try_publish(te);
-}
 
 pub fn join(
     shard: &mut Shard,
@@ -96,11 +75,12 @@ pub fn joined(
         ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
     };
     if !already && shard.app().hub.presence_add(&conv, &user.id, &user.name) {
-        publish_presence(shard.app(), &room.room_id, &conv, user, "joined");
+        shard
+            .app()
+            .presence_changed(&room.room_id, &conv, user, true, true);
     }
     let participants = shard
         .app()
-        .hub
         .presence_list(&conv)
         .into_iter()
         .map(|(user_id, username)| Participant { user_id, username })
@@ -161,7 +141,9 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
     }
     shard.unsubscribe(&conv, slot);
     if shard.app().hub.presence_remove(&conv, &user.id) {
-        publish_presence(shard.app(), room_id, &conv, user, "left");
+        shard
+            .app()
+            .presence_changed(room_id, &conv, user, false, true);
     }
     shard.send(
         slot,
@@ -182,7 +164,9 @@ pub fn on_disconnect(
 ) {
     for (room_id, conv) in rooms {
         if shard.app().hub.presence_remove(&conv, &user.id) {
-            publish_presence(shard.app(), &room_id, &conv, user, "left");
+            shard
+                .app()
+                .presence_changed(&room_id, &conv, user, false, true);
         }
     }
 }

@@ -99,7 +99,6 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
                 .map(|(id, name)| json!({"user_id": id, "username": name}))
                 .collect();
             let online: Vec<_> = ctx
-                .hub
                 .presence_list(&room.conversation_id)
                 .into_iter()
                 .map(|(id, name)| json!({"user_id": id, "username": name}))

@@ -51,6 +51,69 @@ impl ServerCtx {
         self.net.publish(may, ev)
     }
 
+    /// Is `user` online in room conversation `conv` (on any node)?
+    pub fn presence_online(&self, conv: &str, user: &str) -> bool {
+        if self.hub.presence_online(conv, user) {
+            return true;
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.dir.lock().remote_online(conv, user);
+        }
+        false
+    }
+
+    /// Users online in a room (on any node): (id, name).
+    pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
+        #[allow(unused_mut)]
+        let mut list = self.hub.presence_list(conv);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            for (id, name) in c.dir.lock().remote_list(conv) {
+                if !list.iter().any(|(u, _)| *u == id) {
+                    list.push((id, name));
+                }
+            }
+        }
+        list
+    }
+
+    /// `user`'s first connection in a room on this node (`joined`) or its last one gone
+    /// (as the hub counted): the room's subscribers hear `presence` — in cluster mode only
+    /// when the user's presence across all nodes changed. `deliver: false`: the room is
+    /// gone, only the other nodes need to know.
+    pub fn presence_changed(
+        &self,
+        room_id: &str,
+        conv: &std::sync::Arc<str>,
+        user: &crate::auth::User,
+        joined: bool,
+        deliver: bool,
+    ) {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            let e = crate::cluster::presence::Entry {
+                conv: conv.to_string(),
+                room_id: room_id.to_string(),
+                user: user.id.clone(),
+                name: user.name.clone(),
+            };
+            return c.local_presence(self, e, joined, deliver);
+        }
+        if !deliver {
+            return;
+        }
+        let ev = crate::protocol::Event::Presence {
+            room_id: room_id.to_string(),
+            user_id: user.id.clone(),
+            username: user.name.clone(),
+            status: if joined { "joined" } else { "left" },
+        };
+        let mut te = crate::topic::topic_event(conv, crate::topic::TopicKind::Ephemeral, ev);
+        te.exclude_user = Some(std::sync::Arc::from(user.id.as_str()));
+        self.try_publish(te);
+    }
+
     /// Like [`publish`](Self::publish), never blocking (shards): a full inbox drops the
     /// event there and marks the topic missed.
     pub fn try_publish(&self, ev: crate::topic::TopicEvent) -> usize {

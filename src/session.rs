@@ -547,7 +547,9 @@ pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, co
         ws.subs.remove(&conv);
         ws.typing.remove(&conv);
         if let (true, Some(u)) = (was_in, &ws.user) {
-            ctx.hub.presence_remove(&conv, &u.id);
+            if ctx.hub.presence_remove(&conv, &u.id) {
+                ctx.presence_changed(&room_id, &conv, u, false, false);
+            }
         }
     }
     // The room-closed event itself is queued by the caller; after it, no more events.

@@ -98,10 +98,7 @@ fn stale_presence(shard: &Shard, ev: &TopicEvent) -> bool {
         Event::Presence {
             user_id, status, ..
         } => {
-            let online = shard
-                .app()
-                .hub
-                .presence_online(&ev.conversation_id, user_id);
+            let online = shard.app().presence_online(&ev.conversation_id, user_id);
             online != (*status == "joined")
         }
         _ => false,
@@ -142,7 +139,6 @@ pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
         for (room_id, c) in rooms {
             let online = shard
                 .app()
-                .hub
                 .presence_list(&c)
                 .into_iter()
                 .map(|(user_id, username)| crate::protocol::Participant { user_id, username })

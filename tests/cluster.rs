@@ -288,3 +288,65 @@ fn a_room_with_members_on_two_nodes_gets_messages_streams_typing_and_receipts() 
         (Some("bob"), Some(3))
     );
 }
+
+#[test]
+fn presence_is_per_user_across_nodes_one_joined_one_left() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut obs = a.client("obs");
+    join(&mut obs, "p");
+    let presence = |c: &mut Client| drain(c, "presence", Duration::from_millis(400));
+    // Directories converge within a heartbeat (a delta sent before B's bus subscribed
+    // is recovered from A's next heartbeat: version ahead → full copy).
+    std::thread::sleep(Duration::from_millis(600));
+
+    // Ann's first tab, on B: the observer on A hears `joined` once.
+    let mut tab1 = b.client("ann");
+    let j = join(&mut tab1, "p");
+    let names: Vec<&str> = j["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"obs"), "B lists A's users: {j}");
+    let got = presence(&mut obs);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0]["user_id"].as_str(), got[0]["status"].as_str()),
+        (Some("ann"), Some("joined"))
+    );
+
+    // Her second tab, on A: no second `joined`.
+    let mut tab2 = a.client("ann");
+    join(&mut tab2, "p");
+    assert!(presence(&mut obs).is_empty());
+
+    // The tab on B goes: she is still online (on A), so no `left`.
+    tab1.send(json!({"type": "leave_room", "room_id": "p"}));
+    tab1.recv_type("room_left");
+    assert!(presence(&mut obs).is_empty());
+    // The last one goes: `left`, once.
+    drop(tab2);
+    let got = presence(&mut obs);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["status"], "left");
+
+    // Bob on B, then his node shuts down: A's observer hears him leave.
+    let mut bob = b.client("bob");
+    join(&mut bob, "p");
+    assert_eq!(presence(&mut obs).len(), 1);
+    drop(bob);
+    drop(tab1);
+    drop(b);
+    let got = drain(&mut obs, "presence", Duration::from_millis(1500));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0]["user_id"].as_str(), got[0]["status"].as_str()),
+        (Some("bob"), Some("left"))
+    );
+}

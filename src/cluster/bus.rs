@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{wire, BusCmd, Cluster};
+use super::{presence, wire, BusCmd, Cluster};
 use crate::net::MayBlock;
 use crate::protocol::{now_ms, Event};
 use crate::server::ServerCtx;
@@ -70,7 +70,7 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
             return;
         }
     };
-    let mut sub = match client.subscribe(wire::ALL_CONVERSATIONS).await {
+    let mut sub = match client.subscribe("cf.>").await {
         Ok(s) => s,
         Err(e) => {
             log::error!("cluster bus: cannot subscribe: {e}");
@@ -81,10 +81,20 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
     let mut tick = tokio::time::interval((hold / 2).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = Instant::now();
+    let mut beat = tokio::time::interval(cluster.cfg.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let down_after = cluster.cfg.heartbeat * cluster.cfg.down_after_beats;
+    // Learn the other nodes' presence now rather than at their next change.
+    let dump = cluster.dir.lock().dump_request();
+    publish_dir(&client, &dump).await;
     loop {
         tokio::select! {
             m = sub.next() => match m {
-                Some(m) => on_message(&ctx, &cluster, &m.payload),
+                Some(m) if m.subject.as_str() == presence::SUBJECT => {
+                    on_dir(&ctx, &cluster, &client, &m.payload).await
+                }
+                Some(m) if m.subject.starts_with("cf.c.") => on_message(&ctx, &cluster, &m.payload),
+                Some(_) => {}
                 None => {
                     log::error!("cluster bus: subscription ended");
                     break;
@@ -99,7 +109,19 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                 }
                 Some(BusCmd::Stop) | None => break,
             },
-            Some(()) = resync_rx.recv() => resync(&ctx, &cluster),
+            Some(()) = resync_rx.recv() => {
+                resync(&ctx, &cluster);
+                let dump = cluster.dir.lock().dump_request();
+                publish_dir(&client, &dump).await;
+            }
+            _ = beat.tick() => {
+                let msg = cluster.dir.lock().beat();
+                publish_dir(&client, &msg).await;
+                let gone = cluster.dir.lock().expire(Instant::now(), down_after);
+                for change in gone {
+                    cluster.deliver_presence(&ctx, change);
+                }
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let due = cluster.order.lock().overdue(now, hold);
@@ -137,6 +159,41 @@ fn on_event(cluster: &Cluster, resync: &tokio::sync::mpsc::Sender<()>, ev: async
             let _ = resync.try_send(());
         }
         other => log::info!("cluster bus: {other}"),
+    }
+}
+
+async fn publish_dir(client: &async_nats::Client, msg: &presence::DirMsg) {
+    let payload = serde_json::to_vec(msg).unwrap_or_default();
+    if let Err(e) = client.publish(presence::SUBJECT, payload.into()).await {
+        log::debug!("cluster bus: presence publish: {e}");
+    }
+}
+
+/// Presence news from another node.
+async fn on_dir(ctx: &ServerCtx, cluster: &Cluster, client: &async_nats::Client, payload: &[u8]) {
+    cluster.health.received.fetch_add(1, Relaxed);
+    let msg: presence::DirMsg = match serde_json::from_slice(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            cluster.health.malformed.fetch_add(1, Relaxed);
+            log::debug!("cluster bus: unreadable presence message: {e}");
+            return;
+        }
+    };
+    let (out, reply) = {
+        let mut dir = cluster.dir.lock();
+        let out = dir.apply(msg, Instant::now());
+        let reply = [
+            out.dump.then(|| dir.dump_request()),
+            out.send_full.then(|| dir.full()),
+        ];
+        (out, reply)
+    };
+    for change in out.changes {
+        cluster.deliver_presence(ctx, change);
+    }
+    for m in reply.into_iter().flatten() {
+        publish_dir(client, &m).await;
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod order;
+pub mod presence;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -55,13 +56,17 @@ pub struct Cluster {
     tx: tokio::sync::mpsc::Sender<BusCmd>,
     rx: Mutex<Option<tokio::sync::mpsc::Receiver<BusCmd>>>,
     pub(crate) order: Mutex<order::Order>,
+    /// Presence: this node's and the others' (see `presence.rs`).
+    pub(crate) dir: Mutex<presence::Directory>,
     pub health: BusHealth,
 }
 
 impl Cluster {
     pub fn new(cfg: ClusterConfig, inc: i64) -> Cluster {
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.bus_queue);
+        let dir = Mutex::new(presence::Directory::new(&cfg.node_id, inc));
         Cluster {
+            dir,
             cfg,
             inc,
             tx,
@@ -109,6 +114,53 @@ impl Cluster {
             }
             _ => send(ev),
         }
+    }
+
+    /// Send a presence message to the other nodes.
+    pub(crate) fn send_dir(&self, msg: &presence::DirMsg) {
+        let payload = serde_json::to_vec(msg).unwrap_or_default();
+        let cmd = BusCmd::Publish {
+            subject: presence::SUBJECT.to_string(),
+            payload,
+        };
+        if self.tx.try_send(cmd).is_err() {
+            // The next heartbeat's version tells the others they missed it.
+            self.health.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// This node's first connection of `user` in a room (`joined`) or its last one gone:
+    /// tell the other nodes, and this node's subscribers when the union changed.
+    /// `deliver: false` when the room itself is gone (nobody is left to tell here).
+    pub fn local_presence(&self, ctx: &ServerCtx, e: presence::Entry, joined: bool, deliver: bool) {
+        let (msg, changed) = self.dir.lock().local_change(e.clone(), joined);
+        self.send_dir(&msg);
+        if changed && deliver {
+            let change = if joined {
+                presence::Change::Joined(e)
+            } else {
+                presence::Change::Left(e)
+            };
+            self.deliver_presence(ctx, change);
+        }
+    }
+
+    /// A transition of the union for this node's subscribers of the room.
+    pub(crate) fn deliver_presence(&self, ctx: &ServerCtx, change: presence::Change) {
+        let (e, status) = match change {
+            presence::Change::Joined(e) => (e, "joined"),
+            presence::Change::Left(e) => (e, "left"),
+        };
+        let conv: std::sync::Arc<str> = std::sync::Arc::from(e.conv.as_str());
+        let ev = crate::protocol::Event::Presence {
+            room_id: e.room_id,
+            user_id: e.user.clone(),
+            username: e.name,
+            status,
+        };
+        let mut te = crate::topic::topic_event(&conv, TopicKind::Ephemeral, ev);
+        te.exclude_user = Some(std::sync::Arc::from(e.user.as_str()));
+        ctx.net.try_publish(te);
     }
 
     /// Start the bus thread.

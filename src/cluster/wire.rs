@@ -14,9 +14,6 @@ pub fn conversation_subject(conv: &str) -> String {
     format!("cf.c.{conv}")
 }
 
-/// Every conversation's events (a node listens to all of them: see docs/cluster.md).
-pub const ALL_CONVERSATIONS: &str = "cf.c.>";
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 enum Kind {

@@ -398,7 +398,7 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
             )
         }
         (HttpThen::SeedRoom, ReadDone::Room { room, members }) => {
-            let online = ctx.hub.presence_list(&room.conversation_id);
+            let online = ctx.presence_list(&room.conversation_id);
             let mut v = crate::rooms_api::room_json(&room);
             v["members"] = members
                 .into_iter()
