@@ -380,6 +380,25 @@ fn stop(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
         .hub
         .generations
         .cancel(conv, &user.id, user.admin);
+    #[cfg(feature = "cluster")]
+    if let (Some(c), Some(conn)) = (&shard.app().cluster, shard.conn_id(slot)) {
+        let req = crate::cluster::StopRequest {
+            conv: conv.to_string(),
+            user: user.id.clone(),
+            admin: user.admin,
+        };
+        if c.stop_everywhere(req, conn, id.clone(), n > 0) || n > 0 {
+            return;
+        }
+        return send_error_retry(
+            shard,
+            slot,
+            ErrorCode::Busy,
+            "the cluster bus is busy",
+            id,
+            0.5,
+        );
+    }
     if n == 0 {
         send_error(
             shard,

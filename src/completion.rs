@@ -151,6 +151,19 @@ impl ServerCtx {
     }
 }
 
+impl ServerCtx {
+    /// The replies this node is generating in `conversation_id`: message id → (content
+    /// so far, tokens so far), each taken under its generation lock.
+    pub fn local_in_flight(&self, conversation_id: &str) -> HashMap<i64, (String, u64)> {
+        let mut snapshots = HashMap::new();
+        for g in self.hub.generations.in_conversation(conversation_id) {
+            let st = g.state.lock();
+            snapshots.insert(g.message_id, (st.content.clone(), st.tokens));
+        }
+        snapshots
+    }
+}
+
 impl Completions<Reply> for ServerCtx {
     fn written(&self, reply: Reply, result: Result<Written, &StoreError>) {
         match (reply, result) {
@@ -330,10 +343,13 @@ impl Completions<Reply> for ServerCtx {
     }
 
     fn in_flight(&self, conversation_id: &str) -> HashMap<i64, (String, u64)> {
-        let mut snapshots = HashMap::new();
-        for g in self.hub.generations.in_conversation(conversation_id) {
-            let st = g.state.lock();
-            snapshots.insert(g.message_id, (st.content.clone(), st.tokens));
+        #[allow(unused_mut)]
+        let mut snapshots = self.local_in_flight(conversation_id);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            for (k, v) in c.remote_in_flight(self, conversation_id) {
+                snapshots.entry(k).or_insert(v);
+            }
         }
         snapshots
     }

@@ -17,8 +17,18 @@ use serde_json::{json, Value};
 
 /// A node of the cluster, in this process.
 fn node(pg: &Postgres, nats: &Nats, id: &str) -> TestServer {
+    node_with(pg, nats, id, |_| {})
+}
+
+fn node_with(
+    pg: &Postgres,
+    nats: &Nats,
+    id: &str,
+    tweak: impl FnOnce(&mut confab::Config),
+) -> TestServer {
     let (pg_url, nats_url) = (pg.url(), nats.url());
     TestServer::start(&format!("cluster-{id}"), |c| {
+        tweak(c);
         c.cluster = Some(ClusterConfig {
             postgres_url: pg_url,
             nats_url,
@@ -348,5 +358,67 @@ fn presence_is_per_user_across_nodes_one_joined_one_left() {
     assert_eq!(
         (got[0]["user_id"].as_str(), got[0]["status"].as_str()),
         (Some("bob"), Some("left"))
+    );
+}
+
+#[test]
+fn a_reply_running_on_one_node_is_resumed_and_stopped_from_another() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let slow = |c: &mut confab::Config| c.llm.demo_tokens_per_s = 40.0;
+    let a = node_with(&pg, &nats, "a", slow);
+    let b = node_with(&pg, &nats, "b", slow);
+    let mut dev1 = a.client("eve");
+    dev1.send(json!({"type": "chat", "id": "q", "message": "tell me"}));
+    let conv = dev1.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..5 {
+        dev1.recv_type("token");
+    }
+    // Her other device, on B, resumes mid-reply: the text so far (taken by A), then
+    // the tokens after it — no gap, no duplicate.
+    let mut dev2 = b.client("eve");
+    dev2.send(json!({"type": "subscribe", "conversation_id": conv, "after_seq": 0}));
+    let mut text = String::new();
+    let mut next: Option<u64> = None;
+    let mut tokens = 0;
+    let done = loop {
+        let ev = dev2.recv();
+        match ev["type"].as_str().unwrap() {
+            "message_added" if ev["message"]["role"] == "assistant" => {
+                assert_eq!(ev["message"]["status"], "streaming");
+                text = ev["message"]["content"].as_str().unwrap().to_string();
+                assert!(!text.is_empty(), "five tokens were already generated on A");
+            }
+            "token" => {
+                let i = ev["index"].as_u64().unwrap();
+                if let Some(n) = next {
+                    assert_eq!(i, n, "no gap, no duplicate");
+                }
+                next = Some(i + ev["count"].as_u64().unwrap_or(1));
+                text.push_str(ev["token"].as_str().unwrap());
+                tokens += 1;
+                if tokens == 3 {
+                    // …and stops it from B: A cancels it.
+                    dev2.send(json!({"type": "stop", "conversation_id": conv}));
+                }
+            }
+            "complete" => break ev,
+            _ => {}
+        }
+    };
+    assert_eq!(done["finish_reason"], "cancelled");
+    assert_eq!(text, done["response"].as_str().unwrap());
+    assert_eq!(dev1.recv_type("complete")["finish_reason"], "cancelled");
+    // Nothing runs any more: NOT_FOUND, from either node.
+    dev2.send(json!({"type": "stop", "conversation_id": conv, "id": "s2"}));
+    let e = dev2.recv_type("error");
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("NOT_FOUND"), Some("s2"))
     );
 }

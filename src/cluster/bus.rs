@@ -94,6 +94,12 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                     on_dir(&ctx, &cluster, &client, &m.payload).await
                 }
                 Some(m) if m.subject.starts_with("cf.c.") => on_message(&ctx, &cluster, &m.payload),
+                Some(m) if m.subject.as_str() == STOP_SUBJECT => {
+                    on_stop(&ctx, &client, &m).await
+                }
+                Some(m) if m.subject.as_str() == snap_subject(&cluster.cfg.node_id) => {
+                    on_snapshot(&ctx, &client, &m).await
+                }
                 Some(_) => {}
                 None => {
                     log::error!("cluster bus: subscription ended");
@@ -106,6 +112,23 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                         log::debug!("cluster bus: publish: {e}");
                         cluster.health.dropped.fetch_add(1, Relaxed);
                     }
+                }
+                Some(BusCmd::StopReplies { req, conn }) => {
+                    let (ctx, client) = (ctx.clone(), client.clone());
+                    tokio::spawn(async move { ask_stop(ctx, &client, req, conn).await });
+                }
+                Some(BusCmd::Snapshot { node, conv, reply }) => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let asked = client.request(snap_subject(&node), conv.into_bytes().into());
+                        let snap = match tokio::time::timeout(super::ASK_TIMEOUT, asked).await {
+                            Ok(Ok(m)) => serde_json::from_slice::<Vec<(i64, String, u64)>>(&m.payload)
+                                .map(|v| v.into_iter().map(|(id, c, t)| (id, (c, t))).collect())
+                                .unwrap_or_default(),
+                            _ => super::Snapshots::new(),
+                        };
+                        let _ = reply.send(snap);
+                    });
                 }
                 Some(BusCmd::Stop) | None => break,
             },
@@ -160,6 +183,66 @@ fn on_event(cluster: &Cluster, resync: &tokio::sync::mpsc::Sender<()>, ev: async
         }
         other => log::info!("cluster bus: {other}"),
     }
+}
+
+/// Where `stop` requests go: every node answers for the replies it runs.
+const STOP_SUBJECT: &str = "cf.stop";
+
+/// Where a node answers for the replies it runs in a conversation.
+fn snap_subject(node: &str) -> String {
+    format!("cf.n.{node}.snap")
+}
+
+/// Cancel the caller's replies on every node; NOT_FOUND when no node had one (and this
+/// node had none either).
+async fn ask_stop(
+    ctx: Arc<ServerCtx>,
+    client: &async_nats::Client,
+    req: super::StopRequest,
+    conn: Option<(crate::net::ConnId, Option<String>)>,
+) {
+    let payload = serde_json::to_vec(&req).unwrap_or_default();
+    let asked = client.request(STOP_SUBJECT, payload.into());
+    let found = matches!(
+        tokio::time::timeout(super::ASK_TIMEOUT, asked).await,
+        Ok(Ok(_))
+    );
+    if let (false, Some((conn, id))) = (found, conn) {
+        let ev = Event::error(
+            crate::protocol::ErrorCode::NotFound,
+            "no reply of yours is being generated in this conversation",
+            id,
+        );
+        // A shard's inbox may be full: wait for room off the bus's own thread.
+        tokio::task::spawn_blocking(move || ctx.send_event(conn, ev));
+    }
+}
+
+/// Another node's `stop`: cancel what runs here, and answer only if something did (the
+/// asker hears NOT_FOUND when nobody answers).
+async fn on_stop(ctx: &ServerCtx, client: &async_nats::Client, m: &async_nats::Message) {
+    let Ok(req) = serde_json::from_slice::<super::StopRequest>(&m.payload) else {
+        return;
+    };
+    let n = ctx.hub.generations.cancel(&req.conv, &req.user, req.admin);
+    if let (true, Some(reply)) = (n > 0, &m.reply) {
+        let _ = client.publish(reply.clone(), n.to_string().into()).await;
+    }
+}
+
+/// Another node replays a conversation: the replies running here, taken now.
+async fn on_snapshot(ctx: &ServerCtx, client: &async_nats::Client, m: &async_nats::Message) {
+    let Some(reply) = &m.reply else {
+        return;
+    };
+    let conv = String::from_utf8_lossy(&m.payload);
+    let snaps: Vec<(i64, String, u64)> = ctx
+        .local_in_flight(&conv)
+        .into_iter()
+        .map(|(id, (c, t))| (id, c, t))
+        .collect();
+    let payload = serde_json::to_vec(&snaps).unwrap_or_default();
+    let _ = client.publish(reply.clone(), payload.into()).await;
 }
 
 async fn publish_dir(client: &async_nats::Client, msg: &presence::DirMsg) {

@@ -27,9 +27,37 @@ use crate::topic::{TopicEvent, TopicKind};
 
 /// What the bus thread is asked to do.
 pub enum BusCmd {
-    Publish { subject: String, payload: Vec<u8> },
+    Publish {
+        subject: String,
+        payload: Vec<u8>,
+    },
+    /// Cancel `user`'s replies in a conversation on every node; when none had one, the
+    /// connection hears NOT_FOUND (`conn` is None: nobody to tell).
+    StopReplies {
+        req: StopRequest,
+        conn: Option<(crate::net::ConnId, Option<String>)>,
+    },
+    /// The replies `node` is generating in `conv`: (content so far, tokens so far).
+    Snapshot {
+        node: String,
+        conv: String,
+        reply: crossbeam_channel::Sender<Snapshots>,
+    },
     Stop,
 }
+
+/// Replies in flight by message id: (content so far, tokens so far).
+pub type Snapshots = std::collections::HashMap<i64, (String, u64)>;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StopRequest {
+    pub conv: String,
+    pub user: String,
+    pub admin: bool,
+}
+
+/// How long a node waits for another to answer a stop or a snapshot.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The bus's state for `/health` and `/metrics`.
 #[derive(Default)]
@@ -161,6 +189,56 @@ impl Cluster {
         let mut te = crate::topic::topic_event(&conv, TopicKind::Ephemeral, ev);
         te.exclude_user = Some(std::sync::Arc::from(e.user.as_str()));
         ctx.net.try_publish(te);
+    }
+
+    /// `stop` in cluster mode: the replies may run on any node. `found_here`: this node
+    /// cancelled some already (the others are still asked, never answered NOT_FOUND).
+    pub fn stop_everywhere(
+        &self,
+        req: StopRequest,
+        conn: crate::net::ConnId,
+        id: Option<String>,
+        found_here: bool,
+    ) -> bool {
+        let conn = (!found_here).then_some((conn, id));
+        self.tx.try_send(BusCmd::StopReplies { req, conn }).is_ok()
+    }
+
+    /// The replies generated in `conv` on other nodes, taken by their owners now (a
+    /// replay shows their text so far and drops the tokens it holds). Blocking: reader
+    /// threads only. The owners are read from the store; a silent owner gives nothing
+    /// (the replay shows the row's last checkpoint).
+    pub fn remote_in_flight(&self, ctx: &ServerCtx, conv: &str) -> Snapshots {
+        let owners = match ctx
+            .store
+            .read_conn()
+            .and_then(|db| db.streaming_owners(conv))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("cluster: cannot read who runs the replies in {conv}: {e}");
+                return Snapshots::new();
+            }
+        };
+        let mut out = Snapshots::new();
+        for node in owners {
+            if node == self.cfg.node_id {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let cmd = BusCmd::Snapshot {
+                node,
+                conv: conv.to_string(),
+                reply: tx,
+            };
+            if self.tx.try_send(cmd).is_err() {
+                continue;
+            }
+            if let Ok(s) = rx.recv_timeout(ASK_TIMEOUT + std::time::Duration::from_millis(200)) {
+                out.extend(s);
+            }
+        }
+        out
     }
 
     /// Start the bus thread.

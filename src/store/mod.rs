@@ -378,6 +378,20 @@ impl ReadConn {
         }
     }
 
+    /// The nodes running a reply in `conv` now (cluster mode; none on a single box).
+    #[cfg(feature = "cluster")]
+    pub fn streaming_owners(&self, conv: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            ReadConn::Sqlite(_) => Ok(Vec::new()),
+            ReadConn::Pg(p) => db::Db::rows(
+                &*p.get()?,
+                "SELECT DISTINCT node_id FROM messages WHERE conversation_id = ?1 AND status = 'streaming' AND node_id IS NOT NULL",
+                db::p![conv],
+                |r| r.text(0),
+            ),
+        }
+    }
+
     /// What `user` may do in `conv` (see [`writer::conv_access`]).
     pub fn conv_access(&self, conv: &str, user: &str) -> Result<writer::ConvAccess, StoreError> {
         match self {
