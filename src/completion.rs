@@ -213,6 +213,20 @@ impl Completions<Reply> for ServerCtx {
             (Reply::Finish(f), Ok(Written::Finalized(row))) => {
                 crate::llm::finished(self, *f, Some(row.view()))
             }
+            // Ended elsewhere (a cluster peer failed it while this node was paused, or its
+            // conversation is gone): whoever ended it told the subscribers.
+            (Reply::Finish(f), Err(StoreError::Refused(_, m)))
+                if m == crate::store::writer::ENDED_ELSEWHERE =>
+            {
+                log::warn!(
+                    "reply {} in {}: {m}",
+                    f.gen.message_id,
+                    f.gen.conversation_id
+                );
+                self.hub
+                    .generations
+                    .remove(&f.gen.conversation_id, f.gen.message_id);
+            }
             (Reply::Finish(mut f), Err(e)) => {
                 f.error = Some(format!(
                     "{}; the reply could not be stored: {e}",

@@ -28,7 +28,6 @@ fn node_with(
 ) -> TestServer {
     let (pg_url, nats_url) = (pg.url(), nats.url());
     TestServer::start(&format!("cluster-{id}"), |c| {
-        tweak(c);
         c.cluster = Some(ClusterConfig {
             postgres_url: pg_url,
             nats_url,
@@ -41,6 +40,7 @@ fn node_with(
             bus_queue: 4096,
             shared_files: false,
         });
+        tweak(c);
     })
 }
 
@@ -421,4 +421,77 @@ fn a_reply_running_on_one_node_is_resumed_and_stopped_from_another() {
         (e["code"].as_str(), e["id"].as_str()),
         (Some("NOT_FOUND"), Some("s2"))
     );
+}
+
+fn process_client(n: &harness::NodeProcess, via: &TestServer, sub: &str) -> Client {
+    let url = format!("ws://{}/v1/ws?token={}", n.addr, via.token(sub));
+    let mut c = Client::connect(&url).expect("connects");
+    c.recv_type("connected");
+    c
+}
+
+#[test]
+fn a_node_killed_mid_reply_has_its_reply_ended_and_its_users_leave() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let fast_lease = [
+        ("CONFAB_CLUSTER_LEASE_MS", "2000"),
+        ("CONFAB_CLUSTER_HEARTBEAT_MS", "250"),
+        ("CONFAB_LLM_DEMO_TOKENS_PER_S", "5"),
+        ("CONFAB_LLM_CHECKPOINT_INTERVAL_MS", "100"),
+    ];
+    let a = node_with(&pg, &nats, "a", |c| {
+        let cl = c.cluster.as_mut().unwrap();
+        cl.lease = Duration::from_millis(2000);
+    });
+    let b = harness::NodeProcess::start(&pg, &nats, "b", &fast_lease);
+    let mut obs = a.client("obs");
+    join(&mut obs, "k");
+    std::thread::sleep(Duration::from_millis(600));
+
+    // Zoe, on B, in the room and with a reply streaming there; her other device on A.
+    let mut zoe = process_client(&b, &a, "zoe");
+    join(&mut zoe, "k");
+    assert_eq!(
+        drain(&mut obs, "presence", Duration::from_millis(500)).len(),
+        1
+    );
+    zoe.send(json!({"type": "chat", "id": "z", "message": "a long answer please"}));
+    let conv = zoe.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut other = a.client("zoe");
+    other.send(json!({"type": "subscribe", "conversation_id": conv, "after_seq": 0}));
+    other.recv_type("subscribed");
+    for _ in 0..3 {
+        other.recv_type("token");
+    }
+
+    let killed = std::time::Instant::now();
+    b.signal("KILL");
+    // Within the lease (plus a heartbeat or two) A ends the reply with the saved text.
+    let done = other.recv_type("complete");
+    let took = killed.elapsed();
+    assert_eq!(done["finish_reason"], "error");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let saved = pg.query(&format!(
+        "SELECT status || ':' || length(content) FROM messages WHERE id = {}",
+        done["message_id"]
+    ));
+    assert!(saved.starts_with("error:"), "{saved}");
+    assert_eq!(
+        done["response"].as_str().unwrap().len().to_string(),
+        saved.trim_start_matches("error:")
+    );
+    // And her presence on B is gone from A's view (missed heartbeats), once.
+    let left = drain(&mut obs, "presence", Duration::from_millis(2000));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0]["user_id"].as_str(), left[0]["status"].as_str()),
+        (Some("zoe"), Some("left"))
+    );
+    eprintln!("kill -9 -> reply closed in {took:?}");
 }

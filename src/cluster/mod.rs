@@ -11,6 +11,7 @@
 //!   them; gaps (lost bus events) read from PostgreSQL.
 
 pub mod bus;
+pub mod lease;
 pub mod order;
 pub mod presence;
 pub mod wire;
@@ -253,6 +254,10 @@ impl Cluster {
             .lock()
             .take()
             .ok_or_else(|| std::io::Error::other("bus already started"))?;
+        let lease_ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("cluster-lease".into())
+            .spawn(move || lease::run(lease_ctx))?;
         let ctx = ctx.clone();
         std::thread::Builder::new()
             .name("cluster-bus".into())

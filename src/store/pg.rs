@@ -112,7 +112,68 @@ const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
 
 /// Milliseconds since the epoch on PostgreSQL's clock: leases are compared on one clock,
 /// whatever the nodes' own say.
-const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+macro_rules! db_now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+const DB_NOW_MS: &str = db_now_ms!();
+
+/// Renew this node's lease; false when the row is another incarnation's now (a second
+/// process with this node id started: this one must not go on as if it were the node).
+pub fn renew_lease(db: &PgDb, node: &str, inc: i64, lease: Duration) -> Result<bool, StoreError> {
+    Ok(db.exec(
+        concat!(
+            "UPDATE nodes SET lease_until = ",
+            db_now_ms!(),
+            " + ?3 WHERE node_id = ?1 AND inc = ?2"
+        ),
+        p![node, inc, lease.as_millis() as i64],
+    )? == 1)
+}
+
+/// Nodes whose lease ran out (other than `me`): (node id, incarnation).
+pub fn expired_nodes(db: &PgDb, me: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    db.rows(
+        concat!(
+            "SELECT node_id, inc FROM nodes WHERE node_id != ?1 AND lease_until < ",
+            db_now_ms!()
+        ),
+        p![me],
+        |r| Ok((r.text(0)?, r.int(1)?)),
+    )
+}
+
+/// End with `error` the replies a dead node (up to incarnation `inc`) was streaming,
+/// keeping the text it last saved. Only one node gets each row (its row lock and the
+/// status condition): it announces them. Returns the rows with their room ids.
+pub fn fail_replies_of(
+    db: &PgDb,
+    node: &str,
+    inc: i64,
+    now: i64,
+) -> Result<Vec<(super::read::MessageRow, Option<String>)>, StoreError> {
+    let rows = db.rows(
+        concat!(
+            "UPDATE messages SET status = 'error', updated_at = ?3 WHERE node_id = ?1 AND node_inc <= ?2 AND status = 'streaming' RETURNING ",
+            super::read::message_columns!()
+        ),
+        p![node, inc, now],
+        super::read::message_row,
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let room = db
+            .row(
+                "SELECT room_id FROM conversations WHERE id = ?1",
+                p![&r.conversation_id],
+                |x| x.opt_text(0),
+            )?
+            .flatten();
+        out.push((r, room));
+    }
+    Ok(out)
+}
 
 /// A conflict with another node's transaction: run the job again.
 pub fn retryable(e: &postgres::Error) -> bool {

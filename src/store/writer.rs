@@ -693,6 +693,10 @@ pub fn checkpoint(
     Ok(())
 }
 
+/// A reply's final write found it no longer streaming.
+pub const ENDED_ELSEWHERE: &str =
+    "the reply was already ended (by another node, or its conversation was deleted)";
+
 /// Final content, status and metadata of a reply.
 pub fn finalize(
     db: &impl Db,
@@ -702,10 +706,15 @@ pub fn finalize(
     status: &str,
     meta: &str,
 ) -> Result<MessageRow, StoreError> {
-    db.exec(
-        "UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1",
+    // Only a reply still streaming: in a cluster another node may have ended it already
+    // (this node was paused past its lease); a deleted conversation has no row.
+    let changed = db.exec(
+        "UPDATE messages SET content = ?2, status = ?3, meta = ?4, updated_at = ?5 WHERE id = ?1 AND status = 'streaming'",
         p![message_id, content, status, meta, now],
     )?;
+    if changed == 0 {
+        return Err(StoreError::refused(ErrorCode::NotFound, ENDED_ELSEWHERE));
+    }
     let row = db
         .row(
             concat!(

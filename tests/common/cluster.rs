@@ -251,3 +251,58 @@ impl Drop for Nats {
         self.stop();
     }
 }
+
+/// A node as its own `confab serve` process (so that it can be killed with SIGKILL or
+/// paused with SIGSTOP), signing tokens with `secret`.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl NodeProcess {
+    pub fn start(pg: &Postgres, nats: &Nats, id: &str, env: &[(&str, &str)]) -> NodeProcess {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("confab-node-{id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+        cmd.arg("serve")
+            .env("CONFAB_SERVER_LISTEN", "127.0.0.1:0")
+            .env("CONFAB_STORE_DATA_DIR", &dir)
+            .env("CONFAB_AUTH_JWT_SECRET", "test-secret")
+            .env("CONFAB_SERVER_SHARDS", "2")
+            .env("CONFAB_CLUSTER_POSTGRES_URL", pg.url())
+            .env("CONFAB_CLUSTER_NATS_URL", nats.url())
+            .env("CONFAB_CLUSTER_NODE_ID", id)
+            .env("CONFAB_CLUSTER_POSTGRES_POOL", "4")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("address line").unwrap();
+            if let Some(rest) = line.split("serving on http://").nth(1) {
+                break rest.split('/').next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess { child, addr, dir }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
