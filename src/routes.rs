@@ -97,12 +97,15 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
     let method = req.method.as_str();
     let resp = match (method, path) {
         ("GET", "/health") => {
-            let unhealthy = ctx.metrics.store_unhealthy.load(Relaxed) != 0;
+            let store_failing = ctx.metrics.store_unhealthy.load(Relaxed) != 0;
+            let bus = ctx.bus_state();
+            let unhealthy = store_failing || bus == "down";
             let body = json!({
                 "status": if unhealthy { "degraded" } else { "ok" },
                 "connections": ctx.net.metrics.ws_connections.load(Relaxed).max(0),
                 "uptime_s": ctx.metrics.uptime_s(),
-                "store": if unhealthy { "failing" } else { "ok" },
+                "store": if store_failing { "failing" } else { "ok" },
+                "bus": bus,
                 "scanner": match ctx.uploads.scanner.as_ref().map(|s| s.state()) {
                     None => "off",
                     Some(crate::uploads::scan::SCANNER_OK) => "ok",
@@ -120,7 +123,7 @@ pub fn on_request(shard: &mut Shard, slot: usize, req: Request) {
             _ => Response::text(
                 200,
                 "text/plain; version=0.0.4",
-                ctx.metrics.prometheus(
+                ctx.prometheus(
                     &ctx.net.metrics,
                     &crate::metrics::Depths {
                         inbox_dropped: ctx.net.shards.dropped(),

@@ -51,6 +51,31 @@ impl ServerCtx {
         self.net.publish(may, ev)
     }
 
+    /// The cluster bus for `/health`: "off" on a single box, else "ok", "connecting" or
+    /// "down" (503).
+    pub fn bus_state(&self) -> &'static str {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.health.state();
+        }
+        "off"
+    }
+
+    /// `/metrics`: the server's figures, and the bus's in cluster mode.
+    pub fn prometheus(
+        &self,
+        net: &crate::net::NetMetrics,
+        depths: &crate::metrics::Depths,
+    ) -> String {
+        #[allow(unused_mut)]
+        let mut s = self.metrics.prometheus(net, depths);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            c.health.prometheus(&mut s);
+        }
+        s
+    }
+
     /// Is `user` online in room conversation `conv` (on any node)?
     pub fn presence_online(&self, conv: &str, user: &str) -> bool {
         if self.hub.presence_online(conv, user) {

@@ -495,3 +495,70 @@ fn a_node_killed_mid_reply_has_its_reply_ended_and_its_users_leave() {
     );
     eprintln!("kill -9 -> reply closed in {took:?}");
 }
+
+#[test]
+fn a_nats_restart_loses_no_acked_message_and_the_gap_is_filled() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, mut nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut ann = a.client("ann");
+    let mut bob = b.client("bob");
+    join(&mut ann, "n");
+    join(&mut bob, "n");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = |c: &mut Client, wait: u64| -> Vec<(i64, String)> {
+        drain(c, "message_added", Duration::from_millis(wait))
+            .iter()
+            .map(|m| {
+                (
+                    m["message"]["seq"].as_i64().unwrap(),
+                    m["message"]["author"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let send = |c: &mut Client, i: usize| {
+        c.send(json!({"type": "chat", "id": format!("n{i}"), "room_id": "n", "message": format!("m{i}")}));
+        c.recv_type("ack");
+    };
+    send(&mut ann, 0);
+    assert_eq!(seen(&mut bob, 300).len(), 1);
+
+    // The bus goes away: writes still commit and ack on both nodes.
+    nats.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, h) = a.http("GET", "/health", None, None);
+    assert_eq!(st, 200, "within the grace period: {h}");
+    assert_ne!(h["bus"], "ok", "{h}");
+    for i in 1..=5 {
+        send(&mut ann, i);
+        send(&mut bob, 10 + i);
+    }
+    nats.restart();
+    // Back: each node reads what it missed from PostgreSQL; every message once, in order.
+    let mut got_bob = Vec::new();
+    let mut got_ann = Vec::new();
+    for _ in 0..20 {
+        got_bob.extend(seen(&mut bob, 250));
+        got_ann.extend(seen(&mut ann, 250));
+        if got_bob.iter().filter(|(_, a)| a == "ann").count() >= 6 - 1
+            && got_ann.iter().filter(|(_, a)| a == "bob").count() >= 5
+        {
+            break;
+        }
+    }
+    let from = |v: &[(i64, String)], who: &str| v.iter().filter(|(_, a)| a == who).count();
+    assert_eq!(from(&got_bob, "ann"), 5, "bob: {got_bob:?}");
+    assert_eq!(from(&got_ann, "bob"), 5, "ann: {got_ann:?}");
+    for v in [&got_bob, &got_ann] {
+        assert!(
+            v.windows(2).all(|w| w[0].0 < w[1].0),
+            "in seq order, once: {v:?}"
+        );
+    }
+    let (_, h) = a.http("GET", "/health", None, None);
+    assert_eq!(h["bus"], "ok", "{h}");
+}

@@ -78,6 +78,79 @@ pub struct BusHealth {
     pub resyncs: AtomicU64,
 }
 
+/// After this long without the bus, `/health` answers 503: this node no longer hears the
+/// others (it still serves its own connections, and every write still commits).
+pub const BUS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl BusHealth {
+    /// "ok", "connecting" (down less than [`BUS_GRACE`]) or "down".
+    pub fn state(&self) -> &'static str {
+        if self.connected.load(Relaxed) {
+            return "ok";
+        }
+        let since = self.down_since_ms.load(Relaxed);
+        let grace = BUS_GRACE.as_millis() as i64;
+        if since != 0 && crate::protocol::now_ms() - since > grace {
+            "down"
+        } else {
+            "connecting"
+        }
+    }
+
+    /// The bus's counters in Prometheus' text format.
+    pub fn prometheus(&self, s: &mut String) {
+        use std::fmt::Write;
+        let mut line = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(
+                s,
+                "# HELP confab_cluster_{name} {help}\n# TYPE confab_cluster_{name} {kind}\nconfab_cluster_{name} {v}"
+            );
+        };
+        line(
+            "bus_connected",
+            "1 when this node is connected to NATS.",
+            "gauge",
+            u64::from(self.connected.load(Relaxed)),
+        );
+        line(
+            "bus_published_total",
+            "Events this node sent on the bus.",
+            "counter",
+            self.published.load(Relaxed),
+        );
+        line(
+            "bus_received_total",
+            "Bus messages this node received.",
+            "counter",
+            self.received.load(Relaxed),
+        );
+        line(
+            "bus_dropped_total",
+            "Events not sent: the bus queue was full or the bus refused them.",
+            "counter",
+            self.dropped.load(Relaxed),
+        );
+        line(
+            "bus_malformed_total",
+            "Bus messages that could not be read.",
+            "counter",
+            self.malformed.load(Relaxed),
+        );
+        line(
+            "gap_repairs_total",
+            "Gaps in a conversation's seq filled from PostgreSQL.",
+            "counter",
+            self.repairs.load(Relaxed),
+        );
+        line(
+            "resyncs_total",
+            "Resyncs of every followed conversation (bus reconnect, slow consumer).",
+            "counter",
+            self.resyncs.load(Relaxed),
+        );
+    }
+}
+
 pub struct Cluster {
     pub cfg: ClusterConfig,
     /// This process's incarnation of `cfg.node_id` (a restart is a new one).
