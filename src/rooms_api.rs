@@ -413,22 +413,9 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
         timestamp: now_rfc3339(),
     };
     if let Some(users) = user_ids {
-        // Those users' connections, wherever they are; a full shard inbox skips one.
         let ctx = shard.app().clone();
-        let mut sent = 0;
-        for u in &users {
-            for c in ctx.hub.user_connections(u) {
-                // Encoded by the receiving shard, in the connection's own form.
-                let msg = ConnMsg::Event(Box::new(crate::codec::Encoded::lazy(ev.clone())));
-                if ctx
-                    .net
-                    .shards
-                    .try_send(c.shard as usize, ShardMsg::App(AppMsg::Conn(c, msg)))
-                {
-                    sent += 1;
-                }
-            }
-        }
+        let sent = to_users(&ctx, &users, &ev);
+        to_other_nodes(&ctx, Some(&users), &ev);
         return respond(
             shard,
             slot,
@@ -440,14 +427,11 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
     }
     match room_id {
         None => {
-            // Everyone connected: one message per shard, each writes to its own connections.
-            let shared = Arc::new(crate::codec::Encoded::new(ev.clone()));
-            let net = &shard.app().net;
-            for s in 0..net.shards.len() {
-                net.shards
-                    .try_send(s, ShardMsg::App(AppMsg::All(shared.clone())));
-            }
-            let n = net
+            let ctx = shard.app().clone();
+            to_all(&ctx, &ev);
+            to_other_nodes(&ctx, None, &ev);
+            let n = ctx
+                .net
                 .metrics
                 .ws_connections
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -470,5 +454,46 @@ fn broadcast(shard: &mut Shard, slot: usize, user: &Arc<User>, body: &serde_json
             };
             defer(shard, slot, StoreOp::Read(cmd), then);
         }
+    }
+}
+
+/// A broadcast to these users' connections on this node (a full shard inbox skips one).
+/// Returns how many connections it went to.
+pub fn to_users(ctx: &ServerCtx, users: &[String], ev: &Event) -> usize {
+    let mut sent = 0;
+    for u in users {
+        for c in ctx.hub.user_connections(u) {
+            // Encoded by the receiving shard, in the connection's own form.
+            let msg = ConnMsg::Event(Box::new(crate::codec::Encoded::lazy(ev.clone())));
+            if ctx
+                .net
+                .shards
+                .try_send(c.shard as usize, ShardMsg::App(AppMsg::Conn(c, msg)))
+            {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// A broadcast to every connection on this node: one message per shard, each writes to
+/// its own connections.
+pub fn to_all(ctx: &ServerCtx, ev: &Event) {
+    let shared = Arc::new(crate::codec::Encoded::new(ev.clone()));
+    for s in 0..ctx.net.shards.len() {
+        ctx.net
+            .shards
+            .try_send(s, ShardMsg::App(AppMsg::All(shared.clone())));
+    }
+}
+
+/// In cluster mode the other nodes deliver the broadcast to their own connections (the
+/// answer's counts are this node's).
+#[allow(unused_variables)]
+fn to_other_nodes(ctx: &ServerCtx, users: Option<&[String]>, ev: &Event) {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &ctx.cluster {
+        c.broadcast(users, ev);
     }
 }

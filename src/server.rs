@@ -379,7 +379,12 @@ impl ServerHandle {
         threads.extend(crate::llm::start_workers(&ctx)?);
         threads.extend(crate::uploads::start_workers(&ctx)?);
         #[cfg(feature = "cluster")]
-        threads.extend(crate::cluster::Cluster::start(&ctx)?);
+        {
+            threads.extend(crate::cluster::Cluster::start(&ctx)?);
+            if let Some(c) = &ctx.cluster {
+                c.wait_ready(Duration::from_secs(5));
+            }
+        }
         for (i, (poll, rx)) in parts.into_iter().enumerate() {
             let shard = crate::app::Shard::new(i, poll, rx, ctx.clone());
             threads.push(

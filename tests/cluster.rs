@@ -562,3 +562,35 @@ fn a_nats_restart_loses_no_acked_message_and_the_gap_is_filled() {
     let (_, h) = a.http("GET", "/health", None, None);
     assert_eq!(h["bus"], "ok", "{h}");
 }
+
+#[test]
+fn an_admin_broadcast_on_one_node_reaches_connections_on_another() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut bob = b.client("bob");
+    let mut cy = b.client("cy");
+    let admin = a.admin_token("root");
+    let (st, _) = a.http(
+        "POST",
+        "/v1/broadcast",
+        Some(&admin),
+        Some(&json!({"message": "maintenance at noon"})),
+    );
+    assert_eq!(st, 200);
+    for c in [&mut bob, &mut cy] {
+        assert_eq!(c.recv_type("system")["message"], "maintenance at noon");
+    }
+    let (st, _) = a.http(
+        "POST",
+        "/v1/broadcast",
+        Some(&admin),
+        Some(&json!({"message": "just you", "user_ids": ["bob"]})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(bob.recv_type("system")["message"], "just you");
+    assert!(drain(&mut cy, "system", Duration::from_millis(300)).is_empty());
+}

@@ -77,6 +77,11 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
             return;
         }
     };
+    // The server holds the interest once a flush returns (bounded: without a server the
+    // loop must still run, to answer shutdown; the client subscribes again on connect).
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+        cluster.health.subscribed.store(true, Relaxed);
+    }
     let hold = cluster.cfg.reorder_hold.max(Duration::from_millis(5));
     let mut tick = tokio::time::interval((hold / 2).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -94,6 +99,9 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                     on_dir(&ctx, &cluster, &client, &m.payload).await
                 }
                 Some(m) if m.subject.starts_with("cf.c.") => on_message(&ctx, &cluster, &m.payload),
+                Some(m) if m.subject.as_str() == super::BROADCAST_SUBJECT => {
+                    on_broadcast(&ctx, &cluster, &m.payload)
+                }
                 Some(m) if m.subject.as_str() == STOP_SUBJECT => {
                     on_stop(&ctx, &client, &m).await
                 }
@@ -215,6 +223,28 @@ async fn ask_stop(
         );
         // A shard's inbox may be full: wait for room off the bus's own thread.
         tokio::task::spawn_blocking(move || ctx.send_event(conn, ev));
+    }
+}
+
+/// Another node's admin broadcast, for this node's connections.
+fn on_broadcast(ctx: &ServerCtx, cluster: &Cluster, payload: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Broadcast {
+        users: Option<Vec<String>>,
+        event: serde_json::Value,
+    }
+    cluster.health.received.fetch_add(1, Relaxed);
+    let parsed = serde_json::from_slice::<Broadcast>(payload)
+        .and_then(|b| <Event as serde::Deserialize>::deserialize(b.event).map(|ev| (b.users, ev)));
+    match parsed {
+        Ok((Some(users), ev)) => {
+            crate::rooms_api::to_users(ctx, &users, &ev);
+        }
+        Ok((None, ev)) => crate::rooms_api::to_all(ctx, &ev),
+        Err(e) => {
+            cluster.health.malformed.fetch_add(1, Relaxed);
+            log::debug!("cluster bus: unreadable broadcast: {e}");
+        }
     }
 }
 

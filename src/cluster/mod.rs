@@ -47,6 +47,9 @@ pub enum BusCmd {
     Stop,
 }
 
+/// Where admin broadcasts to users or to everyone go.
+pub const BROADCAST_SUBJECT: &str = "cf.bc";
+
 /// Replies in flight by message id: (content so far, tokens so far).
 pub type Snapshots = std::collections::HashMap<i64, (String, u64)>;
 
@@ -64,6 +67,8 @@ pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10
 #[derive(Default)]
 pub struct BusHealth {
     pub connected: AtomicBool,
+    /// The bus thread's subscriptions reached the server (start-up waits for this).
+    pub subscribed: AtomicBool,
     /// When the bus connection was lost (ms since the epoch; 0: connected or never).
     pub down_since_ms: AtomicI64,
     pub published: AtomicU64,
@@ -265,6 +270,19 @@ impl Cluster {
         ctx.net.try_publish(te);
     }
 
+    /// An admin broadcast to users or everyone: the other nodes deliver it to their own
+    /// connections.
+    pub fn broadcast(&self, users: Option<&[String]>, ev: &crate::protocol::Event) {
+        let msg = serde_json::json!({ "users": users, "event": ev });
+        let cmd = BusCmd::Publish {
+            subject: BROADCAST_SUBJECT.to_string(),
+            payload: serde_json::to_vec(&msg).unwrap_or_default(),
+        };
+        if self.tx.try_send(cmd).is_err() {
+            self.health.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
     /// `stop` in cluster mode: the replies may run on any node. `found_here`: this node
     /// cancelled some already (the others are still asked, never answered NOT_FOUND).
     pub fn stop_everywhere(
@@ -336,6 +354,24 @@ impl Cluster {
             .name("cluster-bus".into())
             .spawn(move || bus::run(ctx, rx))
             .map(Some)
+    }
+
+    /// Wait (at most `limit`) until the bus listens, so that this node does not take
+    /// traffic the others cannot hear about yet. Without NATS it starts anyway, serving
+    /// its own connections (`/health` says so), and catches up when the bus comes.
+    pub fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let t = Instant::now();
+        while !self.health.subscribed.load(Relaxed) {
+            if t.elapsed() > limit {
+                log::warn!(
+                    "cluster: no bus at {} after {limit:?}; serving without it for now",
+                    self.cfg.nats_url
+                );
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
     }
 
     /// Ask the bus thread to stop (after what is queued).
