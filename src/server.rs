@@ -396,6 +396,18 @@ impl ServerHandle {
         let acceptor = Acceptor::start(listeners, ctx.clone())?;
         log_startup(&ctx, addr);
         log_scanner(&ctx);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &ctx.cluster {
+            // Not the PostgreSQL URL: it may hold a password.
+            log::info!(
+                "cluster node {} (incarnation {}): bus {} ({}), PostgreSQL store, lease {:?}",
+                c.cfg.node_id,
+                c.inc,
+                c.cfg.nats_url,
+                c.health.state(),
+                c.cfg.lease
+            );
+        }
         if !extra_addrs.is_empty() {
             log::info!("also listening on {extra_addrs:?} (compat.extra_listen)");
         }

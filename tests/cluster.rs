@@ -594,3 +594,36 @@ fn an_admin_broadcast_on_one_node_reaches_connections_on_another() {
     assert_eq!(bob.recv_type("system")["message"], "just you");
     assert!(drain(&mut cy, "system", Duration::from_millis(300)).is_empty());
 }
+
+#[test]
+fn the_same_new_room_joined_on_two_nodes_at_once_is_one_room() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut ann = a.client("ann");
+    let mut bob = b.client("bob");
+    for i in 0..10 {
+        let room = format!("race{i}");
+        let m = json!({"type": "join_room", "room_id": room});
+        ann.send(m.clone());
+        bob.send(m);
+        let answer = |c: &mut Client| loop {
+            let v = c.recv();
+            if v["type"] == "room_joined" || v["type"] == "error" {
+                break v;
+            }
+        };
+        let (x, y) = (answer(&mut ann), answer(&mut bob));
+        assert_eq!(
+            x["conversation_id"], y["conversation_id"],
+            "{room}: {x} {y}"
+        );
+    }
+    assert_eq!(
+        pg.query("SELECT COUNT(*) FROM conversations WHERE room_id LIKE 'race%'"),
+        "10"
+    );
+}

@@ -54,7 +54,7 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[cfg(feature = "cluster")]
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg::describe(.0))]
     Pg(#[from] postgres::Error),
     /// A job refused for a reason the client caused (access, not found, empty...).
     #[error("{1}")]

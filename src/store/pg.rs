@@ -175,12 +175,24 @@ pub fn fail_replies_of(
     Ok(out)
 }
 
-/// A conflict with another node's transaction: run the job again.
+/// A conflict with another node's transaction: run the job again. A unique violation is
+/// one too: two nodes creating the same room at once — PostgreSQL raises it only after
+/// the other transaction committed, so the job, run again, finds the room.
 pub fn retryable(e: &postgres::Error) -> bool {
     matches!(
         e.code(),
-        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::UNIQUE_VIOLATION
     )
+}
+
+/// The server's own words for an error ("db error" alone says nothing).
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Which node runs the replies this connection creates (`None`: a reader).

@@ -163,7 +163,7 @@ pub fn join_room(
             Ok((room, false))
         }
         None if create_allowed => {
-            let room = create_room(
+            let created = create_room(
                 db,
                 state,
                 &NewRoom {
@@ -176,8 +176,24 @@ pub fn join_room(
                     ai: false,
                     conversation_id: new_conversation_id,
                 },
-            )?;
-            Ok((room, true))
+            );
+            match created {
+                Ok(room) => Ok((room, true)),
+                // Created meanwhile by another node's writer (cluster mode): join it.
+                Err(StoreError::Refused(..)) if room_by_id(db, room_id)?.is_some() => join_room(
+                    db,
+                    state,
+                    user,
+                    user_name,
+                    is_admin,
+                    room_id,
+                    room_name,
+                    room_type,
+                    false,
+                    new_conversation_id,
+                ),
+                Err(e) => Err(e),
+            }
         }
         None => Err(StoreError::refused(
             ErrorCode::NotFound,
