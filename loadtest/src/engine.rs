@@ -74,9 +74,10 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// Run `ids` connections (each to `path_of(id)`) until `deadline` or the handler is done.
+/// Connection `id` goes to `targets[id % targets.len()]` (several nodes of a cluster).
 /// `open_rate` limits new connections per second (0 = all at once).
 pub fn run(
-    target: &Target,
+    targets: &[Target],
     ids: Vec<(usize, String)>,
     handler: &mut dyn Handler,
     deadline: Instant,
@@ -109,6 +110,7 @@ pub fn run(
                 break;
             };
             opened += 1;
+            let target = &targets[id % targets.len()];
             match TcpStream::connect(target.addr) {
                 Ok(mut sock) => {
                     let tok = Token(clients.len());

@@ -1,12 +1,14 @@
 //! confab-load: the load harness.
 //!
-//! `confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens] [--connections N]
+//! `confab-load SCENARIO --url ws://HOST:PORT [--url …] [--token JWT | --dev-tokens] [--connections N]
 //!  [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T] [--generic] [--json]`
 //!
 //! Scenarios: hold, echo, broadcast, chat, churn, resume, write, upload (see loadtest/README.md).
 //! hold/echo/broadcast/chat run on a small mio event loop per thread (one process drives
 //! 10,000+ connections); churn and resume use blocking clients. Every latency goes into an
 //! hdrhistogram (microseconds). Traffic goes only where --url points (loopback in our runs).
+//! `--url` given several times (the nodes of a cluster): the event-loop scenarios spread
+//! their connections over them, connection i to url i mod n.
 
 mod engine;
 mod scenarios;
@@ -18,6 +20,8 @@ pub struct Opts {
     pub url: String,
     pub host: String,
     pub port: u16,
+    /// Every `--url`'s (host, port); connections are spread over them.
+    pub targets: Vec<(String, u16)>,
     pub token: Option<String>,
     pub dev_tokens: bool,
     pub connections: usize,
@@ -36,7 +40,8 @@ pub struct Opts {
     pub open_rate: f64,
 }
 
-const USAGE: &str = "usage: confab-load SCENARIO --url ws://HOST:PORT [--token JWT | --dev-tokens]
+const USAGE: &str =
+    "usage: confab-load SCENARIO --url ws://HOST:PORT [--url ...] [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
   [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
@@ -49,6 +54,7 @@ fn parse() -> Result<Opts, String> {
         url: String::new(),
         host: String::new(),
         port: 0,
+        targets: Vec::new(),
         token: None,
         dev_tokens: false,
         connections: 100,
@@ -64,10 +70,11 @@ fn parse() -> Result<Opts, String> {
         size: 32,
         open_rate: 0.0,
     };
+    let mut urls = Vec::new();
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--url" => o.url = v()?,
+            "--url" => urls.push(v()?),
             "--token" => o.token = Some(v()?),
             "--dev-tokens" => o.dev_tokens = true,
             "--connections" | "-n" => {
@@ -92,17 +99,23 @@ fn parse() -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let rest = o
-        .url
-        .strip_prefix("ws://")
-        .ok_or("--url must be ws://HOST:PORT[/path]")?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let (h, p) = hostport.rsplit_once(':').ok_or("--url needs a port")?;
-    o.host = h.to_string();
-    o.port = p.parse().map_err(|_| "bad port in --url")?;
-    if let Some(idx) = rest.find('/') {
-        if o.path.is_none() && o.generic {
-            o.path = Some(rest[idx..].to_string());
+    o.url = urls.first().cloned().ok_or("--url is required")?;
+    for (i, url) in urls.iter().enumerate() {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or("--url must be ws://HOST:PORT[/path]")?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let (h, p) = hostport.rsplit_once(':').ok_or("--url needs a port")?;
+        let port: u16 = p.parse().map_err(|_| "bad port in --url")?;
+        o.targets.push((h.to_string(), port));
+        if i == 0 {
+            o.host = h.to_string();
+            o.port = port;
+            if let Some(idx) = rest.find('/') {
+                if o.path.is_none() && o.generic {
+                    o.path = Some(rest[idx..].to_string());
+                }
+            }
         }
     }
     o.threads = o.threads.max(1);

@@ -572,6 +572,14 @@ impl<R: Send + 'static> Store<R> {
             }
             #[cfg(feature = "cluster")]
             Opened::Pg(conn) => {
+                // Each job's savepoint is a subtransaction; past 64 in one transaction
+                // PostgreSQL's per-backend cache overflows and snapshots consult
+                // pg_subtrans (a known cliff). Not what limits the figures measured here
+                // (round trips do: BENCHMARKS.md, cluster mode), but kept below it.
+                let settings = writer::Settings {
+                    batch_max: settings.batch_max.min(pg::MAX_JOBS_PER_BATCH),
+                    ..settings
+                };
                 let (metrics, sink) = (metrics.clone(), sink.clone());
                 spawn_writer(
                     &mut threads,

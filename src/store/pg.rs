@@ -107,6 +107,11 @@ const MIGRATIONS: &[&str] = &[r#"
     );
 "#];
 
+/// Jobs in one writer transaction at most: each runs in a savepoint (a subtransaction),
+/// and PostgreSQL caches 64 of them per backend before every snapshot has to look them up
+/// in pg_subtrans (PGPROC_MAX_CACHED_SUBXIDS).
+pub const MAX_JOBS_PER_BATCH: usize = 60;
+
 /// The advisory lock key migrations run under ("confab" in ASCII).
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
 

@@ -151,7 +151,12 @@ pub(super) fn run_threads<H: Handler + 'static>(
     tick: Option<Duration>,
     open_rate: f64,
 ) -> Vec<H> {
-    let target = Arc::new(engine::resolve(&o.host, o.port));
+    let target: Arc<Vec<engine::Target>> = Arc::new(
+        o.targets
+            .iter()
+            .map(|(h, p)| engine::resolve(h, *p))
+            .collect(),
+    );
     let t = o.threads.min(paths.len().max(1));
     let mut groups: Vec<Vec<(usize, String)>> = vec![Vec::new(); t];
     for (i, p) in paths.into_iter().enumerate() {
