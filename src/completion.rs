@@ -43,8 +43,8 @@ pub enum Reply {
     },
     /// A finished upload's row.
     Upload(Box<UploadReply>),
-    /// A streaming reply's checkpoint: nobody waits.
-    Checkpoint,
+    /// A streaming reply's checkpoint: nobody waits; a reply ended elsewhere is cancelled.
+    Checkpoint(Arc<crate::generation::Generation>),
     /// A reply's final row.
     Finish(Box<FinishReply>),
     /// The room list for `connected`.
@@ -253,7 +253,15 @@ impl Completions<Reply> for ServerCtx {
                     },
                 ),
             (Reply::Alias { conn, then, .. }, Err(e)) => self.error_to(conn, then.id, e),
-            (Reply::Checkpoint, _) => {}
+            // The row is no longer streaming: another node ended it (this one was paused
+            // past its lease) or its conversation was deleted. Stop generating; the final
+            // write will find it ended and say nothing.
+            (Reply::Checkpoint(gen), Err(StoreError::Refused(_, m)))
+                if m == crate::store::writer::ENDED_ELSEWHERE =>
+            {
+                gen.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (Reply::Checkpoint(_), _) => {}
             (_, Ok(w)) => log::error!("store: unexpected result {w:?} for this reply"),
             (_, Err(e)) => log::error!("store: write failed with no one to tell: {e}"),
         }

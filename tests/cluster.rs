@@ -635,3 +635,47 @@ fn the_same_new_room_joined_on_two_nodes_at_once_is_one_room() {
         "10"
     );
 }
+
+#[test]
+fn a_node_paused_past_its_lease_cannot_overwrite_what_the_cluster_decided() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let env = [
+        ("CONFAB_CLUSTER_LEASE_MS", "1500"),
+        ("CONFAB_CLUSTER_HEARTBEAT_MS", "250"),
+        ("CONFAB_LLM_DEMO_TOKENS_PER_S", "20"),
+        ("CONFAB_LLM_CHECKPOINT_INTERVAL_MS", "100"),
+    ];
+    let a = node_with(&pg, &nats, "a", |c| {
+        c.cluster.as_mut().unwrap().lease = Duration::from_millis(1500);
+    });
+    let b = harness::NodeProcess::start(&pg, &nats, "b", &env);
+    let mut on_b = process_client(&b, &a, "pat");
+    on_b.send(
+        json!({"type": "chat", "id": "p", "message": "a long answer please, with many words"}),
+    );
+    let conv = on_b.recv_type("ack")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut on_a = a.client("pat");
+    on_a.send(json!({"type": "subscribe", "conversation_id": conv, "after_seq": 0}));
+    on_a.recv_type("subscribed");
+    on_a.recv_type("token");
+
+    // B freezes mid-reply, past its lease: A ends the reply.
+    b.signal("STOP");
+    let done = on_a.recv_type("complete");
+    assert_eq!(done["finish_reason"], "error");
+    let mid = done["message_id"].clone();
+    // B wakes and finishes its stream: its writes change nothing, nobody hears a second end.
+    b.signal("CONT");
+    let later = drain(&mut on_a, "complete", Duration::from_secs(4));
+    assert!(later.is_empty(), "{later:?}");
+    assert_eq!(
+        pg.query(&format!("SELECT status FROM messages WHERE id = {mid}")),
+        "error"
+    );
+}

@@ -406,7 +406,7 @@ fn generate(
                 message_id: mid,
                 content,
             };
-            let _ = ctx.store.try_write(cmd, Reply::Checkpoint);
+            let _ = ctx.store.try_write(cmd, Reply::Checkpoint(gen.clone()));
         }
         true
     };

@@ -686,10 +686,13 @@ pub fn checkpoint(
     message_id: i64,
     content: &str,
 ) -> Result<(), StoreError> {
-    db.exec(
+    let changed = db.exec(
         "UPDATE messages SET content = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'streaming'",
         p![message_id, content, now],
     )?;
+    if changed == 0 {
+        return Err(StoreError::refused(ErrorCode::NotFound, ENDED_ELSEWHERE));
+    }
     Ok(())
 }
 
