@@ -511,6 +511,12 @@ pub fn finish_replay(
         .filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent)
         .map(|m| m.id)
         .collect();
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &shard.app().cluster {
+        c.order
+            .lock()
+            .track(conv, r.last_seq, std::time::Instant::now());
+    }
     let cover = ReplayCover {
         last_seq: r.last_seq,
         delivered_seq: last,

@@ -67,15 +67,10 @@ pub fn render_written(ctx: &ServerCtx, then: HttpThen, w: Written) -> Response {
         }
         (HttpThen::MemberChanged { member, add }, Written::MemberChanged(room)) => {
             if !add {
-                // The removed user's connections leave the room now.
-                for c in ctx.hub.user_connections(&member) {
-                    ctx.to_shard(
-                        c,
-                        ConnMsg::Kick {
-                            room_id: room.room_id.clone(),
-                            conversation_id: room.conversation_id.clone(),
-                        },
-                    );
+                kick_user(ctx, &member, &room.room_id, &room.conversation_id);
+                #[cfg(feature = "cluster")]
+                if let Some(c) = &ctx.cluster {
+                    c.kick(&member, &room.room_id, &room.conversation_id);
                 }
             }
             Response::json_value(
@@ -495,5 +490,18 @@ fn to_other_nodes(ctx: &ServerCtx, users: Option<&[String]>, ev: &Event) {
     #[cfg(feature = "cluster")]
     if let Some(c) = &ctx.cluster {
         c.broadcast(users, ev);
+    }
+}
+
+/// A user removed from a room: their connections on this node leave it now.
+pub fn kick_user(ctx: &ServerCtx, user: &str, room_id: &str, conversation_id: &str) {
+    for c in ctx.hub.user_connections(user) {
+        ctx.to_shard(
+            c,
+            ConnMsg::Kick {
+                room_id: room_id.to_string(),
+                conversation_id: conversation_id.to_string(),
+            },
+        );
     }
 }

@@ -561,6 +561,7 @@ fn a_nats_restart_loses_no_acked_message_and_the_gap_is_filled() {
     let from = |v: &[(i64, String)], who: &str| v.iter().filter(|(_, a)| a == who).count();
     assert_eq!(from(&got_bob, "ann"), 5, "bob: {got_bob:?}");
     assert_eq!(from(&got_ann, "bob"), 5, "ann: {got_ann:?}");
+    assert_eq!(from(&got_bob, "bob") + from(&got_ann, "ann"), 0);
     for v in [&got_bob, &got_ann] {
         assert!(
             v.windows(2).all(|w| w[0].0 < w[1].0),
@@ -678,4 +679,117 @@ fn a_node_paused_past_its_lease_cannot_overwrite_what_the_cluster_decided() {
         pg.query(&format!("SELECT status FROM messages WHERE id = {mid}")),
         "error"
     );
+}
+
+#[test]
+fn room_and_conversation_changes_on_one_node_reach_connections_on_another() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let owner = a.token("olga");
+    let (st, _) = a.http(
+        "POST",
+        "/v1/rooms",
+        Some(&owner),
+        Some(&json!({"room_id": "g", "room_name": "Team", "room_type": "group", "members": ["hank", "ivy"]})),
+    );
+    assert_eq!(st, 201);
+    let mut hank = b.client("hank");
+    let mut ivy = b.client("ivy");
+    join(&mut hank, "g");
+    join(&mut ivy, "g");
+    // Removed on A: Hank's connection on B leaves the room.
+    let (st, _) = a.http("DELETE", "/v1/rooms/g/members/hank", Some(&owner), None);
+    assert_eq!(st, 200);
+    assert_eq!(hank.recv_type("room_left")["reason"], "removed");
+    // Deleted on A: Ivy's connection on B is told and the room is closed to her.
+    let (st, _) = a.http("DELETE", "/v1/rooms/g", Some(&owner), None);
+    assert_eq!(st, 200);
+    assert_eq!(ivy.recv_type("room_left")["reason"], "deleted");
+    ivy.send(json!({"type": "chat", "room_id": "g", "message": "hello?"}));
+    assert_eq!(ivy.recv_type("error")["code"], "FORBIDDEN");
+
+    // A conversation deleted on A: its subscriber on B hears so.
+    let mut on_a = a.client("jan");
+    let ack = chat(
+        &mut on_a,
+        json!({"id": "d", "message": "soon gone", "ai": false}),
+    );
+    let conv = ack["conversation_id"].as_str().unwrap().to_string();
+    let mut on_b = b.client("jan");
+    on_b.send(json!({"type": "subscribe", "conversation_id": conv, "after_seq": 0}));
+    on_b.recv_type("subscribed");
+    let (st, _) = a.http(
+        "DELETE",
+        &format!("/v1/conversations/{conv}"),
+        Some(&a.token("jan")),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        on_b.recv_type("conversation_deleted")["conversation_id"],
+        conv.as_str()
+    );
+    // Uploads are refused while the nodes share no files directory.
+    on_b.send(json!({"type": "file_upload", "upload_type": "init", "file_name": "a.txt", "file_size": 3, "mime_type": "text/plain"}));
+    let e = on_b.recv_type("error");
+    assert_eq!(e["code"], "FORBIDDEN");
+    assert!(e["error"].as_str().unwrap().contains("shared_files"), "{e}");
+}
+
+#[test]
+fn a_paused_nats_server_delays_but_loses_and_repeats_nothing() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    let mut ann = a.client("ann");
+    let mut bob = b.client("bob");
+    join(&mut ann, "s");
+    join(&mut bob, "s");
+    std::thread::sleep(Duration::from_millis(300));
+    let seqs = |c: &mut Client, wait: u64| -> Vec<(i64, String)> {
+        drain(c, "message_added", Duration::from_millis(wait))
+            .iter()
+            .map(|m| {
+                (
+                    m["message"]["seq"].as_i64().unwrap(),
+                    m["message"]["author"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let send = |c: &mut Client, id: String| {
+        c.send(json!({"type": "chat", "id": id, "room_id": "s", "message": "x"}));
+        c.recv_type("ack");
+    };
+    // The bus server freezes (its clients' writes pile up in TCP) while both nodes write.
+    nats.signal("STOP");
+    for i in 0..5 {
+        send(&mut ann, format!("a{i}"));
+        send(&mut bob, format!("b{i}"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    nats.signal("CONT");
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        got_a.extend(seqs(&mut ann, 50));
+        got_b.extend(seqs(&mut bob, 50));
+    }
+    let from = |v: &[(i64, String)], who: &str| v.iter().filter(|(_, a)| a == who).count();
+    assert_eq!(from(&got_a, "bob"), 5, "ann: {got_a:?}");
+    assert_eq!(from(&got_b, "ann"), 5, "bob: {got_b:?}");
+    // Nobody gets their own message back (as on a single box).
+    assert_eq!(from(&got_a, "ann") + from(&got_b, "bob"), 0);
+    for v in [&got_a, &got_b] {
+        assert!(
+            v.windows(2).all(|w| w[0].0 < w[1].0),
+            "once, in seq order: {v:?}"
+        );
+    }
 }

@@ -99,6 +99,9 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                     on_dir(&ctx, &cluster, &client, &m.payload).await
                 }
                 Some(m) if m.subject.starts_with("cf.c.") => on_message(&ctx, &cluster, &m.payload),
+                Some(m) if m.subject.as_str() == super::KICK_SUBJECT => {
+                    on_kick(&ctx, &cluster, &m.payload)
+                }
                 Some(m) if m.subject.as_str() == super::BROADCAST_SUBJECT => {
                     on_broadcast(&ctx, &cluster, &m.payload)
                 }
@@ -160,7 +163,8 @@ async fn serve(ctx: Arc<ServerCtx>, mut rx: tokio::sync::mpsc::Receiver<BusCmd>)
                     repair(&ctx, &cluster, conv, hwm);
                 }
                 if now.duration_since(last_sweep) > Duration::from_secs(10) {
-                    cluster.order.lock().sweep(now, ORDER_IDLE);
+                    let followed = |c: &str| ctx.net.topics.subscribers(c) > 0;
+                    cluster.order.lock().sweep(now, ORDER_IDLE, followed);
                     last_sweep = now;
                 }
             }
@@ -223,6 +227,23 @@ async fn ask_stop(
         );
         // A shard's inbox may be full: wait for room off the bus's own thread.
         tokio::task::spawn_blocking(move || ctx.send_event(conn, ev));
+    }
+}
+
+/// A user removed from a room on another node: their connections here leave it.
+fn on_kick(ctx: &ServerCtx, cluster: &Cluster, payload: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Kick {
+        user: String,
+        room_id: String,
+        conv: String,
+    }
+    cluster.health.received.fetch_add(1, Relaxed);
+    match serde_json::from_slice::<Kick>(payload) {
+        Ok(k) => crate::rooms_api::kick_user(ctx, &k.user, &k.room_id, &k.conv),
+        Err(_) => {
+            cluster.health.malformed.fetch_add(1, Relaxed);
+        }
     }
 }
 

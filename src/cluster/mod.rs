@@ -47,6 +47,9 @@ pub enum BusCmd {
     Stop,
 }
 
+/// Where a user's removal from a room goes (each node takes its connections out).
+pub const KICK_SUBJECT: &str = "cf.kick";
+
 /// Where admin broadcasts to users or to everyone go.
 pub const BROADCAST_SUBJECT: &str = "cf.bc";
 
@@ -276,6 +279,18 @@ impl Cluster {
         let msg = serde_json::json!({ "users": users, "event": ev });
         let cmd = BusCmd::Publish {
             subject: BROADCAST_SUBJECT.to_string(),
+            payload: serde_json::to_vec(&msg).unwrap_or_default(),
+        };
+        if self.tx.try_send(cmd).is_err() {
+            self.health.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A user removed from a room: every node takes that user's connections out of it.
+    pub fn kick(&self, user: &str, room_id: &str, conversation_id: &str) {
+        let msg = serde_json::json!({ "user": user, "room_id": room_id, "conv": conversation_id });
+        let cmd = BusCmd::Publish {
+            subject: KICK_SUBJECT.to_string(),
             payload: serde_json::to_vec(&msg).unwrap_or_default(),
         };
         if self.tx.try_send(cmd).is_err() {

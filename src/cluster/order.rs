@@ -65,6 +65,20 @@ impl Order {
         out
     }
 
+    /// A subscriber on this node caught up to `last_seq` (its replay): follow `conv` from
+    /// there if it is not followed yet. Without this the first event seen would set the
+    /// baseline, and an older one still on the bus (written on another node just before)
+    /// would then be dropped as a duplicate.
+    pub fn track(&mut self, conv: &Arc<str>, last_seq: i64, now: Instant) {
+        self.convs.entry(conv.clone()).or_insert_with(|| Conv {
+            hwm: last_seq,
+            held: BTreeMap::new(),
+            gap_since: None,
+            repairing: false,
+            last_event: now,
+        });
+    }
+
     /// Open gaps older than `hold` that no read is repairing yet: `(conversation, hwm)`
     /// — the rows after `hwm` are to be read. Marked as being repaired.
     pub fn overdue(&mut self, now: Instant, hold: Duration) -> Vec<(Arc<str>, i64)> {
@@ -91,7 +105,9 @@ impl Order {
         for (seq, ev) in rows {
             if seq > c.hwm {
                 c.hwm = seq;
-                out.push(ev);
+                // The held copy, when there is one, knows which connection sent it (and
+                // so is not echoed to the sender); the row does not.
+                out.push(c.held.remove(&seq).unwrap_or(ev));
             }
         }
         c.drain(&mut out);
@@ -121,11 +137,12 @@ impl Order {
         self.convs.iter().map(|(k, c)| (k.clone(), c.hwm)).collect()
     }
 
-    /// Forget conversations with no event for `idle` and no gap (memory stays bounded by
-    /// the conversations active lately).
-    pub fn sweep(&mut self, now: Instant, idle: Duration) {
-        self.convs
-            .retain(|_, c| c.gap_since.is_some() || now.duration_since(c.last_event) < idle);
+    /// Forget conversations with no event for `idle`, no gap and no subscriber here
+    /// (memory stays bounded by the conversations followed lately).
+    pub fn sweep(&mut self, now: Instant, idle: Duration, followed: impl Fn(&str) -> bool) {
+        self.convs.retain(|k, c| {
+            c.gap_since.is_some() || now.duration_since(c.last_event) < idle || followed(k)
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -229,8 +246,26 @@ mod tests {
         first.conversation_id = Arc::from("d");
         o.offer(first, 1, t);
         o.offer(gap, 9, t);
-        o.sweep(t + Duration::from_secs(600), Duration::from_secs(300));
+        o.sweep(
+            t + Duration::from_secs(600),
+            Duration::from_secs(300),
+            |_| false,
+        );
         assert_eq!(o.len(), 1);
         assert_eq!(o.tracked()[0].0.as_ref(), "d");
+    }
+
+    #[test]
+    fn a_followed_conversation_starts_from_its_subscriber_not_from_the_first_event() {
+        let t = Instant::now();
+        let mut o = Order::default();
+        o.track(&Arc::from("c"), 0, t);
+        // This node's own seq 2 arrives before seq 1 from the other node: held, not a
+        // new baseline that would drop seq 1.
+        assert!(o.offer(added(2), 2, t).is_empty());
+        assert_eq!(seqs(&o.offer(added(1), 1, t)), [1, 2]);
+        // Tracking again does not move it back.
+        o.track(&Arc::from("c"), 0, t);
+        assert!(o.offer(added(2), 2, t).is_empty());
     }
 }

@@ -244,6 +244,15 @@ impl Nats {
         self.stop();
         self.spawn();
     }
+
+    /// Send a signal (STOP, CONT) to the server process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
 }
 
 impl Drop for Nats {
