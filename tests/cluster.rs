@@ -33,6 +33,7 @@ fn node_with(
             nats_url,
             node_id: id.to_string(),
             postgres_pool: 4,
+            writers: 2,
             lease: Duration::from_millis(3000),
             heartbeat: Duration::from_millis(250),
             down_after_beats: 3,

@@ -12,8 +12,11 @@ pub struct ClusterConfig {
     pub nats_url: String,
     /// This node's name: unique in the cluster, stable across restarts.
     pub node_id: String,
-    /// PostgreSQL connections for reads (history, replay, context) beside the writer's.
+    /// PostgreSQL connections for reads (history, replay, context) beside the writers'.
     pub postgres_pool: usize,
+    /// Store writers (each its own connection and transaction); a conversation's writes
+    /// all go to one of them.
+    pub writers: usize,
     /// A node that has not renewed its lease for this long is dead: its streaming replies
     /// are ended `error` by another node.
     pub lease: Duration,
@@ -38,6 +41,7 @@ pub(super) struct RawCluster {
     nats_url: String,
     node_id: String,
     postgres_pool: u32,
+    writers: u32,
     lease_ms: u64,
     heartbeat_ms: u64,
     down_after_beats: u32,
@@ -87,11 +91,15 @@ impl RawCluster {
                 "postgres_pool (1 to 256) and bus_queue must be positive",
             ));
         }
+        if self.writers == 0 || self.writers > 64 {
+            return Err(invalid("cluster.writers", "1 to 64"));
+        }
         Ok(Some(ClusterConfig {
             postgres_url: self.postgres_url,
             nats_url: self.nats_url,
             node_id: self.node_id,
             postgres_pool: self.postgres_pool as usize,
+            writers: self.writers as usize,
             lease: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             down_after_beats: self.down_after_beats.max(1),

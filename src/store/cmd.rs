@@ -95,6 +95,37 @@ pub enum WriteCmd {
     },
 }
 
+impl WriteCmd {
+    /// What picks the writer a command goes to when there are several: its conversation
+    /// (or room, or reply), so that one conversation's writes keep their order.
+    pub fn lane_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            WriteCmd::Chat(c) => c.conversation_id.hash(&mut h),
+            WriteCmd::MarkRead {
+                conversation_id, ..
+            }
+            | WriteCmd::RenameConversation {
+                conversation_id, ..
+            }
+            | WriteCmd::DeleteConversation {
+                conversation_id, ..
+            } => conversation_id.hash(&mut h),
+            WriteCmd::JoinRoom { room_id, .. }
+            | WriteCmd::CreateRoom { room_id, .. }
+            | WriteCmd::DeleteRoom { room_id, .. }
+            | WriteCmd::ChangeMember { room_id, .. } => room_id.hash(&mut h),
+            WriteCmd::RecordFile(f) => f.file_id.hash(&mut h),
+            WriteCmd::ResolveAlias { user_id, alias, .. } => (user_id, alias).hash(&mut h),
+            WriteCmd::Checkpoint { message_id, .. } | WriteCmd::Finalize { message_id, .. } => {
+                message_id.hash(&mut h)
+            }
+        }
+        h.finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FileRecord {
     pub file_id: String,

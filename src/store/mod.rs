@@ -302,8 +302,11 @@ pub struct Busy;
 /// The store: queues to the writer and the readers. `R` is what a caller attaches to
 /// each job to recognise its result (see [`cmd`]).
 pub struct Store<R> {
-    write_tx: Sender<WriteMsg<R>>,
-    write_rx: Mutex<Option<Receiver<WriteMsg<R>>>>,
+    /// One queue per writer: SQLite has one writer; PostgreSQL `cluster.writers`, a
+    /// command going to the writer its conversation (room, message) hashes to, so one
+    /// conversation's writes stay in order.
+    write_tx: Vec<Sender<WriteMsg<R>>>,
+    write_rx: Mutex<Vec<Receiver<WriteMsg<R>>>>,
     read_tx: Sender<ReadMsg<R>>,
     read_rx: Receiver<ReadMsg<R>>,
     writer_conn: Mutex<Option<Opened>>,
@@ -318,11 +321,11 @@ pub struct Store<R> {
     pg: Option<(String, Arc<pg::PgPool>)>,
 }
 
-/// The writer's connection, opened and migrated by `Store::open`.
+/// The writers' connections, opened (and the schema migrated) by `Store::open`.
 enum Opened {
     Sqlite(Connection),
     #[cfg(feature = "cluster")]
-    Pg(Box<pg::PgDb>),
+    Pg(Vec<pg::PgDb>),
 }
 
 impl<R: Send + 'static> Store<R> {
@@ -331,11 +334,12 @@ impl<R: Send + 'static> Store<R> {
         #[cfg(feature = "cluster")]
         let (conn, pg) = match &cfg.cluster {
             Some(c) => (
-                Opened::Pg(Box::new(pg::open_writer(
+                Opened::Pg(pg::open_writers(
                     &c.postgres_url,
                     &c.node_id,
                     c.lease,
-                )?)),
+                    c.writers,
+                )?),
                 Some((
                     c.postgres_url.clone(),
                     pg::PgPool::new(&c.postgres_url, c.postgres_pool),
@@ -356,11 +360,18 @@ impl<R: Send + 'static> Store<R> {
             cfg.store.synchronous_full,
             cfg.store.page_size,
         )?);
-        let (write_tx, write_rx) = crossbeam_channel::bounded(cfg.store.queue);
+        let lanes = match &conn {
+            Opened::Sqlite(_) => 1,
+            #[cfg(feature = "cluster")]
+            Opened::Pg(w) => w.len(),
+        };
+        let (write_tx, write_rx) = (0..lanes)
+            .map(|_| crossbeam_channel::bounded(cfg.store.queue.div_ceil(lanes)))
+            .unzip();
         let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
         Ok(Store {
             write_tx,
-            write_rx: Mutex::new(Some(write_rx)),
+            write_rx: Mutex::new(write_rx),
             read_tx,
             read_rx,
             writer_conn: Mutex::new(Some(conn)),
@@ -387,8 +398,8 @@ impl<R: Send + 'static> Store<R> {
     /// Cluster mode: this process's incarnation of its node (from the nodes table).
     pub fn node_incarnation(&self) -> Option<i64> {
         #[cfg(feature = "cluster")]
-        if let Some(Opened::Pg(db)) = &*self.writer_conn.lock() {
-            return db.owner().map(|o| o.inc);
+        if let Some(Opened::Pg(w)) = &*self.writer_conn.lock() {
+            return w.first().and_then(|db| db.owner()).map(|o| o.inc);
         }
         None
     }
@@ -409,7 +420,7 @@ impl<R: Send + 'static> Store<R> {
             reply,
             enqueued: Instant::now(),
         };
-        match self.write_tx.try_send(WriteMsg::Job(job)) {
+        match self.write_tx[self.lane(&job.cmd)].try_send(WriteMsg::Job(job)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
         }
@@ -422,7 +433,15 @@ impl<R: Send + 'static> Store<R> {
             reply,
             enqueued: Instant::now(),
         };
-        let _ = self.write_tx.send(WriteMsg::Job(job));
+        let _ = self.write_tx[self.lane(&job.cmd)].send(WriteMsg::Job(job));
+    }
+
+    /// The writer a command goes to.
+    fn lane(&self, cmd: &WriteCmd) -> usize {
+        match self.write_tx.len() {
+            1 => 0,
+            n => (cmd.lane_key() % n as u64) as usize,
+        }
     }
 
     /// Queue a read without blocking.
@@ -434,7 +453,7 @@ impl<R: Send + 'static> Store<R> {
     }
 
     pub fn write_queue_len(&self) -> usize {
-        self.write_tx.len()
+        self.write_tx.iter().map(Sender::len).sum()
     }
 
     pub fn read_queue_len(&self) -> usize {
@@ -445,7 +464,9 @@ impl<R: Send + 'static> Store<R> {
     pub fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.write_tx.send(WriteMsg::Stop);
+        for tx in &self.write_tx {
+            let _ = tx.send(WriteMsg::Stop);
+        }
         for _ in 0..self.readers {
             let _ = self.read_tx.send(ReadMsg::Stop);
         }
@@ -458,11 +479,10 @@ impl<R: Send + 'static> Store<R> {
         sink: Arc<dyn Completions<R>>,
     ) -> std::io::Result<Vec<JoinHandle<()>>> {
         let mut threads = Vec::new();
-        let rx = self
-            .write_rx
-            .lock()
-            .take()
-            .ok_or_else(|| std::io::Error::other("store writer already started"))?;
+        let mut rxs = std::mem::take(&mut *self.write_rx.lock());
+        if rxs.is_empty() {
+            return Err(std::io::Error::other("store writer already started"));
+        }
         let conn = self
             .writer_conn
             .lock()
@@ -480,6 +500,7 @@ impl<R: Send + 'static> Store<R> {
         };
         match conn {
             Opened::Sqlite(conn) => {
+                let rx = rxs.remove(0);
                 let (metrics, sink) = (metrics.clone(), sink.clone());
                 spawn_writer(
                     &mut threads,
@@ -503,11 +524,13 @@ impl<R: Send + 'static> Store<R> {
                     batch_max: settings.batch_max.min(pg::MAX_JOBS_PER_BATCH),
                     ..settings
                 };
-                let (metrics, sink) = (metrics.clone(), sink.clone());
-                spawn_writer(
-                    &mut threads,
-                    Box::new(move || writer::run(*conn, rx, settings, metrics, sink)),
-                )?;
+                for (conn, rx) in conn.into_iter().zip(rxs) {
+                    let (metrics, sink) = (metrics.clone(), sink.clone());
+                    spawn_writer(
+                        &mut threads,
+                        Box::new(move || writer::run(conn, rx, settings, metrics, sink)),
+                    )?;
+                }
             }
         }
         for i in 0..self.readers {

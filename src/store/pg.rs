@@ -443,6 +443,23 @@ pub fn open_writer(url: &str, node_id: &str, lease: Duration) -> Result<PgDb, St
     })
 }
 
+/// The writers' connections: the first migrates and registers the node (see
+/// [`open_writer`]); the others stamp replies with the same incarnation.
+pub fn open_writers(
+    url: &str,
+    node_id: &str,
+    lease: Duration,
+    n: usize,
+) -> Result<Vec<PgDb>, StoreError> {
+    let first = open_writer(url, node_id, lease)?;
+    let owner = first.owner.clone();
+    let mut all = vec![first];
+    for _ in 1..n.max(1) {
+        all.push(PgDb::open(url, owner.clone())?);
+    }
+    Ok(all)
+}
+
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     client.batch_execute("CREATE TABLE IF NOT EXISTS confab_schema (version BIGINT NOT NULL)")?;
     let found: i64 = match client.query_opt("SELECT version FROM confab_schema", &[])? {
