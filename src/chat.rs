@@ -337,7 +337,7 @@ pub fn after_chat(ctx: &ServerCtx, r: ChatReply, out: writer::ChatOutcome) {
     ev.exclude = Some(conn);
     ctx.publish(MayBlock::worker(), ev);
     if out.room_id.is_some() {
-        let n = ctx.net.topics.subscribers(&conv).saturating_sub(1);
+        let n = ctx.net.topics.subscribers(&conv).saturating_sub(1) + ctx.remote_recipients(&conv);
         let dc = Event::DeliveryConfirmation {
             id,
             message_id: out.user_msg.id,

@@ -88,6 +88,16 @@ impl ServerCtx {
         false
     }
 
+    /// Cluster mode: members of room `conv` online on other nodes (one per node and user;
+    /// their connections there are not counted). 0 on a single box.
+    pub fn remote_recipients(&self, _conv: &str) -> usize {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.dir.lock().remote_count(_conv);
+        }
+        0
+    }
+
     /// Users online in a room (on any node): (id, name).
     pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
         #[allow(unused_mut)]

@@ -255,6 +255,9 @@ fn a_room_with_members_on_two_nodes_gets_messages_streams_typing_and_receipts() 
         loop {
             let ev = from.recv();
             match ev["type"].as_str() {
+                Some("delivery_confirmation") => {
+                    assert_eq!(ev["recipients"], 1, "the member on the other node counts")
+                }
                 Some("ack") => break,
                 Some("message_added") => seen[to].push(added(&ev)),
                 _ => {}

@@ -142,6 +142,15 @@ impl Directory {
         self.remote.values().any(|r| r.has(conv, user))
     }
 
+    /// Room members online on other nodes, one per (node, user): what a delivery
+    /// confirmation adds to this node's count of subscribers.
+    pub fn remote_count(&self, conv: &str) -> usize {
+        self.remote
+            .values()
+            .map(|r| r.online.get(conv).map_or(0, HashMap::len))
+            .sum()
+    }
+
     /// Users online in `conv` on other nodes: (id, name).
     pub fn remote_list(&self, conv: &str) -> Vec<(String, String)> {
         let mut seen = HashSet::new();
@@ -406,6 +415,7 @@ mod tests {
         // her tab on A goes: still online on B, so no `left`.
         assert!(!a.local_change(e("ann"), false).1);
         assert_eq!(a.remote_list("c"), vec![("ann".into(), "ANN".into())]);
+        assert_eq!(a.remote_count("c"), 1);
         // and gone from B: now `left`.
         let out = a.apply(delta("b", 1, 2, "ann", false), t);
         assert_eq!(out.changes, vec![Change::Left(e("ann"))]);
