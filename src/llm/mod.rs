@@ -290,8 +290,9 @@ pub fn start_workers(ctx: &Arc<ServerCtx>) -> std::io::Result<Vec<JoinHandle<()>
 }
 
 fn worker(ctx: Arc<ServerCtx>, rx: Receiver<Option<Work>>) {
-    // Opened now rather than at the first reply: 1,000 chats arriving together made 1,000
-    // workers open SQLite at once, and that burst was in every first token (BENCHMARKS.md).
+    // The store's small shared pool (opened at start): 1,000 chats arriving together once
+    // made 1,000 workers open SQLite at once, and that burst was in every first token; a
+    // connection each also cost ~80 KiB per worker (BENCHMARKS.md).
     let mut db: Option<crate::store::ReadConn> = ctx.store.read_conn().ok();
     while let Ok(Some(work)) = rx.recv() {
         ctx.metrics.llm_queued.fetch_sub(1, Relaxed);

@@ -19,6 +19,7 @@ pub mod db;
 pub mod files;
 #[cfg(feature = "cluster")]
 pub mod pg;
+pub mod pool;
 pub mod read;
 mod read_conn;
 pub mod rooms;
@@ -316,9 +317,11 @@ pub struct Store<R> {
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
-    /// Cluster mode: the shared database's URL and the pool for occasional readers.
+    /// Connections for threads that read now and then ([`ReadConn`]).
+    occasional: ReadConn,
+    /// Cluster mode: the shared database's URL.
     #[cfg(feature = "cluster")]
-    pg: Option<(String, Arc<pg::PgPool>)>,
+    pg: Option<String>,
 }
 
 /// The writers' connections, opened (and the schema migrated) by `Store::open`.
@@ -340,10 +343,7 @@ impl<R: Send + 'static> Store<R> {
                     c.lease,
                     c.writers,
                 )?),
-                Some((
-                    c.postgres_url.clone(),
-                    pg::PgPool::new(&c.postgres_url, c.postgres_pool),
-                )),
+                Some(c.postgres_url.clone()),
             ),
             None => (
                 Opened::Sqlite(open_writer(
@@ -369,7 +369,30 @@ impl<R: Send + 'static> Store<R> {
             .map(|_| crossbeam_channel::bounded(cfg.store.queue.div_ceil(lanes)))
             .unzip();
         let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
+        let occasional = match &conn {
+            Opened::Sqlite(_) => {
+                let p = path.clone();
+                let pool =
+                    pool::Pool::new(cfg.store.read_workers, Box::new(move || open_reader(&p)));
+                pool.warm()?;
+                ReadConn::Sqlite(pool)
+            }
+            #[cfg(feature = "cluster")]
+            Opened::Pg(_) => {
+                let url = cfg
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.postgres_url.clone())
+                    .unwrap_or_default();
+                let size = cfg.cluster.as_ref().map_or(1, |c| c.postgres_pool);
+                ReadConn::Pg(pool::Pool::new(
+                    size,
+                    Box::new(move || pg::PgDb::open(&url, None)),
+                ))
+            }
+        };
         Ok(Store {
+            occasional,
             write_tx,
             write_rx: Mutex::new(write_rx),
             read_tx,
@@ -386,13 +409,9 @@ impl<R: Send + 'static> Store<R> {
         })
     }
 
-    /// A connection for a thread that reads now and then ([`ReadConn`]).
+    /// Connections for a thread that reads now and then ([`ReadConn`]; shared, small).
     pub fn read_conn(&self) -> Result<ReadConn, StoreError> {
-        #[cfg(feature = "cluster")]
-        if let Some((_, pool)) = &self.pg {
-            return Ok(ReadConn::Pg(pool.clone()));
-        }
-        open_reader(&self.path).map(ReadConn::Sqlite)
+        Ok(self.occasional.clone())
     }
 
     /// Cluster mode: this process's incarnation of its node (from the nodes table).
@@ -552,7 +571,7 @@ impl<R: Send + 'static> Store<R> {
         &self,
     ) -> Box<dyn FnOnce(Receiver<ReadMsg<R>>, Arc<Metrics>, Arc<dyn Completions<R>>) + Send> {
         #[cfg(feature = "cluster")]
-        if let Some((url, _)) = &self.pg {
+        if let Some(url) = &self.pg {
             let url = url.clone();
             return Box::new(move |rx, metrics, sink| match pg::PgDb::open(&url, None) {
                 Ok(db) => read::serve(&db, rx, sink),

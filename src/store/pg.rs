@@ -12,10 +12,8 @@
 //! (`INTERNAL`, never a false ack) and the next batch reconnects.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
 use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
@@ -484,79 +482,4 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         log::info!("store: migrated the PostgreSQL schema to version {}", i + 1);
     }
     Ok(())
-}
-
-/// Connections for threads that read now and then (LLM workers loading a reply's
-/// context, upload workers checking access): at most `size`, opened on first use, a
-/// borrower waits for a free one.
-pub struct PgPool {
-    url: String,
-    size: usize,
-    state: Mutex<(Vec<PgDb>, usize)>,
-    freed: Condvar,
-}
-
-/// A pooled connection, returned on drop.
-pub struct Pooled {
-    pool: Arc<PgPool>,
-    db: Option<PgDb>,
-}
-
-impl PgPool {
-    pub fn new(url: &str, size: usize) -> Arc<PgPool> {
-        Arc::new(PgPool {
-            url: url.to_string(),
-            size: size.max(1),
-            state: Mutex::new((Vec::new(), 0)),
-            freed: Condvar::new(),
-        })
-    }
-
-    /// A connection: an idle one, a new one while under `size`, else wait for one.
-    pub fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
-        let mut st = self.state.lock();
-        loop {
-            if let Some(db) = st.0.pop() {
-                drop(st);
-                db.ensure()?;
-                return Ok(Pooled {
-                    pool: self.clone(),
-                    db: Some(db),
-                });
-            }
-            if st.1 < self.size {
-                st.1 += 1;
-                drop(st);
-                return match PgDb::open(&self.url, None) {
-                    Ok(db) => Ok(Pooled {
-                        pool: self.clone(),
-                        db: Some(db),
-                    }),
-                    Err(e) => {
-                        self.state.lock().1 -= 1;
-                        Err(e)
-                    }
-                };
-            }
-            self.freed.wait(&mut st);
-        }
-    }
-}
-
-impl std::ops::Deref for Pooled {
-    type Target = PgDb;
-    fn deref(&self) -> &PgDb {
-        // Some from creation until drop.
-        #[allow(clippy::unwrap_used)]
-        self.db.as_ref().unwrap()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            self.pool.state.lock().0.push(db);
-            self.pool.freed.notify_one();
-        }
-    }
 }

@@ -2,19 +2,22 @@
 //! then — an LLM worker loading a reply's context, an upload worker checking access, the
 //! cluster bus repairing a gap — on whichever backend the store runs.
 
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
 #[cfg(feature = "cluster")]
 use super::pg;
+use super::pool::Pool;
 use super::{db, read, writer, StoreError};
-use rusqlite::Connection;
-#[cfg(feature = "cluster")]
-use std::sync::Arc;
 
 /// A connection for a thread that reads outside the reader pool now and then (an LLM
 /// worker loading a reply's context, an upload worker checking access).
+#[derive(Clone)]
 pub enum ReadConn {
-    Sqlite(Connection),
+    Sqlite(Arc<Pool<Connection>>),
     #[cfg(feature = "cluster")]
-    Pg(Arc<pg::PgPool>),
+    Pg(Arc<Pool<pg::PgDb>>),
 }
 
 impl ReadConn {
@@ -27,7 +30,7 @@ impl ReadConn {
         max_chars: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            ReadConn::Sqlite(c) => read::context(c, conv, before_seq, n, max_chars),
+            ReadConn::Sqlite(p) => read::context(&*p.get()?, conv, before_seq, n, max_chars),
             #[cfg(feature = "cluster")]
             ReadConn::Pg(p) => read::context(&*p.get()?, conv, before_seq, n, max_chars),
         }
@@ -58,7 +61,7 @@ impl ReadConn {
             Ok((rows, room))
         }
         match self {
-            ReadConn::Sqlite(c) => read(c, conv, after_seq, limit),
+            ReadConn::Sqlite(p) => read(&*p.get()?, conv, after_seq, limit),
             #[cfg(feature = "cluster")]
             ReadConn::Pg(p) => read(&*p.get()?, conv, after_seq, limit),
         }
@@ -81,7 +84,7 @@ impl ReadConn {
     /// What `user` may do in `conv` (see [`writer::conv_access`]).
     pub fn conv_access(&self, conv: &str, user: &str) -> Result<writer::ConvAccess, StoreError> {
         match self {
-            ReadConn::Sqlite(c) => writer::conv_access(c, conv, user),
+            ReadConn::Sqlite(p) => writer::conv_access(&*p.get()?, conv, user),
             #[cfg(feature = "cluster")]
             ReadConn::Pg(p) => writer::conv_access(&*p.get()?, conv, user),
         }
