@@ -43,14 +43,28 @@ pub(super) enum Io {
 const MAX_FRAMING_BYTES: usize = 64 * 1024;
 
 /// The transport, counting the bytes read through it during one `read` call.
+///
+/// `drained`: a plain TCP read this turn returned fewer bytes than asked, so the kernel's
+/// buffer was empty then; reading again would only return EAGAIN (one `recvfrom` per
+/// message, measured). Later reads this turn answer WouldBlock without the syscall; bytes
+/// that arrive afterwards raise a new (edge-triggered) readiness event. Not used for TLS,
+/// nor when the event said the peer closed (the EOF must still be read).
 struct Counted<'a> {
     io: &'a mut Transport,
     n: usize,
+    drained: &'a mut bool,
+    may_drain: bool,
 }
 
 impl Read for Counted<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if *self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.io.read(buf)?;
+        if self.may_drain && n > 0 && n < buf.len() {
+            *self.drained = true;
+        }
         self.n += n;
         Ok(n)
     }
@@ -307,6 +321,8 @@ impl<A: App> Shard<A> {
 
     fn read_ws(&mut self, slot: usize) -> Io {
         let mut budget = self.app.net().cfg.read_budget_messages;
+        let mut drained = false;
+        let may_drain = std::mem::take(&mut self.short_read_drains);
         loop {
             if budget == 0 {
                 // Others get their turn; this connection is read again next turn.
@@ -328,9 +344,12 @@ impl<A: App> Shard<A> {
                 if ws.discard {
                     return discard_input(&mut conn.io);
                 }
+                let plain = matches!(conn.io, Transport::Plain(_));
                 let mut counted = Counted {
                     io: &mut conn.io,
                     n: 0,
+                    drained: &mut drained,
+                    may_drain: may_drain && plain,
                 };
                 let r = ws.ctx.read(&mut counted);
                 let n = counted.n;

@@ -63,6 +63,10 @@ pub struct Shard<A: App> {
     local: A::Local,
     pub(super) shutdown_at: Option<Instant>,
     inbox_left: bool,
+    /// Set for the readiness event being handled when it was a plain "readable" (not
+    /// the peer's close or an error): `read_ws` may then stop at a short read
+    /// (`io.rs`, `Counted`). Taken (reset) by the read it applies to.
+    pub(super) short_read_drains: bool,
 }
 
 impl<A: App> Shard<A> {
@@ -88,6 +92,7 @@ impl<A: App> Shard<A> {
             local: A::Local::default(),
             shutdown_at: None,
             inbox_left: false,
+            short_read_drains: false,
         }
     }
 
@@ -314,8 +319,11 @@ impl<A: App> Shard<A> {
                     WAKER => {}
                     Token(t) => {
                         let slot = t - CONN_OFFSET;
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        let hup = ev.is_read_closed() || ev.is_error();
+                        let readable = ev.is_readable() || hup;
+                        self.short_read_drains = readable && !hup;
                         self.drive(slot, readable, ev.is_writable());
+                        self.short_read_drains = false;
                     }
                 }
             }
