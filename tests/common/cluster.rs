@@ -6,6 +6,12 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::time::Duration as Wait;
+
+use confab::config::ClusterConfig;
+use serde_json::{json, Value};
+
+use crate::common::{Client, TestServer};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -314,4 +320,70 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+// ---------------------------------------------------------------- nodes and clients
+
+/// A node of the cluster, in this process.
+pub fn node(pg: &Postgres, nats: &Nats, id: &str) -> TestServer {
+    node_with(pg, nats, id, |_| {})
+}
+
+pub fn node_with(
+    pg: &Postgres,
+    nats: &Nats,
+    id: &str,
+    tweak: impl FnOnce(&mut confab::Config),
+) -> TestServer {
+    let (pg_url, nats_url) = (pg.url(), nats.url());
+    TestServer::start(&format!("cluster-{id}"), |c| {
+        c.cluster = Some(ClusterConfig {
+            postgres_url: pg_url,
+            nats_url,
+            node_id: id.to_string(),
+            postgres_pool: 4,
+            writers: 2,
+            lease: Wait::from_millis(3000),
+            heartbeat: Wait::from_millis(250),
+            down_after_beats: 3,
+            reorder_hold: Wait::from_millis(50),
+            bus_queue: 4096,
+            shared_files: false,
+        });
+        tweak(c);
+    })
+}
+
+pub fn chat(c: &mut Client, body: Value) -> Value {
+    let mut msg = json!({"type": "chat"});
+    for (k, v) in body.as_object().unwrap() {
+        msg[k] = v.clone();
+    }
+    c.send(msg);
+    c.recv_type("ack")
+}
+
+pub fn join(c: &mut Client, room: &str) -> Value {
+    c.send(json!({"type": "join_room", "room_id": room, "id": format!("join-{room}")}));
+    let j = c.recv_type("room_joined");
+    c.recv_type("subscribed");
+    j
+}
+
+/// Every event of `ty` that arrives within `wait`.
+pub fn drain(c: &mut Client, ty: &str, wait: Wait) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(v) = c.try_recv(wait) {
+        if v["type"] == ty {
+            out.push(v);
+        }
+    }
+    out
+}
+
+pub fn process_client(n: &NodeProcess, via: &TestServer, sub: &str) -> Client {
+    let url = format!("ws://{}/v1/ws?token={}", n.addr, via.token(sub));
+    let mut c = Client::connect(&url).expect("connects");
+    c.recv_type("connected");
+    c
 }
