@@ -212,6 +212,9 @@ impl Cluster {
             None => ctx.net.try_publish(e),
         };
         match ev.kind {
+            // Nobody follows it here: nothing to order (a subscriber's replay starts the
+            // order when one comes), and no lock or entry per chat on this path.
+            TopicKind::Added { .. } if ctx.net.topics.subscribers(&ev.conversation_id) == 0 => 0,
             TopicKind::Added { seq } => {
                 // Delivered under the lock: two threads releasing seq 6 and 7 must not
                 // race each other to the shards.
@@ -348,12 +351,13 @@ impl Cluster {
         out
     }
 
-    /// Start the bus thread.
+    /// Start the bus and lease threads (joined at shutdown: the lease thread ends when
+    /// the store stops).
     pub fn start(
         ctx: &std::sync::Arc<ServerCtx>,
-    ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
         let Some(cluster) = &ctx.cluster else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let rx = cluster
             .rx
@@ -361,14 +365,14 @@ impl Cluster {
             .take()
             .ok_or_else(|| std::io::Error::other("bus already started"))?;
         let lease_ctx = ctx.clone();
-        std::thread::Builder::new()
+        let lease = std::thread::Builder::new()
             .name("cluster-lease".into())
             .spawn(move || lease::run(lease_ctx))?;
         let ctx = ctx.clone();
-        std::thread::Builder::new()
+        let bus = std::thread::Builder::new()
             .name("cluster-bus".into())
-            .spawn(move || bus::run(ctx, rx))
-            .map(Some)
+            .spawn(move || bus::run(ctx, rx))?;
+        Ok(vec![lease, bus])
     }
 
     /// Wait (at most `limit`) until the bus listens, so that this node does not take

@@ -69,14 +69,19 @@ impl Order {
     /// there if it is not followed yet. Without this the first event seen would set the
     /// baseline, and an older one still on the bus (written on another node just before)
     /// would then be dropped as a duplicate.
+    /// An entry left from before (its events went unordered while nobody here followed
+    /// it) moves up to `last_seq` when nothing is held.
     pub fn track(&mut self, conv: &Arc<str>, last_seq: i64, now: Instant) {
-        self.convs.entry(conv.clone()).or_insert_with(|| Conv {
+        let c = self.convs.entry(conv.clone()).or_insert_with(|| Conv {
             hwm: last_seq,
             held: BTreeMap::new(),
             gap_since: None,
             repairing: false,
             last_event: now,
         });
+        if c.held.is_empty() && c.hwm < last_seq {
+            c.hwm = last_seq;
+        }
     }
 
     /// Open gaps older than `hold` that no read is repairing yet: `(conversation, hwm)`
@@ -267,5 +272,8 @@ mod tests {
         // Tracking again does not move it back.
         o.track(&Arc::from("c"), 0, t);
         assert!(o.offer(added(2), 2, t).is_empty());
+        // A stale entry (seq 3..=9 went by unordered) starts from the new replay.
+        o.track(&Arc::from("c"), 9, t);
+        assert_eq!(seqs(&o.offer(added(10), 10, t)), [10]);
     }
 }

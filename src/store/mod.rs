@@ -423,15 +423,6 @@ impl<R: Send + 'static> Store<R> {
         None
     }
 
-    /// true in cluster mode (the record is PostgreSQL, not this box's SQLite file).
-    pub fn is_shared(&self) -> bool {
-        #[cfg(feature = "cluster")]
-        if self.pg.is_some() {
-            return true;
-        }
-        false
-    }
-
     /// Queue a write without blocking (shards).
     pub fn try_write(&self, cmd: WriteCmd, reply: R) -> Result<(), Busy> {
         let job = WriteJob {
