@@ -11,17 +11,14 @@ mod harness;
 use std::time::Duration;
 
 use common::Client;
-use harness::{chat, drain, join, node, node_with, Nats, Postgres};
+use harness::{chat, drain, join, node_with, two_nodes, Nats, Postgres};
 use serde_json::{json, Value};
 
 #[test]
 fn two_nodes_share_conversations_history_and_seq() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
 
     // A conversation started on A, with its AI reply…
     let mut ca = a.client("ann");
@@ -73,12 +70,9 @@ fn two_nodes_share_conversations_history_and_seq() {
 
 #[test]
 fn a_chat_retried_on_another_node_is_acked_once() {
-    if !harness::available() {
+    let Some((pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut ca = a.client("cat");
     let first = chat(&mut ca, json!({"id": "same", "message": "once"}));
     let conv = first["conversation_id"].as_str().unwrap();
@@ -115,12 +109,9 @@ fn a_chat_retried_on_another_node_is_acked_once() {
 
 #[test]
 fn a_room_with_members_on_two_nodes_gets_messages_streams_typing_and_receipts() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut ann = a.client("ann");
     let mut bob = b.client("bob");
     let conv = join(&mut ann, "hall")["conversation_id"]
@@ -200,12 +191,9 @@ fn a_room_with_members_on_two_nodes_gets_messages_streams_typing_and_receipts() 
 
 #[test]
 fn presence_is_per_user_across_nodes_one_joined_one_left() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut obs = a.client("obs");
     join(&mut obs, "p");
     let presence = |c: &mut Client| drain(c, "presence", Duration::from_millis(400));
@@ -324,12 +312,9 @@ fn a_reply_running_on_one_node_is_resumed_and_stopped_from_another() {
 
 #[test]
 fn an_admin_broadcast_on_one_node_reaches_connections_on_another() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut bob = b.client("bob");
     let mut cy = b.client("cy");
     let admin = a.admin_token("root");
@@ -356,12 +341,9 @@ fn an_admin_broadcast_on_one_node_reaches_connections_on_another() {
 
 #[test]
 fn the_same_new_room_joined_on_two_nodes_at_once_is_one_room() {
-    if !harness::available() {
+    let Some((pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut ann = a.client("ann");
     let mut bob = b.client("bob");
     for i in 0..10 {
@@ -389,12 +371,9 @@ fn the_same_new_room_joined_on_two_nodes_at_once_is_one_room() {
 
 #[test]
 fn room_and_conversation_changes_on_one_node_reach_connections_on_another() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let owner = a.token("olga");
     let (st, _) = a.http(
         "POST",
@@ -448,12 +427,9 @@ fn room_and_conversation_changes_on_one_node_reach_connections_on_another() {
 
 #[test]
 fn a_seed_004_socket_on_one_node_and_a_native_member_on_another_share_a_room() {
-    if !harness::available() {
+    let Some((_pg, _nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     // alice speaks seed 004's protocol on A (her socket joins the room from its query)…
     let url = a.url(&format!(
         "/api/v1/ws/ws?token={}&room_id=mixed&room_type=shared",

@@ -12,7 +12,9 @@ mod harness;
 use std::time::Duration;
 
 use common::Client;
-use harness::{chat, drain, join, node, node_with, process_client, Nats, Postgres};
+use harness::{
+    added_by_author, chat, drain, join, node, node_with, process_client, two_nodes, Nats, Postgres,
+};
 use serde_json::json;
 
 #[test]
@@ -137,28 +139,15 @@ fn a_node_killed_mid_reply_has_its_reply_ended_and_its_users_leave() {
 
 #[test]
 fn a_nats_restart_loses_no_acked_message_and_the_gap_is_filled() {
-    if !harness::available() {
+    let Some((_pg, mut nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, mut nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut ann = a.client("ann");
     let mut bob = b.client("bob");
     join(&mut ann, "n");
     join(&mut bob, "n");
     std::thread::sleep(Duration::from_millis(300));
-    let seen = |c: &mut Client, wait: u64| -> Vec<(i64, String)> {
-        drain(c, "message_added", Duration::from_millis(wait))
-            .iter()
-            .map(|m| {
-                (
-                    m["message"]["seq"].as_i64().unwrap(),
-                    m["message"]["author"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let seen = |c: &mut Client, wait: u64| added_by_author(c, Duration::from_millis(wait));
     let send = |c: &mut Client, i: usize| {
         c.send(json!({"type": "chat", "id": format!("n{i}"), "room_id": "n", "message": format!("m{i}")}));
         c.recv_type("ack");
@@ -255,28 +244,15 @@ fn a_node_paused_past_its_lease_cannot_overwrite_what_the_cluster_decided() {
 
 #[test]
 fn a_paused_nats_server_delays_but_loses_and_repeats_nothing() {
-    if !harness::available() {
+    let Some((_pg, nats, a, b)) = two_nodes() else {
         return;
-    }
-    let (pg, nats) = (Postgres::start(), Nats::start());
-    let a = node(&pg, &nats, "a");
-    let b = node(&pg, &nats, "b");
+    };
     let mut ann = a.client("ann");
     let mut bob = b.client("bob");
     join(&mut ann, "s");
     join(&mut bob, "s");
     std::thread::sleep(Duration::from_millis(300));
-    let seqs = |c: &mut Client, wait: u64| -> Vec<(i64, String)> {
-        drain(c, "message_added", Duration::from_millis(wait))
-            .iter()
-            .map(|m| {
-                (
-                    m["message"]["seq"].as_i64().unwrap(),
-                    m["message"]["author"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let seqs = |c: &mut Client, wait: u64| added_by_author(c, Duration::from_millis(wait));
     let send = |c: &mut Client, id: String| {
         c.send(json!({"type": "chat", "id": id, "room_id": "s", "message": "x"}));
         c.recv_type("ack");

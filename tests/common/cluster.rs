@@ -387,3 +387,28 @@ pub fn process_client(n: &NodeProcess, via: &TestServer, sub: &str) -> Client {
     c.recv_type("connected");
     c
 }
+
+/// A PostgreSQL, a nats-server and two in-process nodes `a` and `b`; `None` (after a
+/// notice) when the servers are not installed.
+pub fn two_nodes() -> Option<(Postgres, Nats, TestServer, TestServer)> {
+    if !available() {
+        return None;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let a = node(&pg, &nats, "a");
+    let b = node(&pg, &nats, "b");
+    Some((pg, nats, a, b))
+}
+
+/// The `message_added` events arriving within `wait`: (seq, author).
+pub fn added_by_author(c: &mut Client, wait: Wait) -> Vec<(i64, String)> {
+    drain(c, "message_added", wait)
+        .iter()
+        .map(|m| {
+            (
+                m["message"]["seq"].as_i64().unwrap(),
+                m["message"]["author"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
