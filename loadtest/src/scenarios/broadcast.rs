@@ -11,6 +11,9 @@ struct BcastH {
     rate: f64,
     started: Option<Instant>,
     stop_at: Arc<Mutex<Option<Instant>>>,
+    /// The server's CPU meter, started with the first send (`--server-pid`).
+    cpu: Arc<Mutex<Option<CpuMeter>>>,
+    server_pid: Option<u32>,
     duration: Duration,
     sent: Arc<AtomicU64>,
     received: u64,
@@ -72,6 +75,7 @@ impl Handler for BcastH {
         }
         let started = *self.started.get_or_insert_with(|| {
             *self.stop_at.lock().unwrap() = Some(now + self.duration);
+            *self.cpu.lock().unwrap() = Some(CpuMeter::start(self.server_pid));
             now
         });
         if now.duration_since(started) >= self.duration {
@@ -112,7 +116,7 @@ pub fn broadcast(o: &Opts) -> Value {
     let joined = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let cpu_start = Arc::new(Mutex::new(None::<CpuMeter>));
+    let cpu = Arc::new(Mutex::new(None::<CpuMeter>));
     let deadline = Instant::now() + o.duration + Duration::from_secs(120);
     let tick = Duration::from_secs_f64((1.0 / o.rate).min(0.01));
     let hs = run_threads(
@@ -127,6 +131,8 @@ pub fn broadcast(o: &Opts) -> Value {
             rate: o.rate,
             started: None,
             stop_at: stop_at.clone(),
+            cpu: cpu.clone(),
+            server_pid: o.server_pid,
             duration: o.duration,
             sent: sent.clone(),
             received: 0,
@@ -140,7 +146,8 @@ pub fn broadcast(o: &Opts) -> Value {
         Some(tick),
         2000.0,
     );
-    drop(cpu_start);
+    // From the first send to the end of the drain (2 s after the last send).
+    let cpu_s = cpu.lock().unwrap().as_ref().and_then(|m| m.seconds());
     let sent = sent.load(Relaxed);
     let received: u64 = hs.iter().map(|h| h.received).sum();
     let dup: u64 = hs.iter().map(|h| h.dup).sum();
@@ -152,5 +159,7 @@ pub fn broadcast(o: &Opts) -> Value {
         "sent": sent, "expected_deliveries": expected, "deliveries": received, "lost": expected.saturating_sub(received), "duplicated": dup,
         "deliveries_per_s": (received as f64 / o.duration.as_secs_f64()).round(),
         "latency": pct(&merge(hs.into_iter().map(|h| h.lat))), "failed_connections": failed,
+        "server_cpu_s": cpu_s,
+        "server_us_per_delivery": cpu_s.filter(|_| received > 0).map(|s| (s * 1e7 / received as f64).round() / 10.0),
     })
 }

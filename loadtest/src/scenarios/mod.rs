@@ -83,6 +83,11 @@ impl CpuMeter {
             at: Instant::now(),
         }
     }
+    /// Server CPU seconds used since start.
+    fn seconds(&self) -> Option<f64> {
+        let now = proc_cpu_ticks(self.pid?)?;
+        Some((now - self.ticks) as f64 / 100.0) // USER_HZ on Linux
+    }
     /// Server CPU use since start, in percent of one core.
     fn percent(&self) -> Value {
         let Some(pid) = self.pid else {
