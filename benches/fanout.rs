@@ -1,7 +1,8 @@
-//! Fan-out on a shard: one event, encoded once, queued to N local members. This is the
-//! shard's per-member work for a room broadcast (the share per member of the encoded
-//! frame, the queue push with its byte accounting); socket writes are measured end to
-//! end by `confab-load broadcast`.
+//! Fan-out on a shard: one event, encoded once, queued to N local members and written
+//! out of each queue. This is the shard's per-member work for a room broadcast (the share
+//! per member of the encoded frame, the queue push with its byte accounting, the frame
+//! header and the vectored write, here into `io::sink`); socket writes are measured end
+//! to end by `confab-load broadcast`.
 // A bench that cannot set up has nothing to measure: unwrap is its error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::hint::black_box;
@@ -9,12 +10,14 @@ use std::sync::Arc;
 
 use confab::codec::NATIVE;
 use confab::net::outqueue::OutQueue;
+use confab::net::stats::NetMetrics;
 use confab::protocol::{Event, MessageView};
 use confab::topic::{topic_event, topic_item, TopicKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_local");
+    let metrics = NetMetrics::default();
     for n in [1_000usize, 10_000] {
         let mut queues: Vec<OutQueue> = (0..n).map(|_| OutQueue::new(1 << 20)).collect();
         let conv: Arc<str> = Arc::from("c_0123456789abcdef01234567");
@@ -42,7 +45,7 @@ fn fanout(c: &mut Criterion) {
                     let _ = q.push(topic_item(black_box(&te), &NATIVE));
                 }
                 for q in queues.iter_mut() {
-                    black_box(q.pop());
+                    black_box(q.write_to(&mut std::io::sink(), false, &metrics));
                 }
             })
         });

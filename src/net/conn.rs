@@ -20,14 +20,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
-use tungstenite::{Message, Utf8Bytes};
 
-use super::outqueue::{OutItem, OutQueue};
+use super::outqueue::{OutQueue, Wrote};
 use super::stats::NetMetrics;
 use super::transport::Transport;
 
@@ -181,63 +179,83 @@ impl<S> Conn<S> {
 pub enum Drain {
     /// The queue is empty and everything is on the wire.
     Done,
-    /// The socket would block; wait for a writable event. Nothing is lost: a frame handed
-    /// to tungstenite stays in its buffer and goes out on the next flush.
+    /// The socket would block; wait for a writable event. Nothing is lost: the queue
+    /// remembers how much of its front frame went out, tungstenite keeps its own frames.
     Blocked,
     /// The connection is finished (both close frames through, or a fatal error).
     Closed,
 }
 
-/// Hand queued events to tungstenite and push them to `io` until the queue is empty or
-/// the socket would block. Generic over the stream so that it is tested over in-memory
-/// streams; the shard calls it with the connection's [`Transport`].
+/// The stream as tungstenite sees it. While one of the queue's frames is partly on the
+/// wire (`hold`), tungstenite's writes answer WouldBlock and its frame (a pong, a ping, a
+/// close) waits in its buffer until the next flush: it never lands inside one of ours.
+pub struct Gate<'a, S> {
+    pub io: &'a mut S,
+    pub hold: bool,
+}
+
+impl<S: Read> Read for Gate<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read(buf)
+    }
+}
+
+impl<S: Write> Write for Gate<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.hold {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.io.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.hold {
+            return Ok(());
+        }
+        self.io.flush()
+    }
+}
+
+/// Write until the queue is empty or the socket would block: first the rest of a partly
+/// written frame of ours, then tungstenite's control frames, then the queue (vectored
+/// writes, `OutQueue::write_to`). Generic over the stream so that it is tested over
+/// in-memory streams; the shard calls it with the connection's [`Transport`].
 pub fn drain_queue<S: Read + Write>(
     ctx: &mut WebSocketContext,
     io: &mut S,
     out: &mut OutQueue,
     metrics: &NetMetrics,
 ) -> Drain {
-    loop {
-        while let Some(item) = out.pop() {
-            let text = match item {
-                OutItem::Frame(b) => b,
-                OutItem::Token(t) => Utf8Bytes::from(t.encode()),
-            };
-            metrics.messages_out.fetch_add(1, Relaxed);
-            metrics.bytes_out.fetch_add(text.len() as u64, Relaxed);
-            match ctx.write(io, Message::Text(text)) {
-                Ok(()) => {}
-                // The frame is queued inside tungstenite; the socket is full.
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Drain::Blocked
-                }
-                Err(tungstenite::Error::Protocol(_)) => {
-                    // Writing after our close frame: drop the rest.
-                    out.clear();
-                    break;
-                }
-                Err(_) => return Drain::Closed,
-            }
+    match out.write_to(io, true, metrics) {
+        Wrote::All => {}
+        Wrote::Blocked => return Drain::Blocked,
+        Wrote::Closed => return Drain::Closed,
+    }
+    match ctx.flush(&mut Gate { io, hold: false }) {
+        Ok(()) => {}
+        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Drain::Blocked
         }
-        match ctx.flush(io) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Drain::Blocked
-            }
-            // Both close frames are through: the server closes TCP first (RFC 6455).
-            Err(_) => return Drain::Closed,
-        }
-        if out.is_empty() {
-            return Drain::Done;
-        }
+        // Both close frames are through: the server closes TCP first (RFC 6455).
+        Err(_) => return Drain::Closed,
+    }
+    if !ctx.can_write() {
+        // A close frame went out (ours or the answer to the peer's): nothing may follow.
+        out.clear();
+        return Drain::Done;
+    }
+    match out.write_to(io, false, metrics) {
+        Wrote::All => Drain::Done,
+        Wrote::Blocked => Drain::Blocked,
+        Wrote::Closed => Drain::Closed,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::outqueue::TokenItem;
+    use crate::net::outqueue::{OutItem, TokenItem};
     use tungstenite::protocol::{Role, WebSocketConfig};
+    use tungstenite::{Message, Utf8Bytes};
 
     /// An in-memory socket that takes at most `chunk` bytes per write and `budget` bytes
     /// in all before it answers WouldBlock — a peer that reads slowly.
@@ -297,10 +315,106 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        while let Ok(Message::Text(t)) = client.read(&mut Rw(&mut stream)) {
-            out.push(t.to_string());
+        loop {
+            match client.read(&mut Rw(&mut stream)) {
+                Ok(Message::Text(t)) => out.push(t.to_string()),
+                Ok(Message::Pong(_)) => out.push("<pong>".into()),
+                _ => return out,
+            }
         }
-        out
+    }
+
+    /// A peer whose input is `input` and whose receive window is `budget` bytes.
+    struct Duplex {
+        input: io::Cursor<Vec<u8>>,
+        wire: Vec<u8>,
+        budget: usize,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            match self.input.read(b)? {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            }
+        }
+    }
+
+    impl Write for Duplex {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(self.budget);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.wire.extend_from_slice(&b[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_pong_owed_while_a_frame_is_half_written_follows_that_frame() {
+        let metrics = NetMetrics::default();
+        let mut ctx = server();
+        let mut out = OutQueue::new(1 << 20);
+        let big = "a".repeat(5000);
+        out.push(OutItem::Frame(Utf8Bytes::from(big.clone())))
+            .unwrap();
+        let mut peer = Duplex {
+            input: io::Cursor::new(Vec::new()),
+            wire: Vec::new(),
+            budget: 1000,
+        };
+        assert_eq!(
+            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
+            Drain::Blocked
+        );
+        assert!(out.partial());
+        // The client pings; tungstenite owes a pong but must not write it mid-frame.
+        let mut client_side = Duplex {
+            input: io::Cursor::new(Vec::new()),
+            wire: Vec::new(),
+            budget: 1 << 20,
+        };
+        let mut client = WebSocketContext::new(Role::Client, None);
+        client
+            .write(&mut client_side, Message::Ping(Default::default()))
+            .unwrap();
+        client.flush(&mut client_side).unwrap();
+        peer.input = io::Cursor::new(client_side.wire);
+        peer.budget = 1 << 20; // the socket has room again, but the frame comes first
+        let hold = out.partial();
+        let got = ctx.read(&mut Gate {
+            io: &mut peer,
+            hold,
+        });
+        assert!(matches!(got, Ok(Message::Ping(_))), "{got:?}");
+        // The next read starts with flushing what tungstenite owes.
+        let again = ctx.read(&mut Gate {
+            io: &mut peer,
+            hold,
+        });
+        assert!(
+            matches!(&again, Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock),
+            "{again:?}"
+        );
+        assert_eq!(
+            peer.wire.len(),
+            1000,
+            "nothing written while the frame is partial"
+        );
+        out.push(OutItem::Frame(Utf8Bytes::from("after"))).unwrap();
+        assert_eq!(
+            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
+            Drain::Done
+        );
+        assert_eq!(
+            client_reads(&peer.wire),
+            vec![big, "<pong>".into(), "after".to_string()]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::bus::ConnId;
-use super::conn::{drain_queue, AfterWrite, Conn, Drain, HttpTag, Phase, Upgrade, Ws};
+use super::conn::{drain_queue, AfterWrite, Conn, Drain, Gate, HttpTag, Phase, Upgrade, Ws};
 use super::http::{self, Response};
 use super::outqueue::{OutItem, Overflow, Pushed};
 use super::shard::{Shard, CONN_OFFSET};
@@ -49,11 +49,15 @@ const MAX_FRAMING_BYTES: usize = 64 * 1024;
 /// message, measured). Later reads this turn answer WouldBlock without the syscall; bytes
 /// that arrive afterwards raise a new (edge-triggered) readiness event. Not used for TLS,
 /// nor when the event said the peer closed (the EOF must still be read).
+///
+/// `hold`: one of the queue's frames is partly written; tungstenite's own writes (an
+/// automatic pong or close answer) wait, as with `conn::Gate`.
 struct Counted<'a> {
     io: &'a mut Transport,
     n: usize,
     drained: &'a mut bool,
     may_drain: bool,
+    hold: bool,
 }
 
 impl Read for Counted<'_> {
@@ -72,10 +76,18 @@ impl Read for Counted<'_> {
 
 impl Write for Counted<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write(buf)
+        Gate {
+            io: &mut *self.io,
+            hold: self.hold,
+        }
+        .write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.io.flush()
+        Gate {
+            io: &mut *self.io,
+            hold: self.hold,
+        }
+        .flush()
     }
 }
 
@@ -350,6 +362,7 @@ impl<A: App> Shard<A> {
                     n: 0,
                     drained: &mut drained,
                     may_drain: may_drain && plain,
+                    hold: ws.out.partial(),
                 };
                 let r = ws.ctx.read(&mut counted);
                 let n = counted.n;
@@ -468,31 +481,6 @@ impl<A: App> Shard<A> {
         self.rearm(slot);
     }
 
-    pub(super) fn write_binary(&mut self, slot: usize, b: tungstenite::Bytes) {
-        let full = {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                return;
-            };
-            let Phase::Ws(ws) = &mut conn.phase else {
-                return;
-            };
-            match ws.ctx.write(&mut conn.io, Message::Binary(b)) {
-                Ok(()) => false,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ws.blocked = true;
-                    false
-                }
-                Err(tungstenite::Error::WriteBufferFull(_)) => true,
-                Err(_) => false,
-            }
-        };
-        if full {
-            self.close_ws(slot, close::OVERLOADED, "slow consumer");
-        } else {
-            self.mark_dirty(slot);
-        }
-    }
-
     /// Write queued events until the queue is empty or the socket is full.
     fn flush_ws(&mut self, slot: usize) -> Io {
         let metrics = &self.app.net().metrics;
@@ -601,24 +589,30 @@ impl<A: App> Shard<A> {
         if ws.closing() {
             return;
         }
-        // Hand everything queued to tungstenite (its buffer is capped) before the close.
-        while let Some(item) = ws.out.pop() {
-            let text = match item {
-                OutItem::Frame(b) => b,
-                OutItem::Token(t) => Utf8Bytes::from(t.encode()),
+        // What is queued goes out before the close frame: a partly written frame stays in
+        // the queue and is finished first; the rest is handed to tungstenite (its buffer is
+        // capped) ahead of the close, behind the gate while that frame is unfinished.
+        let mut gate = Gate {
+            io: &mut conn.io,
+            hold: ws.out.partial(),
+        };
+        for item in ws.out.take_unsent() {
+            let msg = match item {
+                OutItem::Frame(b) => Message::Text(b),
+                OutItem::Token(t) => Message::Text(Utf8Bytes::from(t.encode())),
+                OutItem::Binary(b) => Message::Binary(b),
             };
-            match ws.ctx.write(&mut conn.io, Message::Text(text)) {
+            match ws.ctx.write(&mut gate, msg) {
                 Ok(()) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => break,
             }
         }
-        ws.out.clear();
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.to_string().into(),
         };
-        let _ = ws.ctx.close(&mut conn.io, Some(frame));
+        let _ = ws.ctx.close(&mut gate, Some(frame));
         ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
         ws.blocked = false;
         self.app.net().metrics.close(code);
@@ -711,7 +705,11 @@ impl<A: App> Shard<A> {
                         if ws.pong_deadline.is_none() {
                             ws.pong_deadline = Some(now + pong);
                         }
-                        let _ = ws.ctx.write(io, Message::Ping(Default::default()));
+                        let mut gate = Gate {
+                            io,
+                            hold: ws.out.partial(),
+                        };
+                        let _ = ws.ctx.write(&mut gate, Message::Ping(Default::default()));
                         Then::Heartbeat
                     } else {
                         Then::Nothing

@@ -1,9 +1,13 @@
-//! A connection's outbound queue, bounded in bytes.
+//! A connection's outbound queue, bounded in bytes, and the writer of its frames.
 //!
-//! Events wait here until the socket can take them; the shard feeds tungstenite only while
-//! the socket is writable, so tungstenite's own buffer stays small and this queue is where
-//! backlog is measured. Over `cap` bytes the client is a slow consumer and is closed with
-//! 1013 — memory stays flat whatever the client does.
+//! Events wait here until the socket can take them, and go out from here: a server frame
+//! is a 2–10 byte header and the payload as it is (never masked, never fragmented), so the
+//! queue writes header and payload slices of up to [`BATCH`] frames with one `writev`, the
+//! payload straight from the (often shared) event bytes — no copy into a per-connection
+//! write buffer, and no buffer kept by an idle connection. tungstenite writes only its
+//! own control frames (pong, ping, close); while one of ours is partly on the wire they
+//! wait (see `conn::Gate`). Over `cap` bytes the client is a slow consumer and is closed
+//! with 1013 — memory stays flat whatever the client does.
 //!
 //! Token deltas are the one kind of event that can be merged: when a `token` for the same
 //! message is already waiting at the back of the queue (the socket is backed up), the new
@@ -11,9 +15,19 @@
 //! event. A slow reader gets fewer, larger token events and the same text.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tungstenite::Utf8Bytes;
+use tungstenite::{Bytes, Utf8Bytes};
+
+use super::stats::NetMetrics;
+
+/// Frames gathered into one `writev` (two slices each; far below IOV_MAX).
+pub const BATCH: usize = 64;
+
+/// The longest server frame header: FIN/opcode, 127, 64-bit length (RFC 6455 §5.2).
+const MAX_HEADER: usize = 10;
 
 /// Framing overhead charged per queued event, so a flood of tiny events is bounded too.
 const PER_ITEM_OVERHEAD: usize = 64;
@@ -45,6 +59,8 @@ pub enum OutItem {
     Frame(Utf8Bytes),
     /// A token delta, kept unencoded so that it can be merged.
     Token(TokenItem),
+    /// A binary frame (the echo endpoint).
+    Binary(Bytes),
 }
 
 impl OutItem {
@@ -53,8 +69,68 @@ impl OutItem {
             + match self {
                 OutItem::Frame(b) => b.len(),
                 OutItem::Token(t) => t.text.len() + t.conversation_id.len(),
+                OutItem::Binary(b) => b.len(),
             }
     }
+
+    /// Opcode and payload of an item ready for the wire; `None` for a token delta that is
+    /// not encoded yet (`freeze`).
+    fn frame(&self) -> Option<(u8, &[u8])> {
+        match self {
+            OutItem::Frame(b) => Some((OP_TEXT, b.as_bytes())),
+            OutItem::Binary(b) => Some((OP_BINARY, b)),
+            OutItem::Token(_) => None,
+        }
+    }
+
+    /// Header and payload bytes on the wire, and payload bytes (`None`: not encoded yet).
+    fn wire_len(&self) -> Option<(usize, usize)> {
+        self.frame()
+            .map(|(_, p)| (header_len(p.len()) + p.len(), p.len()))
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+
+fn header_len(payload: usize) -> usize {
+    match payload {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+/// The header of a final, unmasked frame; returns its length.
+fn header(opcode: u8, payload: usize, h: &mut [u8; MAX_HEADER]) -> usize {
+    h[0] = 0x80 | opcode;
+    match payload {
+        0..=125 => {
+            h[1] = payload as u8;
+            2
+        }
+        126..=0xFFFF => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
+            10
+        }
+    }
+}
+
+/// What a write burst of the queue achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wrote {
+    /// Everything asked for is on the wire.
+    All,
+    /// The socket would block; the rest waits for a writable event.
+    Blocked,
+    /// The socket is gone.
+    Closed,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,6 +141,9 @@ pub struct OutQueue {
     items: VecDeque<OutItem>,
     bytes: usize,
     cap: usize,
+    /// Bytes of the front frame already written: it must be finished before anything
+    /// else (ours or tungstenite's) goes on the wire.
+    sent: usize,
 }
 
 /// What a push did.
@@ -80,6 +159,7 @@ impl OutQueue {
             items: VecDeque::new(),
             bytes: 0,
             cap,
+            sent: 0,
         }
     }
 
@@ -107,7 +187,7 @@ impl OutQueue {
         }
     }
 
-    pub fn pop(&mut self) -> Option<OutItem> {
+    fn pop(&mut self) -> Option<OutItem> {
         let item = self.items.pop_front()?;
         self.bytes = self.bytes.saturating_sub(item.cost());
         if self.items.is_empty() {
@@ -117,6 +197,113 @@ impl OutQueue {
             self.items = VecDeque::new();
         }
         Some(item)
+    }
+
+    /// The front frame is partly on the wire.
+    pub fn partial(&self) -> bool {
+        self.sent > 0
+    }
+
+    /// Take every item not started on the wire (all of them, or all but a partly written
+    /// front frame, which stays and is finished by `write_to`).
+    pub fn take_unsent(&mut self) -> Vec<OutItem> {
+        let keep = usize::from(self.partial());
+        let rest: Vec<OutItem> = self.items.drain(keep..).collect();
+        self.bytes = self.items.iter().map(OutItem::cost).sum();
+        if self.items.is_empty() {
+            self.items = VecDeque::new();
+        }
+        rest
+    }
+
+    /// Encode the token deltas among the first `n` items: from here their bytes are fixed
+    /// (a delta that arrives later queues behind them instead of merging).
+    fn freeze(&mut self, n: usize) {
+        for item in self.items.iter_mut().take(n) {
+            if let OutItem::Token(t) = item {
+                let encoded = OutItem::Frame(Utf8Bytes::from(t.encode()));
+                self.bytes = self.bytes - item.cost() + encoded.cost();
+                *item = encoded;
+            }
+        }
+    }
+
+    /// Write queued frames to `w`, up to [`BATCH`] per vectored write, until the queue is
+    /// empty (or, with `front_only`, the partly written front frame is complete) or `w`
+    /// would block. Interrupted writes are retried; a partial write is remembered.
+    pub fn write_to(
+        &mut self,
+        w: &mut impl Write,
+        front_only: bool,
+        metrics: &NetMetrics,
+    ) -> Wrote {
+        loop {
+            if self.items.is_empty() || (front_only && !self.partial()) {
+                return Wrote::All;
+            }
+            let n = if front_only {
+                1
+            } else {
+                self.items.len().min(BATCH)
+            };
+            self.freeze(n);
+            let mut heads = [[0u8; MAX_HEADER]; BATCH];
+            let mut lens = [0usize; BATCH];
+            for (i, item) in self.items.iter().take(n).enumerate() {
+                if let Some((op, payload)) = item.frame() {
+                    lens[i] = header(op, payload.len(), &mut heads[i]);
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * BATCH];
+            let mut k = 0;
+            let mut skip = self.sent;
+            for (i, item) in self.items.iter().take(n).enumerate() {
+                let Some((_, payload)) = item.frame() else {
+                    break;
+                };
+                let hl = lens[i];
+                let h = &heads[i][..hl];
+                // Only the front frame can be partly written: skip what went out already.
+                let (h, p) = if skip >= hl {
+                    (&h[..0], &payload[skip - hl..])
+                } else {
+                    (&h[skip..], payload)
+                };
+                skip = 0;
+                for s in [h, p] {
+                    if !s.is_empty() {
+                        slices[k] = IoSlice::new(s);
+                        k += 1;
+                    }
+                }
+            }
+            if k == 0 {
+                return Wrote::All;
+            }
+            match w.write_vectored(&slices[..k]) {
+                Ok(0) => return Wrote::Closed,
+                Ok(m) => self.advance(m, metrics),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Wrote::Closed,
+            }
+        }
+    }
+
+    /// `m` more bytes are on the wire: drop the frames they complete.
+    fn advance(&mut self, m: usize, metrics: &NetMetrics) {
+        let mut m = m + std::mem::take(&mut self.sent);
+        // Only frozen frames were written, so a token delta is never reached with m > 0.
+        while let Some((len, payload)) = self.items.front().and_then(OutItem::wire_len) {
+            if m < len {
+                self.sent = m;
+                return;
+            }
+            m -= len;
+            metrics.messages_out.fetch_add(1, Relaxed);
+            metrics.bytes_out.fetch_add(payload as u64, Relaxed);
+            self.pop();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,9 +318,10 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Drop everything not started on the wire (a partly written frame is kept: the
+    /// stream stays well-formed for the close frame that follows).
     pub fn clear(&mut self) {
-        self.items = VecDeque::new();
-        self.bytes = 0;
+        self.take_unsent();
     }
 }
 

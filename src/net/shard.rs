@@ -252,10 +252,9 @@ impl<A: App> Shard<A> {
         self.start_http_write(slot, response_101, AfterWrite::Upgrade(Box::new(up)), None);
     }
 
-    /// Send a binary frame straight to tungstenite (bounded by its write buffer cap; over
-    /// it the connection is closed 1013). For the echo endpoint.
+    /// Queue a binary frame (the echo endpoint); bounded like every queued event.
     pub fn send_binary(&mut self, slot: usize, data: Bytes) {
-        self.write_binary(slot, data)
+        self.queue(slot, OutItem::Binary(data))
     }
 
     /// Subscribe a local connection to a topic's events.

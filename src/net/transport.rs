@@ -114,13 +114,17 @@ impl Read for TlsStream {
 
 impl Write for TlsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.tls.writer().write(buf)?;
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.tls.writer().write_vectored(bufs)?;
         match self.flush_tls() {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        if n == 0 && !buf.is_empty() {
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
             // rustls's send buffer is full: the socket is what blocks.
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -146,6 +150,14 @@ impl Write for Transport {
         match self {
             Transport::Plain(s) => s.write(buf),
             Transport::Tls(t) => t.write(buf),
+        }
+    }
+
+    /// One `writev` on plain TCP; TLS takes the slices into its records.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write_vectored(bufs),
+            Transport::Tls(t) => t.write_vectored(bufs),
         }
     }
 
