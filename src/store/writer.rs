@@ -57,12 +57,15 @@ pub struct Settings {
     pub idempotency_window_ms: i64,
 }
 
+/// `between_batches` runs after every batch, outside any transaction (SQLite: the WAL
+/// restart the checkpointer asks for).
 pub fn run<R: 'static, B: Batch>(
     mut conn: B,
     rx: Receiver<WriteMsg<R>>,
     settings: Settings,
     metrics: Arc<Metrics>,
     sink: Arc<dyn Completions<R>>,
+    mut between_batches: impl FnMut(&mut B),
 ) {
     let batch_max = settings.batch_max;
     let mut state = WriterState::new(settings.idempotency_window_ms);
@@ -84,6 +87,7 @@ pub fn run<R: 'static, B: Batch>(
             }
         }
         commit_batch(&mut conn, &mut jobs, &mut state, &metrics, &*sink);
+        between_batches(&mut conn);
     }
     // Jobs queued behind the stop marker still get an answer.
     while let Ok(WriteMsg::Job(j)) = rx.try_recv() {
