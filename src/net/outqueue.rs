@@ -222,7 +222,7 @@ impl OutQueue {
         for item in self.items.iter_mut().take(n) {
             if let OutItem::Token(t) = item {
                 let encoded = OutItem::Frame(Utf8Bytes::from(t.encode()));
-                self.bytes = self.bytes - item.cost() + encoded.cost();
+                self.bytes = self.bytes.saturating_sub(item.cost()) + encoded.cost();
                 *item = encoded;
             }
         }
@@ -241,52 +241,70 @@ impl OutQueue {
             if self.items.is_empty() || (front_only && !self.partial()) {
                 return Wrote::All;
             }
-            let n = if front_only {
-                1
+            // One frame (the common case: a reply, one delivery of a broadcast) gets
+            // stack arrays its size; zeroing the arrays for BATCH frames costs more.
+            let r = if front_only || self.items.len() == 1 {
+                self.write_batch::<1, 2>(w, metrics)
             } else {
-                self.items.len().min(BATCH)
+                self.write_batch::<BATCH, { 2 * BATCH }>(w, metrics)
             };
-            self.freeze(n);
-            let mut heads = [[0u8; MAX_HEADER]; BATCH];
-            let mut lens = [0usize; BATCH];
-            for (i, item) in self.items.iter().take(n).enumerate() {
-                if let Some((op, payload)) = item.frame() {
-                    lens[i] = header(op, payload.len(), &mut heads[i]);
+            if let Err(outcome) = r {
+                return outcome;
+            }
+        }
+    }
+
+    /// One vectored write of up to `N` frames (`S` = 2 `N` slices: header and payload);
+    /// `Err` ends the burst.
+    fn write_batch<const N: usize, const S: usize>(
+        &mut self,
+        w: &mut impl Write,
+        metrics: &NetMetrics,
+    ) -> Result<(), Wrote> {
+        let n = self.items.len().min(N);
+        self.freeze(n);
+        let mut heads = [[0u8; MAX_HEADER]; N];
+        let mut lens = [0usize; N];
+        for (i, item) in self.items.iter().take(n).enumerate() {
+            if let Some((op, payload)) = item.frame() {
+                lens[i] = header(op, payload.len(), &mut heads[i]);
+            }
+        }
+        let mut slices = [IoSlice::new(&[]); S];
+        let mut k = 0;
+        let mut skip = self.sent;
+        for (i, item) in self.items.iter().take(n).enumerate() {
+            let Some((_, payload)) = item.frame() else {
+                break;
+            };
+            let hl = lens[i];
+            let h = &heads[i][..hl];
+            // Only the front frame can be partly written: skip what went out already.
+            let (h, p) = if skip >= hl {
+                (&h[..0], &payload[skip - hl..])
+            } else {
+                (&h[skip..], payload)
+            };
+            skip = 0;
+            for s in [h, p] {
+                if !s.is_empty() && k < S {
+                    slices[k] = IoSlice::new(s);
+                    k += 1;
                 }
             }
-            let mut slices = [IoSlice::new(&[]); 2 * BATCH];
-            let mut k = 0;
-            let mut skip = self.sent;
-            for (i, item) in self.items.iter().take(n).enumerate() {
-                let Some((_, payload)) = item.frame() else {
-                    break;
-                };
-                let hl = lens[i];
-                let h = &heads[i][..hl];
-                // Only the front frame can be partly written: skip what went out already.
-                let (h, p) = if skip >= hl {
-                    (&h[..0], &payload[skip - hl..])
-                } else {
-                    (&h[skip..], payload)
-                };
-                skip = 0;
-                for s in [h, p] {
-                    if !s.is_empty() {
-                        slices[k] = IoSlice::new(s);
-                        k += 1;
-                    }
-                }
+        }
+        if k == 0 {
+            return Err(Wrote::All);
+        }
+        match w.write_vectored(&slices[..k]) {
+            Ok(0) => Err(Wrote::Closed),
+            Ok(m) => {
+                self.advance(m, metrics);
+                Ok(())
             }
-            if k == 0 {
-                return Wrote::All;
-            }
-            match w.write_vectored(&slices[..k]) {
-                Ok(0) => return Wrote::Closed,
-                Ok(m) => self.advance(m, metrics),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::Blocked,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Wrote::Closed,
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Wrote::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(_) => Err(Wrote::Closed),
         }
     }
 
