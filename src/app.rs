@@ -206,7 +206,7 @@ impl App for ServerCtx {
 
     fn on_binary(sh: &mut Shard, slot: usize, data: Bytes) {
         match sh.session(slot).map(|s| s.kind) {
-            // Binary echo bypasses the text queue: tungstenite buffers it, capped by its
+            // Queued like every frame; the echo endpoint's queue cap is its
             // max_write_buffer_size.
             Some(WsKind::Echo) => sh.send_binary(slot, data),
             Some(WsKind::Protocol) => crate::session::send_error(

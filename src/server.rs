@@ -270,8 +270,9 @@ pub fn ws_config(cfg: &Config, max_message: usize, out_cap: usize) -> WebSocketC
     let mut c = WebSocketConfig::default();
     c.read_buffer_size = cfg.ws.read_buffer_bytes;
     c.write_buffer_size = cfg.ws.write_buffer_bytes;
-    // tungstenite's buffer only ever holds what the shard fed it while the socket was
-    // writable plus one frame; this cap is a backstop, not the back-pressure mechanism.
+    // tungstenite's buffer holds only its own control frames and, when a connection
+    // closes, what was still queued (data frames are written by the out queue); this cap
+    // is a backstop, not the back-pressure mechanism.
     c.max_write_buffer_size = out_cap + cfg.ws.write_buffer_bytes + max_message + 1024;
     c.max_message_size = Some(max_message);
     c.max_frame_size = Some(

@@ -18,6 +18,9 @@ struct ChatH {
     st: HashMap<usize, ChatState>,
     first_token: Histogram<u64>,
     lag: Histogram<u64>,
+    /// Added latency of tokens in a stream's first second, and of the rest.
+    lag_first_s: Histogram<u64>,
+    lag_later: Histogram<u64>,
     completion: Histogram<u64>,
     tokens: u64,
     reordered: u64,
@@ -75,9 +78,15 @@ impl Handler for ChatH {
                 if let Some(anchor) = anchor {
                     for (i, t) in &s.arrivals {
                         let ideal = anchor + period * (*i as u32);
-                        let _ = self
-                            .lag
-                            .record(t.saturating_duration_since(ideal).as_micros().max(1) as u64);
+                        let us = t.saturating_duration_since(ideal).as_micros().max(1) as u64;
+                        let _ = self.lag.record(us);
+                        // The stream's first second (where simultaneous starts collide)
+                        // and the rest, apart: where the tail comes from.
+                        let _ = if (*i as f64) < self.rate {
+                            self.lag_first_s.record(us)
+                        } else {
+                            self.lag_later.record(us)
+                        };
                     }
                 }
                 if v["response"].as_str() != Some(s.text.as_str()) {
@@ -119,6 +128,8 @@ pub fn chat(o: &Opts) -> Value {
             st: HashMap::new(),
             first_token: hist(),
             lag: hist(),
+            lag_first_s: hist(),
+            lag_later: hist(),
             completion: hist(),
             tokens: 0,
             reordered: 0,
@@ -146,16 +157,21 @@ pub fn chat(o: &Opts) -> Value {
     let cpu_pct = cpu.percent();
     let mut ft = hist();
     let mut lag = hist();
+    let mut lag_first_s = hist();
+    let mut lag_later = hist();
     let mut comp = hist();
     for h in hs {
         let _ = ft.add(&h.first_token);
         let _ = lag.add(&h.lag);
+        let _ = lag_first_s.add(&h.lag_first_s);
+        let _ = lag_later.add(&h.lag_later);
         let _ = comp.add(&h.completion);
     }
     json!({
         "scenario": "chat", "chats": n, "demo_tokens_per_s": o.rate, "open_rate": o.open_rate, "completed": completed, "errors": errors, "failed_connections": failed,
         "tokens": tokens, "tokens_per_s": (tokens as f64 / elapsed).round(), "reordered": reordered, "text_mismatches": mismatched,
-        "first_token": pct(&ft), "token_added_latency": pct(&lag), "completion": pct(&comp),
+        "first_token": pct(&ft), "token_added_latency": pct(&lag),
+        "token_added_latency_first_s": pct(&lag_first_s), "token_added_latency_after_first_s": pct(&lag_later), "completion": pct(&comp),
         "server_cpu_percent": cpu_pct, "server_rss_kib": rss, "elapsed_s": (elapsed * 100.0).round() / 100.0,
     })
 }
