@@ -38,12 +38,14 @@ pub struct Opts {
     pub size: usize,
     /// New connections per second (0: all at once). Used by `chat`.
     pub open_rate: f64,
+    /// `hold`: how long after the last connection opened the server's RSS is read.
+    pub settle: Duration,
 }
 
 const USAGE: &str =
     "usage: confab-load SCENARIO --url ws://HOST:PORT [--url ...] [--token JWT | --dev-tokens]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
-  [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--generic] [--json]
+  [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--settle-s S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
 
 fn parse() -> Result<Opts, String> {
@@ -69,6 +71,7 @@ fn parse() -> Result<Opts, String> {
         in_room: false,
         size: 32,
         open_rate: 0.0,
+        settle: Duration::from_millis(500),
     };
     let mut urls = Vec::new();
     while let Some(a) = args.next() {
@@ -95,6 +98,9 @@ fn parse() -> Result<Opts, String> {
             "--open-rate" => o.open_rate = v()?.parse().map_err(|_| "--open-rate: a number")?,
             "--generic" => o.generic = true,
             "--in-room" => o.in_room = true,
+            "--settle-s" => {
+                o.settle = Duration::from_secs_f64(v()?.parse().map_err(|_| "--settle-s: seconds")?)
+            }
             "--json" => o.json = true,
             other => return Err(format!("unknown argument {other}")),
         }

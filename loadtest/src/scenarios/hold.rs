@@ -59,13 +59,14 @@ pub fn hold(o: &Opts) -> Value {
     let deadline = t0 + o.duration;
     let (c2, f2) = (connected.clone(), failed.clone());
     let pid = o.server_pid;
+    let settle = o.settle;
     let watcher = std::thread::spawn(move || {
         // Time to open them all, and the server's RSS once they are all open.
         while c2.load(Relaxed) + f2.load(Relaxed) < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let open_s = t0.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(settle);
         (open_s, pid.and_then(proc_rss_kib))
     });
     let hs = run_threads(
