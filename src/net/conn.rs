@@ -55,6 +55,9 @@ pub struct HttpTag {
     pub peer: Option<std::net::SocketAddr>,
 }
 
+// The WebSocket variant is the big one on purpose: most connections are WebSockets for
+// their whole life, and an HTTP connection's slot is only address space until used.
+#[allow(clippy::large_enum_variant)]
 pub enum Phase<S> {
     Head(Vec<u8>),
     /// Waiting for a worker's answer to this request.
@@ -66,7 +69,9 @@ pub enum Phase<S> {
         /// Released when the write ends (a download's memory permit).
         hold: Option<Arc<dyn std::fmt::Debug + Send + Sync>>,
     },
-    Ws(Box<Ws<S>>),
+    /// Inline, not boxed: the slab's slot is the connection's memory (no allocation of
+    /// its own, nothing for the allocator to scatter among short-lived ones).
+    Ws(Ws<S>),
     Done,
 }
 

@@ -320,7 +320,7 @@ impl<A: App> Shard<A> {
         let mut ws = Ws::new(ctx, up.out_cap, now, up.session);
         ws.next_heartbeat = now + self.app.net().cfg.heartbeat_interval;
         self.app.net().metrics.ws_connections.fetch_add(1, Relaxed);
-        self.conns[slot].phase = Phase::Ws(Box::new(ws));
+        self.conns[slot].phase = Phase::Ws(ws);
         A::on_ws_open(self, slot);
         // Bytes that came with the request may already hold frames: read them now.
         if let Some(c) = self.conns.get_mut(slot) {
