@@ -286,8 +286,61 @@ mod tests {
             self.budget -= n;
             Ok(n)
         }
+        /// Like a socket: takes bytes across slices, up to `chunk` and `budget`, so a
+        /// write can end anywhere — inside a header, between frames, inside a payload.
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.chunk.min(self.budget);
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(room);
+                self.wire.extend_from_slice(&b[..take]);
+                n += take;
+                room -= take;
+                if room == 0 {
+                    break;
+                }
+            }
+            self.budget -= n;
+            Ok(n)
+        }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_that_stop_anywhere_lose_and_repeat_nothing() {
+        // Every write size from 1 to 40 bytes against frames with 2- and 4-byte headers.
+        for chunk in 1..=40 {
+            let metrics = NetMetrics::default();
+            let mut ctx = server();
+            let mut out = OutQueue::new(1 << 20);
+            let sent: Vec<String> = (0..30)
+                .map(|i| format!("{i}:{}", "y".repeat(if i % 3 == 0 { 200 } else { i })))
+                .collect();
+            for m in &sent {
+                out.push(OutItem::Frame(Utf8Bytes::from(m.clone())))
+                    .unwrap();
+            }
+            let mut peer = SlowPeer {
+                wire: Vec::new(),
+                budget: 0,
+                chunk,
+            };
+            let mut rounds = 0;
+            loop {
+                peer.budget += 3 * chunk + 1;
+                rounds += 1;
+                match drain_queue(&mut ctx, &mut peer, &mut out, &metrics) {
+                    Drain::Done => break,
+                    Drain::Blocked => assert!(rounds < 100_000),
+                    Drain::Closed => panic!("closed"),
+                }
+            }
+            assert_eq!(client_reads(&peer.wire), sent, "write size {chunk}");
         }
     }
 
