@@ -36,8 +36,12 @@ PID=""
 DATA=""
 stop() {
     if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    # a peer started by start.sh is not our child: wait until it is gone
-    while [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
+    # a peer started by start.sh is not our child: wait until it is gone (5 s, then KILL)
+    for _ in $(seq 100); do
+        [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -9 "$PID" 2>/dev/null || true; fi
     PID=""
     if [ -n "$DATA" ]; then rm -rf "$DATA"; DATA=""; fi
 }

@@ -263,16 +263,32 @@ mod tests {
     use tungstenite::{Message, Utf8Bytes};
 
     /// An in-memory socket that takes at most `chunk` bytes per write and `budget` bytes
-    /// in all before it answers WouldBlock — a peer that reads slowly.
+    /// in all before it answers WouldBlock — a peer that reads slowly — and whose
+    /// `input` is what the server reads.
     struct SlowPeer {
+        input: io::Cursor<Vec<u8>>,
         wire: Vec<u8>,
         budget: usize,
         chunk: usize,
     }
 
+    impl SlowPeer {
+        fn new(budget: usize, chunk: usize) -> SlowPeer {
+            SlowPeer {
+                input: io::Cursor::new(Vec::new()),
+                wire: Vec::new(),
+                budget,
+                chunk,
+            }
+        }
+    }
+
     impl Read for SlowPeer {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::WouldBlock.into())
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            match self.input.read(b)? {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            }
         }
     }
 
@@ -325,11 +341,7 @@ mod tests {
                 out.push(OutItem::Frame(Utf8Bytes::from(m.clone())))
                     .unwrap();
             }
-            let mut peer = SlowPeer {
-                wire: Vec::new(),
-                budget: 0,
-                chunk,
-            };
+            let mut peer = SlowPeer::new(0, chunk);
             let mut rounds = 0;
             loop {
                 peer.budget += 3 * chunk + 1;
@@ -382,37 +394,6 @@ mod tests {
         }
     }
 
-    /// A peer whose input is `input` and whose receive window is `budget` bytes.
-    struct Duplex {
-        input: io::Cursor<Vec<u8>>,
-        wire: Vec<u8>,
-        budget: usize,
-    }
-
-    impl Read for Duplex {
-        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-            match self.input.read(b)? {
-                0 => Err(io::ErrorKind::WouldBlock.into()),
-                n => Ok(n),
-            }
-        }
-    }
-
-    impl Write for Duplex {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            let n = b.len().min(self.budget);
-            if n == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.wire.extend_from_slice(&b[..n]);
-            self.budget -= n;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_pong_owed_while_a_frame_is_half_written_follows_that_frame() {
         let metrics = NetMetrics::default();
@@ -421,22 +402,14 @@ mod tests {
         let big = "a".repeat(5000);
         out.push(OutItem::Frame(Utf8Bytes::from(big.clone())))
             .unwrap();
-        let mut peer = Duplex {
-            input: io::Cursor::new(Vec::new()),
-            wire: Vec::new(),
-            budget: 1000,
-        };
+        let mut peer = SlowPeer::new(1000, usize::MAX);
         assert_eq!(
             drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
             Drain::Blocked
         );
         assert!(out.partial());
         // The client pings; tungstenite owes a pong but must not write it mid-frame.
-        let mut client_side = Duplex {
-            input: io::Cursor::new(Vec::new()),
-            wire: Vec::new(),
-            budget: 1 << 20,
-        };
+        let mut client_side = SlowPeer::new(1 << 20, usize::MAX);
         let mut client = WebSocketContext::new(Role::Client, None);
         client
             .write(&mut client_side, Message::Ping(Default::default()))
@@ -487,11 +460,7 @@ mod tests {
             ))))
             .unwrap();
         }
-        let mut peer = SlowPeer {
-            wire: Vec::new(),
-            budget: 1500,
-            chunk: 97,
-        };
+        let mut peer = SlowPeer::new(1500, 97);
         assert_eq!(
             drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
             Drain::Blocked
@@ -524,11 +493,7 @@ mod tests {
         let metrics = NetMetrics::default();
         let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
-        let mut peer = SlowPeer {
-            wire: Vec::new(),
-            budget: 0,
-            chunk: 1 << 20,
-        };
+        let mut peer = SlowPeer::new(0, 1 << 20);
         for i in 0..50u64 {
             out.push(OutItem::Token(TokenItem {
                 conversation_id: std::sync::Arc::from("c"),

@@ -101,25 +101,22 @@ fn header_len(payload: usize) -> usize {
     }
 }
 
-/// The header of a final, unmasked frame; returns its length.
+/// The header of a final, unmasked frame; returns its length (`header_len`).
 fn header(opcode: u8, payload: usize, h: &mut [u8; MAX_HEADER]) -> usize {
     h[0] = 0x80 | opcode;
-    match payload {
-        0..=125 => {
-            h[1] = payload as u8;
-            2
-        }
-        126..=0xFFFF => {
+    let len = header_len(payload);
+    match len {
+        2 => h[1] = payload as u8,
+        4 => {
             h[1] = 126;
             h[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
-            4
         }
         _ => {
             h[1] = 127;
             h[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
-            10
         }
     }
+    len
 }
 
 /// What a write burst of the queue achieved.
