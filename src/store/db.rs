@@ -94,6 +94,14 @@ pub trait Db {
     fn serialize(&self, _a: &str, _b: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Open a read transaction, so that the statements until [`end_read`](Self::end_read)
+    /// see one snapshot of the database; false when already inside one (a `Transaction`,
+    /// the writer's batch), which is left alone. Use [`in_snapshot`].
+    fn begin_read(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Close the read transaction [`begin_read`](Self::begin_read) opened.
+    fn end_read(&self) {}
     /// A connection the server closed (a restart) is opened again; before a reader's job.
     fn reconnect_if_lost(&self) -> Result<(), StoreError> {
         Ok(())
@@ -103,6 +111,21 @@ pub trait Db {
     fn stamp_owner(&self, _message_id: i64) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Run `f`'s reads on one snapshot of the database. Statements outside a transaction each
+/// see the database as of their own start: a commit between two of them (a message added
+/// between a replay's rows and its `last_seq`) makes their answers disagree.
+pub fn in_snapshot<D: Db + ?Sized, T>(
+    db: &D,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let opened = db.begin_read()?;
+    let r = f();
+    if opened {
+        db.end_read();
+    }
+    r
 }
 
 // ---------------------------------------------------------------- SQLite
@@ -166,6 +189,19 @@ impl Db for rusqlite::Connection {
             Some(r) => f(r).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// DEFERRED: the snapshot is taken by the first SELECT; a reader never writes.
+    fn begin_read(&self) -> Result<bool, StoreError> {
+        if !self.is_autocommit() {
+            return Ok(false);
+        }
+        self.exec("BEGIN", &[])?;
+        Ok(true)
+    }
+
+    fn end_read(&self) {
+        let _ = self.exec("COMMIT", &[]);
     }
 }
 

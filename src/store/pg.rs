@@ -319,6 +319,19 @@ impl Db for PgDb {
         self.ensure()
     }
 
+    /// REPEATABLE READ: one snapshot for every statement until COMMIT (PostgreSQL's
+    /// default, READ COMMITTED, takes a new one per statement).
+    /// Only a reader calls this, between jobs: never inside the writer's batch.
+    fn begin_read(&self) -> Result<bool, StoreError> {
+        self.simple("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        Ok(true)
+    }
+
+    fn end_read(&self) {
+        // After an error inside, COMMIT ends the aborted transaction as a rollback.
+        let _ = self.simple("COMMIT");
+    }
+
     fn serialize(&self, a: &str, b: &str) -> Result<(), StoreError> {
         self.row(
             "SELECT pg_advisory_xact_lock(hashtextextended(?1 || chr(1) || ?2, 0))",

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use serde::Serialize;
 
 use super::cmd::{Completions, ReadCmd, ReadDone};
-use super::db::{p, Db, Row};
+use super::db::{in_snapshot, p, Db, Row};
 use super::writer::{conv_access, is_member, room_by_id};
 use super::{ReadMsg, StoreError};
 use crate::metrics::Metrics;
@@ -103,13 +103,15 @@ pub fn execute<R: 'static>(
             if !access.is_member && !admin {
                 return Err(refused_not_member());
             }
-            let messages = history(db, &conversation_id, before_seq, after_seq, limit)?;
+            let (messages, last_seq) = in_snapshot(db, || {
+                let messages = history(db, &conversation_id, before_seq, after_seq, limit)?;
+                Ok((messages, last_seq(db, &conversation_id).unwrap_or(0)))
+            })?;
             let first = messages.first().map(|r| r.seq);
             let has_more = match (after_seq, first) {
                 (None, Some(f)) => f > 1,
                 _ => messages.len() as u32 == limit,
             };
-            let last_seq = last_seq(db, &conversation_id).unwrap_or(0);
             Ok(ReadDone::History {
                 conversation_id,
                 messages,
@@ -169,8 +171,12 @@ pub fn load_replay(
     room_id: Option<String>,
     snapshots: HashMap<i64, (String, u64)>,
 ) -> Result<Replay, StoreError> {
-    let (mut rows, more) = replay(db, conv, after_seq, limit)?;
-    let last_seq = last_seq(db, conv)?;
+    // One snapshot: `last_seq` says which live `message_added`s the rows cover (see
+    // `Subscription::replayed`); read apart, a message committed between the two would be
+    // neither in the rows nor delivered live.
+    let ((mut rows, more), last_seq) = in_snapshot(db, || {
+        Ok((replay(db, conv, after_seq, limit)?, last_seq(db, conv)?))
+    })?;
     // A reply in flight that the client already "has" (seq <= after_seq) is replayed too:
     // the client holds only part of it.
     for mid in snapshots.keys() {
@@ -459,4 +465,140 @@ pub fn context(
     }
     kept.reverse();
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::store::db::Val;
+
+    /// A reader connection whose first read of messages is followed by a commit on another
+    /// connection: what a busy writer does between a reader's statements.
+    struct Interleaved {
+        reader: Connection,
+        writer: Connection,
+        fired: Cell<bool>,
+    }
+
+    impl Interleaved {
+        fn commit_a_message_once(&self, after: &str) {
+            if after.contains("FROM messages") && !self.fired.replace(true) {
+                self.writer
+                    .execute_batch(
+                        "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, created_at, updated_at)
+                         VALUES ('c1', 4, 'user', 'u', 'u', 'late', 'done', 0, 0);
+                         UPDATE conversations SET last_seq = 4 WHERE id = 'c1';",
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    impl Db for Interleaved {
+        fn exec(&self, sql: &'static str, p: &[Val]) -> Result<u64, StoreError> {
+            self.reader.exec(sql, p)
+        }
+        fn rows<T>(
+            &self,
+            sql: &'static str,
+            p: &[Val],
+            f: impl FnMut(&dyn Row) -> Result<T, StoreError>,
+        ) -> Result<Vec<T>, StoreError> {
+            let out = self.reader.rows(sql, p, f);
+            self.commit_a_message_once(sql);
+            out
+        }
+        fn row<T>(
+            &self,
+            sql: &'static str,
+            p: &[Val],
+            f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
+        ) -> Result<Option<T>, StoreError> {
+            let out = self.reader.row(sql, p, f);
+            self.commit_a_message_once(sql);
+            out
+        }
+        fn begin_read(&self) -> Result<bool, StoreError> {
+            self.reader.begin_read()
+        }
+        fn end_read(&self) {
+            self.reader.end_read()
+        }
+    }
+
+    fn conversation_with_three_messages(name: &str) -> (std::path::PathBuf, Interleaved) {
+        let dir = std::env::temp_dir().join(format!("confab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let writer = crate::store::open_writer(&path, false, 4096).unwrap();
+        writer
+            .execute_batch(
+                "INSERT INTO conversations (id, owner, kind, created_at, last_updated, last_seq) VALUES ('c1', 'u', 'chat', 0, 0, 3);
+                 INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, created_at, updated_at) VALUES
+                   ('c1', 1, 'user', 'u', 'u', 'a', 'done', 0, 0),
+                   ('c1', 2, 'user', 'u', 'u', 'b', 'done', 0, 0),
+                   ('c1', 3, 'user', 'u', 'u', 'c', 'done', 0, 0);",
+            )
+            .unwrap();
+        let reader = crate::store::open_reader(&path).unwrap();
+        let db = Interleaved {
+            reader,
+            writer,
+            fired: Cell::new(false),
+        };
+        (dir, db)
+    }
+
+    /// The replay's `last_seq` says which live `message_added`s its rows cover: a message
+    /// committed between the two reads must be in both or in neither (else the subscriber
+    /// drops its live copy as covered and never sees it).
+    #[test]
+    fn a_replay_reads_its_rows_and_last_seq_from_one_snapshot() {
+        let (dir, db) = conversation_with_three_messages("replay-snapshot");
+        let r = load_replay(&db, "c1", 0, 100, None, HashMap::new()).unwrap();
+        let rows_up_to = r.rows.iter().map(|m| m.seq).max().unwrap();
+        assert_eq!((rows_up_to, r.last_seq), (3, 3));
+        assert!(db.fired.get(), "the interleaved commit ran");
+        // The next read sees the message: the snapshot was released.
+        let r = load_replay(&db, "c1", 3, 100, None, HashMap::new()).unwrap();
+        assert_eq!((r.rows.len(), r.last_seq), (1, 4));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_history_page_reads_its_rows_and_last_seq_from_one_snapshot() {
+        struct Sink;
+        impl Completions<()> for Sink {
+            fn written(&self, _: (), _: Result<crate::store::cmd::Written, &StoreError>) {}
+            fn read(&self, _: (), _: Result<ReadDone, StoreError>) {}
+            fn in_flight(&self, _: &str) -> HashMap<i64, (String, u64)> {
+                HashMap::new()
+            }
+        }
+        let (dir, db) = conversation_with_three_messages("history-snapshot");
+        let cmd = ReadCmd::History {
+            conversation_id: "c1".into(),
+            alias: None,
+            user_id: "u".into(),
+            admin: true,
+            before_seq: None,
+            after_seq: Some(0),
+            limit: 100,
+        };
+        let Ok(ReadDone::History {
+            messages, last_seq, ..
+        }) = execute(&db, cmd, &Sink)
+        else {
+            panic!("history failed");
+        };
+        let rows_up_to = messages.iter().map(|m| m.seq).max().unwrap();
+        assert_eq!((rows_up_to, last_seq), (3, 3));
+        assert!(db.fired.get(), "the interleaved commit ran");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
