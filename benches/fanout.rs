@@ -45,7 +45,7 @@ fn fanout(c: &mut Criterion) {
                     let _ = q.push(topic_item(black_box(&te), &NATIVE));
                 }
                 for q in queues.iter_mut() {
-                    black_box(q.write_to(&mut std::io::sink(), false, &metrics));
+                    black_box(q.write_to(&mut std::io::sink(), &metrics));
                 }
             })
         });

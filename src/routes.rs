@@ -423,14 +423,17 @@ fn upgrade(
     if kind == WsKind::Protocol && !authed {
         session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
     }
-    let (mut config, out_cap) = match kind {
-        WsKind::Protocol => (ctx.ws_config, ctx.cfg.ws.out_queue_max_bytes),
-        WsKind::Echo => (ctx.echo_ws_config, ctx.echo_ws_config.max_write_buffer_size),
+    let (mut limits, out_cap) = match kind {
+        WsKind::Protocol => (ctx.ws_limits, ctx.cfg.ws.out_queue_max_bytes),
+        WsKind::Echo => (ctx.echo_limits, crate::server::ECHO_OUT_CAP),
     };
     if let Some(r) = &route {
         if let Some(max) = crate::dialect::http::max_message_bytes(r, &ctx.cfg) {
-            config = crate::server::ws_config(&ctx.cfg, max, out_cap);
-            config.max_frame_size = Some(max);
+            // A dialect's own limit: its messages may come as one frame of that size.
+            limits = crate::net::frame::Limits {
+                max_message: max,
+                max_frame: max,
+            };
         }
         let mut d = crate::dialect::Dialect::new(r, &ctx.cfg);
         d.auth_failure = auth_failure;
@@ -438,7 +441,7 @@ fn upgrade(
     }
     let up = Upgrade {
         session,
-        config,
+        limits,
         out_cap,
         leftover: req.leftover,
     };

@@ -10,13 +10,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use log::info;
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::net::acceptor::{self, Acceptor};
+use crate::net::frame::Limits;
 use crate::net::{bus, MayBlock, Net, NetConfig, ShardMsg, Shards, Topics};
 
 /// Everything the threads share. Built once at start, read-only after (its parts have
@@ -30,8 +30,9 @@ pub struct ServerCtx {
     pub net: Net<ServerCtx>,
     /// The listener is on a loopback address (dev tokens are honoured only then).
     pub loopback: bool,
-    pub ws_config: WebSocketConfig,
-    pub echo_ws_config: WebSocketConfig,
+    /// Sizes the native endpoint accepts (a dialect's route may set its own).
+    pub ws_limits: Limits,
+    pub echo_limits: Limits,
     pub store: crate::store::Store<crate::completion::Reply>,
     pub llm: crate::llm::Llm,
     pub uploads: crate::uploads::Uploads,
@@ -266,28 +267,19 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
     Ok(())
 }
 
-pub fn ws_config(cfg: &Config, max_message: usize, out_cap: usize) -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.read_buffer_size = cfg.ws.read_buffer_bytes;
-    c.write_buffer_size = cfg.ws.write_buffer_bytes;
-    // tungstenite's buffer holds only its own control frames and, when a connection
-    // closes, what was still queued (data frames are written by the out queue); this cap
-    // is a backstop, not the back-pressure mechanism.
-    c.max_write_buffer_size = out_cap + cfg.ws.write_buffer_bytes + max_message + 1024;
-    c.max_message_size = Some(max_message);
-    c.max_frame_size = Some(
-        max_message.min(
-            cfg.ws
-                .max_frame_bytes
-                .max(max_message.min(cfg.ws.max_frame_bytes)),
-        ),
-    );
-    c.accept_unmasked_frames = false;
-    c
+/// The sizes a WebSocket endpoint accepts: messages up to `max_message`, frames up to
+/// `ws.max_frame_bytes` (never more than a message).
+pub fn ws_limits(cfg: &Config, max_message: usize) -> Limits {
+    Limits {
+        max_message,
+        max_frame: cfg.ws.max_frame_bytes.min(max_message),
+    }
 }
 
 /// Echo endpoint limits: Autobahn sends messages up to 16 MiB.
 const ECHO_MAX_MESSAGE: usize = 16 << 20;
+/// The echo endpoint's out queue: a few of its largest messages.
+pub const ECHO_OUT_CAP: usize = 3 * ECHO_MAX_MESSAGE + (64 << 10);
 
 impl ServerHandle {
     /// Bind, open the store, start every thread. Returns once the server accepts.
@@ -342,6 +334,7 @@ impl ServerHandle {
                 heartbeat_interval: cfg.ws.heartbeat_interval,
                 pong_timeout: cfg.ws.pong_timeout,
                 read_budget_messages: cfg.ws.read_budget_messages,
+                read_buffer_bytes: cfg.ws.read_buffer_bytes,
                 close_linger: Duration::from_secs(1),
             },
             shards: Shards::new(handles),
@@ -367,13 +360,15 @@ impl ServerHandle {
                 source,
             })?;
 
-        let native_cfg = ws_config(&cfg, cfg.ws.max_message_bytes, cfg.ws.out_queue_max_bytes);
-        let mut echo_cfg = ws_config(&cfg, ECHO_MAX_MESSAGE, 2 * ECHO_MAX_MESSAGE);
-        echo_cfg.max_frame_size = Some(ECHO_MAX_MESSAGE);
+        let native_limits = ws_limits(&cfg, cfg.ws.max_message_bytes);
+        let echo_limits = Limits {
+            max_message: ECHO_MAX_MESSAGE,
+            max_frame: ECHO_MAX_MESSAGE,
+        };
         let ctx = Arc::new(ServerCtx {
             loopback,
-            ws_config: native_cfg,
-            echo_ws_config: echo_cfg,
+            ws_limits: native_limits,
+            echo_limits,
             hub: Hub::new(),
             net,
             cfg,

@@ -1,6 +1,7 @@
-//! WebSocket framing abuse over a raw socket (RFC 6455 §5.2): a 64-bit payload length
-//! with its most significant bit set is a protocol error (1002), and a message sent in
-//! endless continuation frames is closed (1009) instead of being read forever.
+//! WebSocket framing over a raw socket (RFC 6455 §5.2): a 64-bit payload length with its
+//! most significant bit set is a protocol error (1002); a message sent in endless
+//! continuation frames is closed (1009) instead of being read forever; frames cut at any
+//! byte arrive whole, with control frames between fragments; a client's close is answered.
 // In a test a panic is a failed test: unwrap and expect are its assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -144,4 +145,46 @@ fn endless_empty_continuation_frames_are_closed_1009() {
         assert!(n > 0);
         got.extend_from_slice(&b[..n]);
     }
+}
+
+/// Read until `needle` has arrived (server frames, unparsed).
+fn read_until(sock: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = sock.read(&mut b).unwrap();
+        assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(needle));
+        got.extend_from_slice(&b[..n]);
+    }
+    got
+}
+
+/// The shard's own frame reader: frames cut at every byte across TCP writes, a ping in
+/// the middle of a fragmented message (answered with a pong carrying its payload), and
+/// the client's close answered with its own code before the server closes TCP.
+#[test]
+fn frames_cut_anywhere_arrive_and_a_client_close_is_answered_then_tcp_closes() {
+    let s = TestServer::start("frame-cuts", |_| {});
+    let mut sock = raw_ws(&s, "alice");
+    sock.set_nodelay(true).unwrap();
+    read_until(&mut sock, b"\"connected\"");
+    let msg = br#"{"type":"ping","id":"cut"}"#;
+    let (a, b) = msg.split_at(10);
+    let mut out = frame(false, 0x1, a);
+    out.extend(frame(true, 0x9, b"are you there"));
+    out.extend(frame(true, 0x0, b));
+    for byte in &out {
+        sock.write_all(&[*byte]).unwrap();
+    }
+    let got = read_until(&mut sock, b"\"cut\"");
+    // The pong (opcode 0xA) with the ping's payload came before the answer.
+    let pong = [&[0x8A, 13][..], b"are you there"].concat();
+    let at = got.windows(pong.len()).position(|w| w == pong.as_slice());
+    assert!(at.is_some(), "no pong in {got:?}");
+    // The client closes with 4001: the server answers 4001, then closes TCP.
+    sock.write_all(&frame(true, 0x8, &4001u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(close_code(&mut sock), 4001);
+    let mut rest = [0u8; 64];
+    assert_eq!(sock.read(&mut rest).unwrap(), 0, "TCP closed by the server");
 }

@@ -123,8 +123,8 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {
+    /// Bytes one read takes from a socket (one buffer per shard).
     pub read_buffer_bytes: usize,
-    pub write_buffer_bytes: usize,
     pub max_message_bytes: usize,
     pub max_frame_bytes: usize,
     pub out_queue_max_bytes: usize,

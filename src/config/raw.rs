@@ -68,7 +68,11 @@ pub(super) struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawWs {
     read_buffer_bytes: u32,
-    write_buffer_bytes: u32,
+    /// No longer used (every frame is written by the out queue since 2026-11-30);
+    /// accepted so that config files naming it still load.
+    #[serde(default)]
+    #[allow(dead_code)]
+    write_buffer_bytes: Option<u32>,
     max_message_bytes: u32,
     max_frame_bytes: u32,
     out_queue_max_bytes: u32,
@@ -326,8 +330,11 @@ impl Raw {
         }
 
         let w = self.ws;
-        if w.read_buffer_bytes < 256 {
-            return Err(invalid("ws.read_buffer_bytes", "must be at least 256"));
+        if !(256..=16 << 20).contains(&w.read_buffer_bytes) {
+            return Err(invalid(
+                "ws.read_buffer_bytes",
+                "must be between 256 and 16777216",
+            ));
         }
         if w.max_message_bytes < 64 || w.max_frame_bytes < 64 {
             return Err(invalid(
@@ -542,7 +549,6 @@ impl Raw {
             },
             ws: WsConfig {
                 read_buffer_bytes: w.read_buffer_bytes as usize,
-                write_buffer_bytes: w.write_buffer_bytes as usize,
                 max_message_bytes: w.max_message_bytes as usize,
                 max_frame_bytes: w.max_frame_bytes as usize,
                 out_queue_max_bytes: w.out_queue_max_bytes as usize,

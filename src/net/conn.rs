@@ -11,20 +11,20 @@
 //!   TLS handshake, driven transparently by [`Transport`]).
 //! - `HttpWrite`: a response is written out; then the connection closes or, after a 101,
 //!   becomes a WebSocket (bytes the client sent after its request are kept and read first).
-//! - `Ws`: an open WebSocket. Outbound frames wait in a byte-bounded [`OutQueue`]; the
-//!   shard feeds tungstenite only while the socket accepts bytes (`blocked == false`).
+//! - `Ws`: an open WebSocket. Inbound frames are decoded by its [`Reader`] (nothing held
+//!   while no frame is partial); outbound frames, control frames included, wait in a
+//!   byte-bounded [`OutQueue`], written while the socket accepts bytes (`blocked == false`).
 //!   The transport's deadlines are heartbeat, pong and the close handshake; the
 //!   application's session (`S`) adds its own through `App::deadline`.
 //!
 //! Every deadline of a connection is folded into one armed timer ([`Conn::next_deadline`]).
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
-
+use super::frame::{Limits, Reader};
 use super::outqueue::{OutQueue, Wrote};
 use super::stats::NetMetrics;
 use super::transport::Transport;
@@ -84,8 +84,8 @@ pub enum AfterWrite<S> {
 pub struct Upgrade<S> {
     /// The application's state for this WebSocket.
     pub session: S,
-    /// Limits for this endpoint (message and frame size, buffers).
-    pub config: WebSocketConfig,
+    /// Sizes this endpoint accepts (message and frame).
+    pub limits: Limits,
     /// Outbound bytes queued before the client counts as a slow consumer (close 1013).
     pub out_cap: usize,
     /// Bytes that followed the request: the client's first frames.
@@ -95,7 +95,8 @@ pub struct Upgrade<S> {
 /// An open WebSocket: the transport's half (frames, queue, liveness) and the
 /// application's session.
 pub struct Ws<S> {
-    pub ctx: WebSocketContext,
+    pub reader: Reader,
+    pub limits: Limits,
     pub out: OutQueue,
     /// The socket returned WouldBlock on write; wait for a writable event.
     pub blocked: bool,
@@ -106,6 +107,9 @@ pub struct Ws<S> {
     /// Closed for a violation: input is read and thrown away (never buffered) until
     /// the peer closes or `close_deadline`, so our close frame is not lost to a reset.
     pub discard: bool,
+    /// The peer's close frame arrived and ours is queued: once the queue is written, the
+    /// server closes TCP first (RFC 6455 §7.1.1).
+    pub finish: bool,
     /// Bytes read since the last complete message (frame headers included): bounds the
     /// fragments of one message (`io.rs`, `MAX_FRAMING_BYTES`).
     pub partial_bytes: u32,
@@ -113,15 +117,17 @@ pub struct Ws<S> {
 }
 
 impl<S> Ws<S> {
-    pub fn new(ctx: WebSocketContext, out_cap: usize, now: Instant, session: S) -> Ws<S> {
+    pub fn new(limits: Limits, out_cap: usize, now: Instant, session: S) -> Ws<S> {
         Ws {
-            ctx,
+            reader: Reader::default(),
+            limits,
             out: OutQueue::new(out_cap),
             blocked: false,
             next_heartbeat: now,
             pong_deadline: None,
             close_deadline: None,
             discard: false,
+            finish: false,
             partial_bytes: 0,
             session,
         }
@@ -185,70 +191,17 @@ pub enum Drain {
     /// The queue is empty and everything is on the wire.
     Done,
     /// The socket would block; wait for a writable event. Nothing is lost: the queue
-    /// remembers how much of its front frame went out, tungstenite keeps its own frames.
+    /// remembers how much of its front frame went out.
     Blocked,
-    /// The connection is finished (both close frames through, or a fatal error).
+    /// The socket is gone.
     Closed,
 }
 
-/// The stream as tungstenite sees it. While one of the queue's frames is partly on the
-/// wire (`hold`), tungstenite's writes answer WouldBlock and its frame (a pong, a ping, a
-/// close) waits in its buffer until the next flush: it never lands inside one of ours.
-pub struct Gate<'a, S> {
-    pub io: &'a mut S,
-    pub hold: bool,
-}
-
-impl<S: Read> Read for Gate<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
-    }
-}
-
-impl<S: Write> Write for Gate<'_, S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.hold {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.io.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if self.hold {
-            return Ok(());
-        }
-        self.io.flush()
-    }
-}
-
-/// Write until the queue is empty or the socket would block: first the rest of a partly
-/// written frame of ours, then tungstenite's control frames, then the queue (vectored
-/// writes, `OutQueue::write_to`). Generic over the stream so that it is tested over
-/// in-memory streams; the shard calls it with the connection's [`Transport`].
-pub fn drain_queue<S: Read + Write>(
-    ctx: &mut WebSocketContext,
-    io: &mut S,
-    out: &mut OutQueue,
-    metrics: &NetMetrics,
-) -> Drain {
-    match out.write_to(io, true, metrics) {
-        Wrote::All => {}
-        Wrote::Blocked => return Drain::Blocked,
-        Wrote::Closed => return Drain::Closed,
-    }
-    match ctx.flush(&mut Gate { io, hold: false }) {
-        Ok(()) => {}
-        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-            return Drain::Blocked
-        }
-        // Both close frames are through: the server closes TCP first (RFC 6455).
-        Err(_) => return Drain::Closed,
-    }
-    if !ctx.can_write() {
-        // A close frame went out (ours or the answer to the peer's): nothing may follow.
-        out.clear();
-        return Drain::Done;
-    }
-    match out.write_to(io, false, metrics) {
+/// Write until the queue is empty or the socket would block (vectored writes,
+/// `OutQueue::write_to`). Generic over the stream so that it is tested over in-memory
+/// streams; the shard calls it with the connection's `Transport`.
+pub fn drain_queue<S: Write>(io: &mut S, out: &mut OutQueue, metrics: &NetMetrics) -> Drain {
+    match out.write_to(io, metrics) {
         Wrote::All => Drain::Done,
         Wrote::Blocked => Drain::Blocked,
         Wrote::Closed => Drain::Closed,
@@ -258,9 +211,10 @@ pub fn drain_queue<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::outqueue::{OutItem, TokenItem};
-    use tungstenite::protocol::{Role, WebSocketConfig};
-    use tungstenite::{Message, Utf8Bytes};
+    use crate::net::outqueue::{OutItem, TokenItem, OP_PONG};
+    use std::io::{self, Read};
+    use tungstenite::protocol::{Role, WebSocketContext};
+    use tungstenite::{Bytes, Message, Utf8Bytes};
 
     /// An in-memory socket that takes at most `chunk` bytes per write and `budget` bytes
     /// in all before it answers WouldBlock — a peer that reads slowly — and whose
@@ -332,7 +286,6 @@ mod tests {
         // Every write size from 1 to 40 bytes against frames with 2- and 4-byte headers.
         for chunk in 1..=40 {
             let metrics = NetMetrics::default();
-            let mut ctx = server();
             let mut out = OutQueue::new(1 << 20);
             let sent: Vec<String> = (0..30)
                 .map(|i| format!("{i}:{}", "y".repeat(if i % 3 == 0 { 200 } else { i })))
@@ -346,7 +299,7 @@ mod tests {
             loop {
                 peer.budget += 3 * chunk + 1;
                 rounds += 1;
-                match drain_queue(&mut ctx, &mut peer, &mut out, &metrics) {
+                match drain_queue(&mut peer, &mut out, &metrics) {
                     Drain::Done => break,
                     Drain::Blocked => assert!(rounds < 100_000),
                     Drain::Closed => panic!("closed"),
@@ -354,13 +307,6 @@ mod tests {
             }
             assert_eq!(client_reads(&peer.wire), sent, "write size {chunk}");
         }
-    }
-
-    fn server() -> WebSocketContext {
-        let mut c = WebSocketConfig::default();
-        c.write_buffer_size = 256;
-        c.max_write_buffer_size = 1 << 20;
-        WebSocketContext::new(Role::Server, Some(c))
     }
 
     /// Decode everything a client would read from `wire`.
@@ -395,53 +341,20 @@ mod tests {
     }
 
     #[test]
-    fn a_pong_owed_while_a_frame_is_half_written_follows_that_frame() {
+    fn a_pong_queued_while_a_frame_is_half_written_follows_that_frame() {
         let metrics = NetMetrics::default();
-        let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
         let big = "a".repeat(5000);
         out.push(OutItem::Frame(Utf8Bytes::from(big.clone())))
             .unwrap();
         let mut peer = SlowPeer::new(1000, usize::MAX);
-        assert_eq!(
-            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
-            Drain::Blocked
-        );
+        assert_eq!(drain_queue(&mut peer, &mut out, &metrics), Drain::Blocked);
         assert!(out.partial());
-        // The client pings; tungstenite owes a pong but must not write it mid-frame.
-        let mut client_side = SlowPeer::new(1 << 20, usize::MAX);
-        let mut client = WebSocketContext::new(Role::Client, None);
-        client
-            .write(&mut client_side, Message::Ping(Default::default()))
-            .unwrap();
-        client.flush(&mut client_side).unwrap();
-        peer.input = io::Cursor::new(client_side.wire);
-        peer.budget = 1 << 20; // the socket has room again, but the frame comes first
-        let hold = out.partial();
-        let got = ctx.read(&mut Gate {
-            io: &mut peer,
-            hold,
-        });
-        assert!(matches!(got, Ok(Message::Ping(_))), "{got:?}");
-        // The next read starts with flushing what tungstenite owes.
-        let again = ctx.read(&mut Gate {
-            io: &mut peer,
-            hold,
-        });
-        assert!(
-            matches!(&again, Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock),
-            "{again:?}"
-        );
-        assert_eq!(
-            peer.wire.len(),
-            1000,
-            "nothing written while the frame is partial"
-        );
+        // The client pings meanwhile: the pong queues behind the frame on the wire.
+        out.push(OutItem::Control(OP_PONG, Bytes::new())).unwrap();
         out.push(OutItem::Frame(Utf8Bytes::from("after"))).unwrap();
-        assert_eq!(
-            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
-            Drain::Done
-        );
+        peer.budget = 1 << 20;
+        assert_eq!(drain_queue(&mut peer, &mut out, &metrics), Drain::Done);
         assert_eq!(
             client_reads(&peer.wire),
             vec![big, "<pong>".into(), "after".to_string()]
@@ -451,7 +364,6 @@ mod tests {
     #[test]
     fn a_socket_that_blocks_mid_frame_loses_and_repeats_nothing() {
         let metrics = NetMetrics::default();
-        let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
         for i in 0..100 {
             out.push(OutItem::Frame(Utf8Bytes::from(format!(
@@ -461,10 +373,7 @@ mod tests {
             .unwrap();
         }
         let mut peer = SlowPeer::new(1500, 97);
-        assert_eq!(
-            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
-            Drain::Blocked
-        );
+        assert_eq!(drain_queue(&mut peer, &mut out, &metrics), Drain::Blocked);
         let partial = client_reads(&peer.wire);
         assert!(!partial.is_empty() && partial.len() < 100);
         // The peer reads on; every later burst continues exactly where the socket stopped.
@@ -472,7 +381,7 @@ mod tests {
         loop {
             peer.budget += 700;
             rounds += 1;
-            match drain_queue(&mut ctx, &mut peer, &mut out, &metrics) {
+            match drain_queue(&mut peer, &mut out, &metrics) {
                 Drain::Done => break,
                 Drain::Blocked => assert!(rounds < 1000),
                 Drain::Closed => panic!("closed"),
@@ -491,7 +400,6 @@ mod tests {
     #[test]
     fn tokens_queued_while_blocked_go_out_merged_with_the_same_text() {
         let metrics = NetMetrics::default();
-        let mut ctx = server();
         let mut out = OutQueue::new(1 << 20);
         let mut peer = SlowPeer::new(0, 1 << 20);
         for i in 0..50u64 {
@@ -513,15 +421,9 @@ mod tests {
             1,
             "all deltas merged while nothing could be written"
         );
-        assert_eq!(
-            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
-            Drain::Blocked
-        );
+        assert_eq!(drain_queue(&mut peer, &mut out, &metrics), Drain::Blocked);
         peer.budget = 1 << 20;
-        assert_eq!(
-            drain_queue(&mut ctx, &mut peer, &mut out, &metrics),
-            Drain::Done
-        );
+        assert_eq!(drain_queue(&mut peer, &mut out, &metrics), Drain::Done);
         let got = client_reads(&peer.wire);
         assert_eq!(got.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();

@@ -432,28 +432,15 @@ mod tests {
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: confab.v1\r\n"));
         // The bytes after the head become the WebSocket's first input.
-        let mut ws = tungstenite::protocol::WebSocketContext::from_partially_read(
-            req.leftover,
-            tungstenite::protocol::Role::Server,
-            None,
-        );
-        struct Empty;
-        impl std::io::Read for Empty {
-            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-                Err(std::io::ErrorKind::WouldBlock.into())
-            }
-        }
-        impl std::io::Write for Empty {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
+        let mut reader = crate::net::frame::Reader::default();
+        let limits = crate::net::frame::Limits {
+            max_frame: 1024,
+            max_message: 1024,
+        };
+        let mut leftover = req.leftover;
         assert_eq!(
-            ws.read(&mut Empty).unwrap(),
-            tungstenite::Message::text("hi")
+            reader.next(&mut leftover, &limits).unwrap(),
+            (8, Some(crate::net::frame::Unit::Text("hi".into())))
         );
     }
 

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Bytes;
 
 use super::bus::ConnId;
-use super::conn::{drain_queue, AfterWrite, Conn, Drain, Gate, HttpTag, Phase, Upgrade, Ws};
+use super::conn::{drain_queue, AfterWrite, Conn, Drain, HttpTag, Phase, Upgrade, Ws};
+use super::frame::Unit;
 use super::http::{self, Response};
-use super::outqueue::{OutItem, Overflow, Pushed};
+use super::outqueue::{OutItem, Overflow, Pushed, OP_PING, OP_PONG};
 use super::shard::{Shard, CONN_OFFSET};
 use super::transport::Transport;
 use super::{close, App};
@@ -42,53 +41,14 @@ pub(super) enum Io {
 /// of any size; fragments of 64 bytes or more are never limited).
 const MAX_FRAMING_BYTES: usize = 64 * 1024;
 
-/// The transport, counting the bytes read through it during one `read` call.
-///
-/// `drained`: a plain TCP read this turn returned fewer bytes than asked, so the kernel's
-/// buffer was empty then; reading again would only return EAGAIN (one `recvfrom` per
-/// message, measured). Later reads this turn answer WouldBlock without the syscall; bytes
-/// that arrive afterwards raise a new (edge-triggered) readiness event. Not used for TLS,
-/// nor when the event said the peer closed (the EOF must still be read).
-///
-/// `hold`: one of the queue's frames is partly written; tungstenite's own writes (an
-/// automatic pong or close answer) wait, as with `conn::Gate`.
-struct Counted<'a> {
-    io: &'a mut Transport,
-    n: usize,
-    drained: &'a mut bool,
-    may_drain: bool,
-    hold: bool,
-}
-
-impl Read for Counted<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if *self.drained {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.io.read(buf)?;
-        if self.may_drain && n > 0 && n < buf.len() {
-            *self.drained = true;
-        }
-        self.n += n;
-        Ok(n)
-    }
-}
-
-impl Write for Counted<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Gate {
-            io: &mut *self.io,
-            hold: self.hold,
-        }
-        .write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Gate {
-            io: &mut *self.io,
-            hold: self.hold,
-        }
-        .flush()
-    }
+/// How decoding one piece of input ended.
+enum Decoded {
+    /// All of it was used.
+    All,
+    /// The read budget ran out: the input from this offset waits for the next turn.
+    Budget(usize),
+    /// Stop reading this connection now, with this outcome.
+    Stop(Io),
 }
 
 impl<A: App> Shard<A> {
@@ -316,8 +276,8 @@ impl<A: App> Shard<A> {
 
     fn open_ws(&mut self, slot: usize, up: Upgrade<A::Session>) {
         let now = Instant::now();
-        let ctx = WebSocketContext::from_partially_read(up.leftover, Role::Server, Some(up.config));
-        let mut ws = Ws::new(ctx, up.out_cap, now, up.session);
+        let mut ws = Ws::new(up.limits, up.out_cap, now, up.session);
+        ws.reader.stash(&up.leftover);
         ws.next_heartbeat = now + self.app.net().cfg.heartbeat_interval;
         self.app.net().metrics.ws_connections.fetch_add(1, Relaxed);
         self.conns[slot].phase = Phase::Ws(ws);
@@ -331,139 +291,224 @@ impl<A: App> Shard<A> {
         }
     }
 
+    /// Read and decode frames until the socket is drained or the read budget is spent:
+    /// first input left over from the last turn, then the socket, into the shard's one
+    /// read buffer.
+    ///
+    /// A plain TCP read that returns fewer bytes than asked means the kernel's buffer was
+    /// empty then: reading again would only return EAGAIN (one `recvfrom` per message,
+    /// measured), so the read stops there; bytes that arrive later raise a new
+    /// (edge-triggered) readiness event. Not used for TLS, nor when the event said the
+    /// peer closed (the EOF must still be read): `short_read_drains`.
     fn read_ws(&mut self, slot: usize) -> Io {
         let mut budget = self.app.net().cfg.read_budget_messages;
-        let mut drained = false;
         let may_drain = std::mem::take(&mut self.short_read_drains);
+        let (unread, plain) = {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return Io::Blocked;
+            };
+            let plain = matches!(conn.io, Transport::Plain(_));
+            let Phase::Ws(ws) = &mut conn.phase else {
+                return Io::Blocked;
+            };
+            if ws.discard {
+                return discard_input(&mut conn.io);
+            }
+            (ws.reader.take_unread(), plain)
+        };
+        if let Some(mut input) = unread {
+            match self.decode_input(slot, &mut input, &mut budget) {
+                Decoded::All => {}
+                Decoded::Budget(pos) => return self.read_later(slot, &input[pos..]),
+                Decoded::Stop(io) => return io,
+            }
+        }
+        let mut buf = std::mem::take(&mut self.read_buf);
+        if buf.is_empty() {
+            buf = vec![0; self.app.net().cfg.read_buffer_bytes.max(256)];
+        }
+        let io = self.read_socket(slot, &mut buf, budget, may_drain && plain);
+        self.read_buf = buf;
+        io
+    }
+
+    fn read_socket(&mut self, slot: usize, buf: &mut [u8], mut budget: u32, may_drain: bool) -> Io {
         loop {
             if budget == 0 {
-                // Others get their turn; this connection is read again next turn.
-                if let Some(c) = self.conns.get_mut(slot) {
-                    if !c.pending {
-                        c.pending = true;
-                        self.pending.push(slot);
-                    }
+                return self.read_later(slot, &[]);
+            }
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return Io::Blocked;
+            };
+            let n = match conn.io.read(buf) {
+                Ok(0) => {
+                    // The peer closed TCP: after the close handshake that is the end; before
+                    // it, an abnormal closure (1006).
+                    return match &conn.phase {
+                        Phase::Ws(ws) if ws.closing() => {
+                            self.remove(slot, close::NORMAL);
+                            Io::Blocked
+                        }
+                        _ => Io::Closed,
+                    };
                 }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("[{}] read: {e}", self.label(slot));
+                    return Io::Closed;
+                }
+            };
+            match self.decode_input(slot, &mut buf[..n], &mut budget) {
+                Decoded::All => {}
+                Decoded::Budget(pos) => return self.read_later(slot, &buf[pos..n]),
+                Decoded::Stop(io) => return io,
+            }
+            if may_drain && n < buf.len() {
                 return Io::Blocked;
             }
+        }
+    }
+
+    /// The read budget is spent: keep `rest` and read this connection again next turn.
+    fn read_later(&mut self, slot: usize, rest: &[u8]) -> Io {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if let Phase::Ws(ws) = &mut c.phase {
+                ws.reader.stash(rest);
+            }
+            if !c.pending {
+                c.pending = true;
+                self.pending.push(slot);
+            }
+        }
+        Io::Blocked
+    }
+
+    /// Decode the frames in `input` and hand each complete unit to the application.
+    fn decode_input(&mut self, slot: usize, input: &mut [u8], budget: &mut u32) -> Decoded {
+        let mut pos = 0;
+        while pos < input.len() {
+            if *budget == 0 {
+                return Decoded::Budget(pos);
+            }
             let (res, closing, fragmented) = {
-                let Some(conn) = self.conns.get_mut(slot) else {
-                    return Io::Blocked;
+                let Some(ws) = self.conns.get_mut(slot).and_then(|c| c.ws()) else {
+                    return Decoded::Stop(Io::Blocked);
                 };
-                let Phase::Ws(ws) = &mut conn.phase else {
-                    return Io::Blocked;
-                };
-                if ws.discard {
-                    return discard_input(&mut conn.io);
+                if ws.discard || ws.finish {
+                    // Closed for a violation (input is discarded from now on), or the
+                    // peer's close is answered (nothing it sends after it counts).
+                    return Decoded::Stop(Io::Continue);
                 }
-                let plain = matches!(conn.io, Transport::Plain(_));
-                let mut counted = Counted {
-                    io: &mut conn.io,
-                    n: 0,
-                    drained: &mut drained,
-                    may_drain: may_drain && plain,
-                    hold: ws.out.partial(),
-                };
-                let r = ws.ctx.read(&mut counted);
-                let n = counted.n;
+                let r = ws.reader.next(&mut input[pos..], &ws.limits);
                 // A message's frame headers may take as many bytes as its payload plus
                 // MAX_FRAMING_BYTES: a client sending endless (empty) continuation frames
-                // completes no message, so the rate limit never sees it; this does. (What
-                // one call read may also hold the start of the next message: one buffer.)
-                let cfg = ws.ctx.get_config();
-                let slack = MAX_FRAMING_BYTES + cfg.read_buffer_size;
-                let spent = (ws.partial_bytes as usize).saturating_add(n);
-                let payload = match &r {
-                    Ok(m) => m.len(),
-                    Err(_) => cfg.max_message_size.unwrap_or(usize::MAX),
-                };
-                let fragmented = spent > payload.saturating_mul(2).saturating_add(slack);
-                if r.is_ok() {
+                // completes no message, so the rate limit never sees it; this does.
+                let used = r.as_ref().map_or(0, |(used, _)| *used);
+                let spent = (ws.partial_bytes as usize).saturating_add(used);
+                let mut fragmented = false;
+                match &r {
+                    Ok((_, Some(Unit::Text(t)))) => {
+                        fragmented = spent > t.len() * 2 + MAX_FRAMING_BYTES;
+                        ws.partial_bytes = 0;
+                    }
+                    Ok((_, Some(Unit::Binary(b)))) => {
+                        fragmented = spent > b.len() * 2 + MAX_FRAMING_BYTES;
+                        ws.partial_bytes = 0;
+                    }
+                    Ok((_, Some(_))) if !ws.reader.in_message() => ws.partial_bytes = 0,
+                    _ => {
+                        fragmented = spent > ws.limits.max_message * 2 + MAX_FRAMING_BYTES;
+                        ws.partial_bytes = spent.min(u32::MAX as usize) as u32;
+                    }
+                }
+                if matches!(r, Ok((_, Some(_)))) {
                     ws.pong_deadline = None; // any frame proves the peer alive
-                    ws.partial_bytes = 0;
-                } else {
-                    ws.partial_bytes = spent.min(u32::MAX as usize) as u32;
                 }
                 (r, ws.closing(), fragmented)
             };
             if fragmented && !closing {
                 debug!("[{}] too many fragments in one message", self.label(slot));
                 self.close_violation(slot, close::TOO_BIG, "message in too many fragments");
-                return Io::Continue;
+                return Decoded::Stop(Io::Continue);
             }
-            let metrics = &self.app.net().metrics;
             match res {
-                Ok(msg) => {
-                    budget -= 1;
-                    match msg {
-                        Message::Text(t) => {
-                            metrics.messages_in.fetch_add(1, Relaxed);
-                            metrics.bytes_in.fetch_add(t.len() as u64, Relaxed);
-                            if !closing {
-                                A::on_text(self, slot, t);
-                            }
+                Ok((used, unit)) => {
+                    pos += used;
+                    if let Some(unit) = unit {
+                        *budget -= 1;
+                        if let Some(io) = self.on_unit(slot, unit, closing) {
+                            return Decoded::Stop(io);
                         }
-                        Message::Binary(b) => {
-                            metrics.messages_in.fetch_add(1, Relaxed);
-                            metrics.bytes_in.fetch_add(b.len() as u64, Relaxed);
-                            if !closing {
-                                A::on_binary(self, slot, b);
-                            }
-                        }
-                        // tungstenite queued the pong / the close reply; flush soon.
-                        Message::Ping(_) => {
-                            self.mark_dirty(slot);
-                            if !closing {
-                                A::on_ping(self, slot);
-                            }
-                        }
-                        Message::Close(_) => self.mark_dirty(slot),
-                        Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.mark_dirty(slot);
-                    return Io::Blocked;
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => {
-                    self.remove(slot, close::NORMAL);
-                    return Io::Blocked;
-                }
-                // A 64-bit length with the most significant bit set is not a length at
-                // all (RFC 6455 §5.2): a protocol error, not a big message.
-                Err(tungstenite::Error::Capacity(
-                    tungstenite::error::CapacityError::MessageTooLong { size, .. },
-                )) if size as u64 > i64::MAX as u64 => {
-                    debug!("[{}] frame length with its top bit set", self.label(slot));
-                    self.close_violation(slot, close::PROTOCOL_ERROR, "invalid frame length");
-                    return Io::Continue;
-                }
-                Err(tungstenite::Error::Capacity(e)) => {
-                    debug!("[{}] too big: {e}", self.label(slot));
-                    self.close_violation(slot, close::TOO_BIG, "message too big");
-                    return Io::Continue;
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    self.close_violation(slot, close::INVALID_DATA, "invalid UTF-8");
-                    return Io::Continue;
-                }
-                Err(tungstenite::Error::Protocol(e)) => {
-                    debug!("[{}] protocol error: {e}", self.label(slot));
+                Err(v) => {
+                    debug!(
+                        "[{}] {}: closing {}",
+                        self.label(slot),
+                        v.reason(),
+                        v.code()
+                    );
                     if closing {
-                        self.remove(slot, close::PROTOCOL_ERROR);
-                        return Io::Blocked;
+                        self.remove(slot, v.code());
+                        return Decoded::Stop(Io::Blocked);
                     }
-                    self.close_violation(slot, close::PROTOCOL_ERROR, "protocol error");
-                    return Io::Continue;
-                }
-                Err(e) => {
-                    debug!("[{}] read: {e}", self.label(slot));
-                    return Io::Closed;
+                    self.close_violation(slot, v.code(), v.reason());
+                    return Decoded::Stop(Io::Continue);
                 }
             }
         }
+        Decoded::All
+    }
+
+    /// One complete message or control frame from the client; `Some` stops the reading.
+    fn on_unit(&mut self, slot: usize, unit: Unit, closing: bool) -> Option<Io> {
+        let metrics = &self.app.net().metrics;
+        match unit {
+            Unit::Text(t) => {
+                metrics.messages_in.fetch_add(1, Relaxed);
+                metrics.bytes_in.fetch_add(t.len() as u64, Relaxed);
+                if !closing {
+                    A::on_text(self, slot, t);
+                }
+            }
+            Unit::Binary(b) => {
+                metrics.messages_in.fetch_add(1, Relaxed);
+                metrics.bytes_in.fetch_add(b.len() as u64, Relaxed);
+                if !closing {
+                    A::on_binary(self, slot, b);
+                }
+            }
+            Unit::Ping(payload) => {
+                if !closing {
+                    self.queue(slot, OutItem::Control(OP_PONG, payload));
+                    A::on_ping(self, slot);
+                }
+            }
+            Unit::Pong => {}
+            Unit::Close(code) => {
+                if closing {
+                    // The answer to our close: the handshake is complete.
+                    self.remove(slot, close::NORMAL);
+                    return Some(Io::Blocked);
+                }
+                // The peer closes: answer with its code (nothing queued goes out after the
+                // close frame), then close TCP once that is written.
+                let answer = code.unwrap_or(close::NORMAL);
+                let Some(ws) = self.conns.get_mut(slot).and_then(|c| c.ws()) else {
+                    return Some(Io::Blocked);
+                };
+                ws.out.clear();
+                ws.out.push_unbounded(OutItem::close(code, ""));
+                ws.finish = true;
+                ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
+                self.app.net().metrics.close(answer);
+                self.mark_dirty(slot);
+                return Some(Io::Blocked);
+            }
+        }
+        None
     }
 
     /// Close for a violation of the protocol (too big, bad UTF-8, bad framing): the
@@ -493,7 +538,9 @@ impl<A: App> Shard<A> {
         if ws.blocked {
             return Io::Blocked;
         }
-        match drain_queue(&mut ws.ctx, &mut conn.io, &mut ws.out, metrics) {
+        match drain_queue(&mut conn.io, &mut ws.out, metrics) {
+            // Our answer to the peer's close is out: the server closes TCP first.
+            Drain::Done if ws.finish => Io::Closed,
             Drain::Done => Io::Blocked,
             Drain::Blocked => {
                 ws.blocked = true;
@@ -589,30 +636,9 @@ impl<A: App> Shard<A> {
         if ws.closing() {
             return;
         }
-        // What is queued goes out before the close frame: a partly written frame stays in
-        // the queue and is finished first; the rest is handed to tungstenite (its buffer is
-        // capped) ahead of the close, behind the gate while that frame is unfinished.
-        let mut gate = Gate {
-            io: &mut conn.io,
-            hold: ws.out.partial(),
-        };
-        for item in ws.out.take_unsent() {
-            let msg = match item {
-                OutItem::Frame(b) => Message::Text(b),
-                OutItem::Token(t) => Message::Text(Utf8Bytes::from(t.encode())),
-                OutItem::Binary(b) => Message::Binary(b),
-            };
-            match ws.ctx.write(&mut gate, msg) {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
-        }
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.to_string().into(),
-        };
-        let _ = ws.ctx.close(&mut gate, Some(frame));
+        // What is queued goes out before the close frame (a slow consumer's queue was
+        // dropped; a partly written frame is finished first).
+        ws.out.push_unbounded(OutItem::close(Some(code), reason));
         ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
         ws.blocked = false;
         self.app.net().metrics.close(code);
@@ -669,7 +695,6 @@ impl<A: App> Shard<A> {
                 return;
             };
             let Conn {
-                io,
                 phase,
                 head_deadline,
                 ..
@@ -705,11 +730,8 @@ impl<A: App> Shard<A> {
                         if ws.pong_deadline.is_none() {
                             ws.pong_deadline = Some(now + pong);
                         }
-                        let mut gate = Gate {
-                            io,
-                            hold: ws.out.partial(),
-                        };
-                        let _ = ws.ctx.write(&mut gate, Message::Ping(Default::default()));
+                        ws.out
+                            .push_unbounded(OutItem::Control(OP_PING, Bytes::new()));
                         Then::Heartbeat
                     } else {
                         Then::Nothing

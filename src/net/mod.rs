@@ -20,6 +20,7 @@
 pub mod acceptor;
 pub mod bus;
 pub mod conn;
+pub mod frame;
 pub mod http;
 mod io;
 pub mod iplimit;
@@ -70,6 +71,8 @@ pub struct NetConfig {
     pub pong_timeout: Duration,
     /// Messages read from one connection per turn before others get theirs.
     pub read_budget_messages: u32,
+    /// Bytes one read takes from a socket, into the shard's one read buffer.
+    pub read_buffer_bytes: usize,
     /// How long a connection closed for a protocol violation keeps discarding input
     /// before the socket is dropped, so that the close frame reaches a client that is
     /// still sending (dropping at once makes the kernel answer with a reset).

@@ -4,10 +4,10 @@
 //! is a 2–10 byte header and the payload as it is (never masked, never fragmented), so the
 //! queue writes header and payload slices of up to [`BATCH`] frames with one `writev`, the
 //! payload straight from the (often shared) event bytes — no copy into a per-connection
-//! write buffer, and no buffer kept by an idle connection. tungstenite writes only its
-//! own control frames (pong, ping, close); while one of ours is partly on the wire they
-//! wait (see `conn::Gate`). Over `cap` bytes the client is a slow consumer and is closed
-//! with 1013 — memory stays flat whatever the client does.
+//! write buffer, and no buffer kept by an idle connection. Control frames (pong, ping,
+//! close) queue here too, so no frame ever lands inside another. Over `cap` bytes the
+//! client is a slow consumer and is closed with 1013 — memory stays flat whatever the
+//! client does.
 //!
 //! Token deltas are the one kind of event that can be merged: when a `token` for the same
 //! message is already waiting at the back of the queue (the socket is backed up), the new
@@ -61,6 +61,9 @@ pub enum OutItem {
     Token(TokenItem),
     /// A binary frame (the echo endpoint).
     Binary(Bytes),
+    /// A control frame: [`OP_PING`], [`OP_PONG`] or [`OP_CLOSE`] and its payload
+    /// (at most 125 bytes).
+    Control(u8, Bytes),
 }
 
 impl OutItem {
@@ -69,7 +72,7 @@ impl OutItem {
             + match self {
                 OutItem::Frame(b) => b.len(),
                 OutItem::Token(t) => t.text.len() + t.conversation_id.len(),
-                OutItem::Binary(b) => b.len(),
+                OutItem::Binary(b) | OutItem::Control(_, b) => b.len(),
             }
     }
 
@@ -79,6 +82,7 @@ impl OutItem {
         match self {
             OutItem::Frame(b) => Some((OP_TEXT, b.as_bytes())),
             OutItem::Binary(b) => Some((OP_BINARY, b)),
+            OutItem::Control(op, b) => Some((*op, b)),
             OutItem::Token(_) => None,
         }
     }
@@ -92,6 +96,26 @@ impl OutItem {
 
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+impl OutItem {
+    /// A close frame: the code (none: an empty payload) and a reason, cut to fit.
+    pub fn close(code: Option<u16>, reason: &str) -> OutItem {
+        let Some(code) = code else {
+            return OutItem::Control(OP_CLOSE, Bytes::new());
+        };
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut b = Vec::with_capacity(2 + end);
+        b.extend_from_slice(&code.to_be_bytes());
+        b.extend_from_slice(&reason.as_bytes()[..end]);
+        OutItem::Control(OP_CLOSE, Bytes::from(b))
+    }
+}
 
 fn header_len(payload: usize) -> usize {
     match payload {
@@ -160,6 +184,14 @@ impl OutQueue {
         }
     }
 
+    /// Queue a frame of the transport's own that must go out whatever the queue holds
+    /// (our ping, our close): not counted against `cap`, and bounded by its callers (one
+    /// ping per heartbeat, one close per connection).
+    pub fn push_unbounded(&mut self, item: OutItem) {
+        self.bytes += item.cost();
+        self.items.push_back(item);
+    }
+
     pub fn push(&mut self, item: OutItem) -> Result<Pushed, Overflow> {
         if let OutItem::Token(t) = &item {
             if let Some(OutItem::Token(back)) = self.items.back_mut() {
@@ -203,7 +235,7 @@ impl OutQueue {
 
     /// Take every item not started on the wire (all of them, or all but a partly written
     /// front frame, which stays and is finished by `write_to`).
-    pub fn take_unsent(&mut self) -> Vec<OutItem> {
+    fn take_unsent(&mut self) -> Vec<OutItem> {
         let keep = usize::from(self.partial());
         let rest: Vec<OutItem> = self.items.drain(keep..).collect();
         self.bytes = self.items.iter().map(OutItem::cost).sum();
@@ -226,21 +258,16 @@ impl OutQueue {
     }
 
     /// Write queued frames to `w`, up to [`BATCH`] per vectored write, until the queue is
-    /// empty (or, with `front_only`, the partly written front frame is complete) or `w`
-    /// would block. Interrupted writes are retried; a partial write is remembered.
-    pub fn write_to(
-        &mut self,
-        w: &mut impl Write,
-        front_only: bool,
-        metrics: &NetMetrics,
-    ) -> Wrote {
+    /// empty or `w` would block. Interrupted writes are retried; a partial write is
+    /// remembered.
+    pub fn write_to(&mut self, w: &mut impl Write, metrics: &NetMetrics) -> Wrote {
         loop {
-            if self.items.is_empty() || (front_only && !self.partial()) {
+            if self.items.is_empty() {
                 return Wrote::All;
             }
             // One frame (the common case: a reply, one delivery of a broadcast) gets
             // stack arrays its size; zeroing the arrays for BATCH frames costs more.
-            let r = if front_only || self.items.len() == 1 {
+            let r = if self.items.len() == 1 {
                 self.write_batch::<1, 2>(w, metrics)
             } else {
                 self.write_batch::<BATCH, { 2 * BATCH }>(w, metrics)
@@ -315,8 +342,10 @@ impl OutQueue {
                 return;
             }
             m -= len;
-            metrics.messages_out.fetch_add(1, Relaxed);
-            metrics.bytes_out.fetch_add(payload as u64, Relaxed);
+            if !matches!(self.items.front(), Some(OutItem::Control(..))) {
+                metrics.messages_out.fetch_add(1, Relaxed);
+                metrics.bytes_out.fetch_add(payload as u64, Relaxed);
+            }
             self.pop();
         }
     }

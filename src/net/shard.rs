@@ -67,6 +67,9 @@ pub struct Shard<A: App> {
     /// the peer's close or an error): `read_ws` may then stop at a short read
     /// (`io.rs`, `Counted`). Taken (reset) by the read it applies to.
     pub(super) short_read_drains: bool,
+    /// Every WebSocket of the shard is read into this one buffer (`io.rs`, `read_ws`):
+    /// a connection keeps bytes only while a frame of it is partial.
+    pub(super) read_buf: Vec<u8>,
 }
 
 impl<A: App> Shard<A> {
@@ -93,6 +96,7 @@ impl<A: App> Shard<A> {
             shutdown_at: None,
             inbox_left: false,
             short_read_drains: false,
+            read_buf: Vec::new(),
         }
     }
 
