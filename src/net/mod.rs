@@ -26,6 +26,7 @@ mod io;
 pub mod iplimit;
 pub mod origin;
 pub mod outqueue;
+mod read;
 pub mod shard;
 pub mod stats;
 pub mod timer;
