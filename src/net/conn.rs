@@ -107,6 +107,8 @@ pub struct Ws<S> {
     /// Closed for a violation: input is read and thrown away (never buffered) until
     /// the peer closes or `close_deadline`, so our close frame is not lost to a reset.
     pub discard: bool,
+    /// Our side of the TCP connection is shut (after a violation's close frame).
+    pub write_shut: bool,
     /// The peer's close frame arrived and ours is queued: once the queue is written, the
     /// server closes TCP first (RFC 6455 §7.1.1).
     pub finish: bool,
@@ -127,6 +129,7 @@ impl<S> Ws<S> {
             pong_deadline: None,
             close_deadline: None,
             discard: false,
+            write_shut: false,
             finish: false,
             partial_bytes: 0,
             session,

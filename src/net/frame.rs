@@ -77,8 +77,13 @@ pub struct Reader {
 
 #[derive(Debug, Default)]
 struct Partial {
-    /// The start of a frame whose rest has not arrived (as received: still masked).
+    /// The start of a frame whose rest has not arrived: its payload unmasked up to
+    /// `unmasked` bytes, the rest as received.
     frame: Vec<u8>,
+    /// Payload bytes of `frame` already unmasked (text is checked as it arrives).
+    unmasked: usize,
+    /// Text payload bytes of `frame` known to be valid UTF-8 up to a character boundary.
+    checked: usize,
     /// A message whose final fragment has not arrived.
     message: Option<Fragments>,
     /// Input read but not decoded yet: the read budget ran out (`stash`).
@@ -180,6 +185,15 @@ fn header_wanted(b: &[u8]) -> usize {
     need.saturating_sub(b.len()).max(1)
 }
 
+/// Unmask `payload`, whose first byte is byte `offset` of its frame's payload.
+fn unmask_from(payload: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut m = [0u8; 4];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = mask[(offset + i) % 4];
+    }
+    unmask(payload, m);
+}
+
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let word = u32::from_ne_bytes(mask);
     let mut chunks = payload.chunks_exact_mut(4);
@@ -265,6 +279,7 @@ impl Reader {
                     // Partial: keep it (the header may still be incomplete).
                     let p = self.partial.get_or_insert_with(Box::default);
                     p.frame.extend_from_slice(input);
+                    p.check_so_far(limits)?;
                     return Ok((input.len(), None));
                 }
             }
@@ -278,11 +293,14 @@ impl Reader {
             return Ok((take, None));
         };
         if p.frame.len() < h.len + h.payload {
+            p.check_so_far(limits)?;
             return Ok((take, None));
         }
         let mut frame = std::mem::take(&mut p.frame);
+        let done = std::mem::take(&mut p.unmasked);
+        p.checked = 0;
         let payload = &mut frame[h.len..];
-        unmask(payload, h.mask);
+        unmask_from(&mut payload[done..], h.mask, done);
         let unit = self.complete(h, payload, limits)?;
         self.release_if_empty();
         Ok((take, unit))
@@ -354,7 +372,60 @@ impl Reader {
     }
 }
 
+impl Partial {
+    /// A frame still arriving: refuse a continuation that would take its message over
+    /// the limit (before buffering it), and for text unmask what came and fail at once on
+    /// a byte that can never be valid UTF-8 (the frame is checked whole again when
+    /// complete). Each byte is unmasked and scanned once, however the frame is cut.
+    fn check_so_far(&mut self, limits: &Limits) -> Result<(), Violation> {
+        let Some(h) = parse_header(&self.frame, limits)? else {
+            return Ok(());
+        };
+        if let (OP_CONTINUATION, Some(m)) = (h.opcode, &self.message) {
+            if m.data.len() + h.payload > limits.max_message {
+                return Err(Violation::TooBig);
+            }
+        }
+        // A continuation may first finish a character the message's last fragment began:
+        // those bytes are checked with the message when the frame completes.
+        let skip = match h.opcode {
+            OP_TEXT => 0,
+            OP_CONTINUATION => match &self.message {
+                Some(m) if m.text => m.unfinished_char_rest(),
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let payload = &mut self.frame[h.len..];
+        let done = self.unmasked;
+        unmask_from(&mut payload[done..], h.mask, done);
+        self.unmasked = payload.len();
+        self.checked = self.checked.max(skip);
+        if payload.len() <= self.checked {
+            return Ok(());
+        }
+        match std::str::from_utf8(&payload[self.checked..]) {
+            Ok(_) => self.checked = payload.len(),
+            Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
+            Err(e) => self.checked += e.valid_up_to(),
+        }
+        Ok(())
+    }
+}
+
 impl Fragments {
+    /// Bytes still missing from a character the data so far ends inside (0 to 3).
+    fn unfinished_char_rest(&self) -> usize {
+        let tail = &self.data[self.valid..];
+        let want: usize = match tail.first() {
+            Some(0xC0..=0xDF) => 2,
+            Some(0xE0..=0xEF) => 3,
+            Some(0xF0..=0xF7) => 4,
+            _ => return 0,
+        };
+        want.saturating_sub(tail.len())
+    }
+
     fn extend(&mut self, more: &[u8], limits: &Limits) -> Result<(), Violation> {
         if self.data.len() + more.len() > limits.max_message {
             return Err(Violation::TooBig);
@@ -505,6 +576,50 @@ mod tests {
         assert_eq!(
             decode(&frame(true, OP_CLOSE, &[0x03, 0xe8, 0xff]), 64, &LIMITS),
             Err(Violation::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_fails_when_it_arrives_not_when_its_frame_ends() {
+        let hdr = 6;
+        let f = frame(true, OP_TEXT, &[b'a', b'b', 0xff, b'c', b'd', b'e']);
+        let mut r = Reader::default();
+        assert_eq!(
+            r.next(&mut f[..hdr + 2].to_vec(), &LIMITS).unwrap(),
+            (hdr + 2, None)
+        );
+        assert_eq!(
+            r.next(&mut f[hdr + 2..hdr + 3].to_vec(), &LIMITS),
+            Err(Violation::InvalidUtf8)
+        );
+        // In a continuation that first finishes a character its message began ("€" is
+        // e2 82 ac): those bytes pass, the bad one after them fails on arrival.
+        let mut r = Reader::default();
+        let mut first = frame(false, OP_TEXT, &[b'a', 0xe2]);
+        assert_eq!(r.next(&mut first, &LIMITS).unwrap(), (first.len(), None));
+        let c = frame(true, OP_CONTINUATION, &[0x82, 0xac, b'x', 0xff, b'y']);
+        for i in 0..hdr + 3 {
+            assert_eq!(
+                r.next(&mut c[i..i + 1].to_vec(), &LIMITS).unwrap(),
+                (1, None)
+            );
+        }
+        assert_eq!(
+            r.next(&mut c[hdr + 3..hdr + 4].to_vec(), &LIMITS),
+            Err(Violation::InvalidUtf8)
+        );
+        // A continuation over the message limit is refused from its header.
+        let small = Limits {
+            max_frame: 100,
+            max_message: 150,
+        };
+        let mut r = Reader::default();
+        let mut first = frame(false, OP_BINARY, &[0u8; 100]);
+        r.next(&mut first, &small).unwrap();
+        let c = frame(true, OP_CONTINUATION, &[0u8; 60]);
+        assert_eq!(
+            r.next(&mut c[..hdr].to_vec(), &small),
+            Err(Violation::TooBig)
         );
     }
 

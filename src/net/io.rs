@@ -311,6 +311,15 @@ impl<A: App> Shard<A> {
         match drain_queue(&mut conn.io, &mut ws.out, metrics) {
             // Our answer to the peer's close is out: the server closes TCP first.
             Drain::Done if ws.finish => Io::Closed,
+            // Failed for a violation, our close frame is out: send FIN now (a lingering
+            // close), so that the peer closes its side and the discarding reader sees EOF,
+            // instead of both ends waiting for the other until the linger runs out.
+            Drain::Done if ws.discard && !ws.write_shut => {
+                ws.write_shut = true;
+                conn.io.send_close_notify();
+                let _ = conn.io.socket().shutdown(std::net::Shutdown::Write);
+                Io::Blocked
+            }
             Drain::Done => Io::Blocked,
             Drain::Blocked => {
                 ws.blocked = true;

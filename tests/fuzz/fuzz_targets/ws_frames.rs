@@ -1,57 +1,50 @@
-//! The WebSocket read path as a shard drives it: confab's own `WebSocketConfig` (limits,
-//! 512-byte read buffer, masked frames required), bytes arriving in arbitrary pieces,
-//! `read` until the input runs dry or the connection fails — then no more reads, as
-//! `net/io.rs` does after a violation.
+//! The shard's frame reader (`net::frame::Reader`) as `net/io.rs` drives it: confab's
+//! default limits, bytes arriving in pieces of fuzzed size, `next` until a piece is used
+//! up, no more input after a violation. The oracle: the same bytes in one piece decode to
+//! the same units, or fail with the same violation — where a frame is cut must not matter.
 #![no_main]
 
-use std::io::{self, Read, Write};
-
+use confab::net::frame::{Limits, Reader, Unit, Violation};
 use libfuzzer_sys::fuzz_target;
-use tungstenite::protocol::{Role, WebSocketContext};
 
-/// Input delivered in chunks whose sizes come from the input itself.
-struct Chunked<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl Read for Chunked<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.data.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+/// Everything `input` decodes to, fed in pieces of `step` bytes.
+fn decode(input: &[u8], step: usize, limits: &Limits) -> (Vec<Unit>, Option<Violation>) {
+    let mut r = Reader::default();
+    let mut out = Vec::new();
+    for piece in input.chunks(step) {
+        let mut piece = piece.to_vec();
+        let mut pos = 0;
+        while pos < piece.len() {
+            match r.next(&mut piece[pos..], limits) {
+                Ok((used, unit)) => {
+                    assert!(used > 0, "no progress on a non-empty input");
+                    pos += used;
+                    out.extend(unit);
+                }
+                Err(v) => return (out, Some(v)),
+            }
         }
-        let n = self.step.min(buf.len()).min(self.data.len()).max(1);
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
     }
-}
-
-impl Write for Chunked<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    (out, None)
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
-    let cfg = confab::Config::defaults();
-    let ws_cfg = confab::server::ws_config(&cfg, cfg.ws.max_message_bytes, cfg.ws.out_queue_max_bytes);
-    let mut ctx = WebSocketContext::new(Role::Server, Some(ws_cfg));
-    let mut io = Chunked {
-        data: rest,
-        step: usize::from(step) + 1,
-    };
-    for _ in 0..10_000 {
-        match ctx.read(&mut io) {
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => return,
+    // Small limits too, so that the size checks are reached by short inputs.
+    let limits = if step & 0x80 == 0 {
+        Limits {
+            max_frame: 65536,
+            max_message: 65536,
         }
-    }
+    } else {
+        Limits {
+            max_frame: 100,
+            max_message: 300,
+        }
+    };
+    let whole = decode(rest, rest.len().max(1), &limits);
+    let cut = decode(rest, usize::from(step & 0x7f) + 1, &limits);
+    assert_eq!(whole, cut);
 });
