@@ -288,6 +288,8 @@ impl Reader {
             Some(h) => (h.len + h.payload - p.frame.len()).min(input.len()),
             None => header_wanted(&p.frame).min(input.len()),
         };
+        // Grown as bytes arrive (a doubling at most), never reserved from the header's
+        // length: a client that announces a big frame and sends one byte costs one byte.
         p.frame.extend_from_slice(&input[..take]);
         let Some(h) = parse_header(&p.frame, limits)? else {
             return Ok((take, None));
