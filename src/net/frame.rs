@@ -24,6 +24,11 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
+const NEW_INSIDE_FRAGMENTED: Violation =
+    Violation::Protocol("a new message inside a fragmented one");
+const CONTINUATION_WITHOUT_MESSAGE: Violation =
+    Violation::Protocol("continuation frame without a message");
+
 /// Sizes one endpoint accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -318,7 +323,7 @@ impl Reader {
         match h.opcode {
             OP_TEXT | OP_BINARY => {
                 if self.in_message() {
-                    return Err(Violation::Protocol("a new message inside a fragmented one"));
+                    return Err(NEW_INSIDE_FRAGMENTED);
                 }
                 let text = h.opcode == OP_TEXT;
                 if h.fin {
@@ -336,10 +341,10 @@ impl Reader {
             OP_CONTINUATION => {
                 let p = self.partial.as_mut();
                 let Some(message) = p.map(|p| &mut p.message) else {
-                    return Err(Violation::Protocol("continuation frame without a message"));
+                    return Err(CONTINUATION_WITHOUT_MESSAGE);
                 };
                 let Some(f) = message.as_mut() else {
-                    return Err(Violation::Protocol("continuation frame without a message"));
+                    return Err(CONTINUATION_WITHOUT_MESSAGE);
                 };
                 f.extend(payload, limits)?;
                 if !h.fin {
@@ -383,10 +388,15 @@ impl Partial {
         let Some(h) = parse_header(&self.frame, limits)? else {
             return Ok(());
         };
-        if let (OP_CONTINUATION, Some(m)) = (h.opcode, &self.message) {
-            if m.data.len() + h.payload > limits.max_message {
-                return Err(Violation::TooBig);
+        // What the whole frame would be refused for, refused from its header (the same
+        // violation, however the frame is cut: the fuzz target's oracle).
+        match (h.opcode, &self.message) {
+            (OP_TEXT | OP_BINARY, Some(_)) => return Err(NEW_INSIDE_FRAGMENTED),
+            (OP_CONTINUATION, None) => return Err(CONTINUATION_WITHOUT_MESSAGE),
+            (OP_CONTINUATION, Some(m)) if m.data.len() + h.payload > limits.max_message => {
+                return Err(Violation::TooBig)
             }
+            _ => {}
         }
         // A continuation may first finish a character the message's last fragment began:
         // those bytes are checked with the message when the frame completes.
@@ -623,6 +633,29 @@ mod tests {
             r.next(&mut c[..hdr].to_vec(), &small),
             Err(Violation::TooBig)
         );
+    }
+
+    /// Found by the fuzz target: a new text message inside a fragmented one, its bytes
+    /// not valid UTF-8, was refused for its UTF-8 when cut and for its place when whole.
+    #[test]
+    fn a_frame_is_refused_for_the_same_reason_however_it_is_cut() {
+        let mut input = frame(false, OP_BINARY, b"a");
+        input.extend(frame(true, OP_TEXT, &[0xff, 0xfe, 0x41]));
+        input.extend(frame(true, OP_CONTINUATION, b""));
+        for step in 1..input.len() {
+            assert_eq!(
+                decode(&input, step, &LIMITS),
+                Err(NEW_INSIDE_FRAGMENTED),
+                "step {step}"
+            );
+        }
+        let input = frame(true, OP_CONTINUATION, &[0xff; 20]);
+        for step in 1..input.len() {
+            assert_eq!(
+                decode(&input, step, &LIMITS),
+                Err(CONTINUATION_WITHOUT_MESSAGE)
+            );
+        }
     }
 
     #[test]
