@@ -65,6 +65,7 @@ pub enum ConnMsg {
         id: Option<String>,
         conversation_id: Arc<str>,
         replay: Box<Replay>,
+        history_end: Option<i64>,
     },
     /// The room list for the `connected` event was read.
     Connected {
@@ -299,7 +300,7 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             conversation_id,
             ack,
         } => {
-            crate::chat::confirm_subscription(sh, slot, &conversation_id);
+            crate::subscribe::confirm_subscription(sh, slot, &conversation_id);
             sh.send_encoded(slot, &ack);
         }
         ConnMsg::Refused {
@@ -307,7 +308,7 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             error,
         } => {
             if let Some(conv) = conversation_id {
-                crate::chat::drop_pending(sh, slot, &conv);
+                crate::subscribe::drop_pending(sh, slot, &conv);
             }
             sh.send(slot, &error);
         }
@@ -334,7 +335,8 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             id,
             conversation_id,
             replay,
-        } => crate::chat::finish_replay(sh, slot, &conversation_id, *replay, id),
+            history_end,
+        } => crate::subscribe::finish_replay(sh, slot, &conversation_id, *replay, id, history_end),
         ConnMsg::Connected {
             user,
             rooms,
@@ -360,7 +362,7 @@ fn on_conn_msg(sh: &mut Shard, slot: usize, id: ConnId, m: ConnMsg) {
             after_seq,
             rows,
             has_more,
-        } => crate::chat::backfilled(sh, slot, conversation_id, after_seq, rows, has_more),
+        } => crate::subscribe::backfilled(sh, slot, conversation_id, after_seq, rows, has_more),
         ConnMsg::UploadDone { file_id, event } => {
             crate::uploads::forget(sh, slot, &file_id);
             if let Some(ev) = event {

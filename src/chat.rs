@@ -1,11 +1,12 @@
-//! Conversations on a native connection: `chat`, `stop`, `subscribe`, `unsubscribe`,
-//! `read`, `typing` (rooms are in `rooms.rs`).
+//! Conversations on a native connection: `chat`, `stop`, `read`, `typing`, and the
+//! dispatch of every conversation command (rooms are in `rooms.rs`, subscriptions in
+//! `subscribe.rs`).
 //!
 //! Runs on the shard. Writes go to the store writer with `try_write` as typed commands;
 //! after COMMIT, `completion.rs` routes the results: an ack (`ConnMsg::Acked`) to the
 //! asking connection's shard, the message to every subscriber through the topics, the
-//! reply to the generation pool (`after_chat`). Reads (replay) go to the read pool the
-//! same way and come back as `ConnMsg::Replayed`.
+//! reply to the generation pool (`after_chat`). Subscriptions, their replays and the 000
+//! backfill are `subscribe.rs`.
 //!
 //! **Tentative subscriptions.** A connection that writes to (or subscribes to) a
 //! conversation is registered for its live events *before* the store is asked, in state
@@ -14,7 +15,6 @@
 //! the fan-out race-free: the hub knows this shard wants the conversation before any
 //! event about the new message can be published.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::app::{ConnMsg, Shard, ShardExt};
@@ -22,14 +22,13 @@ use crate::auth::User;
 use crate::completion::{ChatReply, Reply};
 use crate::generation::Generation;
 use crate::net::{ConnId, MayBlock};
-use crate::protocol::{now_rfc3339, ChatRequest, ClientMsg, ErrorCode, Event, MessageView};
+use crate::protocol::{now_rfc3339, ChatRequest, ClientMsg, ErrorCode, Event};
 use crate::server::ServerCtx;
 use crate::session::AutoJoin;
 use crate::session::{connected_event, send_error, send_error_retry};
-use crate::store::read::Replay;
 use crate::store::writer::{self, ChatInput};
 use crate::store::{ReadCmd, WriteCmd};
-use crate::subscription::{Held, ReplayCover, Subscription};
+use crate::subscribe::{backfill, drop_pending, subscribe, subscribe_pending, unsubscribe};
 use crate::topic::{topic_event, TopicKind};
 
 pub fn dispatch(
@@ -45,7 +44,15 @@ pub fn dispatch(
         ClientMsg::Subscribe {
             conversation_id,
             after_seq,
-        } => subscribe(shard, slot, user, id, Arc::from(conversation_id), after_seq),
+        } => subscribe(
+            shard,
+            slot,
+            user,
+            id,
+            Arc::from(conversation_id),
+            after_seq,
+            None,
+        ),
         ClientMsg::Unsubscribe { conversation_id } => {
             unsubscribe(shard, slot, id, &conversation_id)
         }
@@ -101,67 +108,6 @@ pub fn random_id(prefix: &str) -> String {
         b[8..].copy_from_slice(&(n as u32).to_le_bytes());
     }
     format!("{prefix}{}", crate::protocol::hex(&b))
-}
-
-// ---------------------------------------------------------------- subscriptions
-
-/// Register `slot` for `conv`'s live events, buffering until confirmed.
-/// Returns false when it was already subscribed (live or pending).
-pub fn subscribe_pending(shard: &mut Shard, slot: usize, conv: &Arc<str>) -> bool {
-    let fresh = {
-        let Some(ws) = shard.session_mut(slot) else {
-            return false;
-        };
-        if ws.subs.contains_key(conv) {
-            false
-        } else {
-            ws.subs.insert(conv.clone(), Subscription::pending());
-            true
-        }
-    };
-    if fresh {
-        shard.subscribe(conv, slot);
-    }
-    fresh
-}
-
-/// The store confirmed access: deliver what buffered, go live.
-pub fn confirm_subscription(shard: &mut Shard, slot: usize, conv: &Arc<str>) {
-    let (deliver, registered) = {
-        let Some(ws) = shard.session_mut(slot) else {
-            return;
-        };
-        let registered = ws.subs.contains_key(conv);
-        let sub = ws
-            .subs
-            .get_or_insert_with(conv.clone(), Subscription::pending);
-        (sub.confirm(), registered)
-    };
-    if !registered {
-        // Not registered before (e.g. a conversation created elsewhere).
-        shard.subscribe(conv, slot);
-    }
-    for ev in deliver {
-        crate::topic::deliver(shard, slot, &ev);
-    }
-}
-
-/// The store refused: forget a pending subscription (and what it buffered).
-pub fn drop_pending(shard: &mut Shard, slot: usize, conv: &str) {
-    let was_pending = {
-        let Some(ws) = shard.session_mut(slot) else {
-            return;
-        };
-        if ws.subs.get(conv).is_some_and(Subscription::is_pending) {
-            ws.subs.remove(conv);
-            true
-        } else {
-            false
-        }
-    };
-    if was_pending {
-        shard.unsubscribe(conv, slot);
-    }
 }
 
 /// The conversation of `room` as joined on this connection; else `FORBIDDEN` is sent
@@ -409,210 +355,6 @@ fn stop(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, co
         );
     }
     // The answer is the reply's `complete` with finish_reason "cancelled".
-}
-
-// ---------------------------------------------------------------- subscribe / replay
-
-/// Subscribe with replay. `then` runs on the shard after `subscribed` (rooms use it).
-pub fn subscribe(
-    shard: &mut Shard,
-    slot: usize,
-    user: &Arc<User>,
-    id: Option<String>,
-    conv: Arc<str>,
-    after_seq: i64,
-) {
-    let Some(conn_id) = shard.conn_id(slot) else {
-        return;
-    };
-    {
-        let Some(ws) = shard.session_mut(slot) else {
-            return;
-        };
-        if ws.subs.get(&conv).is_some_and(Subscription::is_pending) {
-            return send_error(
-                shard,
-                slot,
-                ErrorCode::BadRequest,
-                "a subscribe to this conversation is already in progress",
-                id,
-            );
-        }
-        // Re-subscribing replays again from the given seq.
-        ws.subs.insert(conv.clone(), Subscription::pending());
-    }
-    shard.subscribe(&conv, slot);
-    let cmd = ReadCmd::Replay {
-        conversation_id: conv.to_string(),
-        user_id: user.id.clone(),
-        admin: user.admin,
-        after_seq,
-        limit: shard.app().cfg.store.replay_max,
-    };
-    let reply = Reply::Replay {
-        conn: conn_id,
-        id: id.clone(),
-        conversation_id: conv.clone(),
-    };
-    if shard.app().store.try_read(cmd, reply).is_err() {
-        drop_pending(shard, slot, &conv);
-        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", id, 0.5);
-    }
-}
-
-pub fn finish_replay(
-    shard: &mut Shard,
-    slot: usize,
-    conv: &Arc<str>,
-    r: Replay,
-    id: Option<String>,
-) {
-    let mut held: HashMap<i64, Held> = HashMap::new();
-    let first_seq = r.rows.first().map(|m| m.seq);
-    for row in &r.rows {
-        let mut view: MessageView = row.view();
-        if row.status == "streaming" {
-            // The checkpointed content may lag; the snapshot is exact. No snapshot: the
-            // reply had not produced a token when we looked.
-            let (content, tokens) = r.snapshots.get(&row.id).cloned().unwrap_or_default();
-            view.content = content;
-            held.insert(row.id, Held::Streaming { tokens });
-        } else {
-            held.insert(row.id, Held::Final);
-        }
-        let ev = Event::MessageAdded {
-            conversation_id: conv.to_string(),
-            room_id: r.room_id.clone(),
-            message: view,
-            replayed: Some(true),
-        };
-        shard.send(slot, &ev);
-    }
-    let last = r
-        .last_seq
-        .max(r.rows.iter().map(|m| m.seq).max().unwrap_or(0));
-    let more = r.more;
-    shard.send(
-        slot,
-        &Event::Subscribed {
-            id,
-            conversation_id: conv.to_string(),
-            last_seq: last,
-            room_id: r.room_id.clone(),
-            more: more.then_some(true),
-            first_seq: if more { first_seq } else { None },
-        },
-    );
-    // Replies that ended recently may still have events in flight to us.
-    let recent = crate::protocol::now_ms() - 60_000;
-    let recent_finals: Vec<i64> = r
-        .rows
-        .iter()
-        .filter(|m| m.role == "assistant" && m.status != "streaming" && m.updated_at >= recent)
-        .map(|m| m.id)
-        .collect();
-    #[cfg(feature = "cluster")]
-    if let Some(c) = &shard.app().cluster {
-        c.order
-            .lock()
-            .track(conv, r.last_seq, std::time::Instant::now());
-    }
-    let cover = ReplayCover {
-        last_seq: r.last_seq,
-        delivered_seq: last,
-        held,
-        recent_finals,
-    };
-    // Unsubscribed (or the room closed) while the replay was read: stay gone.
-    let deliver = match shard.session_mut(slot).and_then(|ws| ws.subs.get_mut(conv)) {
-        Some(sub) => sub.replayed(cover),
-        None => return,
-    };
-    for ev in deliver {
-        crate::topic::deliver(shard, slot, &ev);
-    }
-}
-
-// ---------------------------------------------------------------- backfill (000)
-
-/// The whole history of `conv` after `after_seq`, oldest first, as replayed
-/// `message_added`s in pages of `store.max_page`, then a subscription from where the pages
-/// ended (its replay covers what was committed meanwhile, and a reply still streaming).
-/// For a dialect that promises every stored message (000): a native `subscribe` replays
-/// at most `store.replay_max`. A client slower than the pages is closed 1013 by its
-/// out-queue like any slow reader; memory stays bounded.
-fn backfill(shard: &mut Shard, slot: usize, user: &Arc<User>, conv: Arc<str>, after_seq: i64) {
-    let Some(conn) = shard.conn_id(slot) else {
-        return;
-    };
-    let cmd = ReadCmd::History {
-        conversation_id: conv.to_string(),
-        alias: None,
-        user_id: user.id.clone(),
-        admin: user.admin,
-        before_seq: None,
-        after_seq: Some(after_seq),
-        limit: shard.app().cfg.store.max_page,
-    };
-    let reply = Reply::Backfill {
-        conn,
-        conversation_id: conv,
-        after_seq,
-    };
-    if shard.app().store.try_read(cmd, reply).is_err() {
-        send_error_retry(shard, slot, ErrorCode::Busy, "the store is busy", None, 0.5);
-    }
-}
-
-/// A page of backfill arrived: show it, then the next page or the live subscription.
-pub fn backfilled(
-    shard: &mut Shard,
-    slot: usize,
-    conv: Arc<str>,
-    after_seq: i64,
-    rows: Vec<crate::store::read::MessageRow>,
-    has_more: bool,
-) {
-    let Some(user) = shard.session(slot).and_then(|s| s.user.clone()) else {
-        return;
-    };
-    let mut last = after_seq;
-    for row in rows {
-        // A reply still being written: the subscription's replay carries its exact text.
-        if row.status == "streaming" {
-            return subscribe(shard, slot, &user, None, conv, row.seq - 1);
-        }
-        last = row.seq;
-        let ev = Event::MessageAdded {
-            conversation_id: conv.to_string(),
-            room_id: None,
-            message: row.view(),
-            replayed: Some(true),
-        };
-        shard.send(slot, &ev);
-    }
-    if has_more && last > after_seq {
-        backfill(shard, slot, &user, conv, last)
-    } else {
-        subscribe(shard, slot, &user, None, conv, last)
-    }
-}
-
-fn unsubscribe(shard: &mut Shard, slot: usize, id: Option<String>, conv: &str) {
-    let had = shard
-        .session_mut(slot)
-        .map(|ws| ws.subs.remove(conv).is_some())
-        .unwrap_or(false);
-    if had {
-        shard.unsubscribe(conv, slot);
-    }
-    shard.send(
-        slot,
-        &Event::Unsubscribed {
-            id,
-            conversation_id: conv.to_string(),
-        },
-    );
 }
 
 // ---------------------------------------------------------------- receipts, typing

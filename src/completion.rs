@@ -58,10 +58,13 @@ pub enum Reply {
         conn: ConnId,
         id: Option<String>,
         conversation_id: Arc<str>,
+        /// Rows after this seq came after the history the client was sent (`backfill`):
+        /// they are shown as new, not replayed.
+        history_end: Option<i64>,
     },
     /// An HTTP request waiting in `HttpWait`.
     Http { conn: ConnId, then: HttpThen },
-    /// A page of history for a backfilling connection (`chat::backfill`).
+    /// A page of history for a backfilling connection (`subscribe::backfill`).
     Backfill {
         conn: ConnId,
         conversation_id: Arc<str>,
@@ -295,6 +298,7 @@ impl Completions<Reply> for ServerCtx {
                     conn,
                     id,
                     conversation_id,
+                    history_end,
                 },
                 Ok(ReadDone::Replay(replay)),
             ) => self.to_shard(
@@ -303,6 +307,7 @@ impl Completions<Reply> for ServerCtx {
                     id,
                     conversation_id,
                     replay: Box::new(replay),
+                    history_end,
                 },
             ),
             (
@@ -310,6 +315,7 @@ impl Completions<Reply> for ServerCtx {
                     conn,
                     id,
                     conversation_id,
+                    ..
                 },
                 Err(e),
             ) => {

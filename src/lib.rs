@@ -49,6 +49,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod subscribe;
 pub mod subscription;
 pub mod topic;
 pub mod uploads;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::app::{Shard, ShardExt};
 use crate::auth::User;
-use crate::chat::{new_conversation_id, subscribe};
+use crate::chat::new_conversation_id;
 use crate::completion::Reply;
 use crate::net::ConnId;
 use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
@@ -19,6 +19,7 @@ use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
 use crate::store::writer;
 use crate::store::WriteCmd;
+use crate::subscribe::subscribe;
 
 pub fn join(
     shard: &mut Shard,
@@ -104,7 +105,7 @@ pub fn joined(
         .session_mut(slot)
         .is_some_and(|ws| ws.subs.contains_key(&conv));
     if !already_live || after_seq.is_some() {
-        subscribe(shard, slot, user, None, conv, from);
+        subscribe(shard, slot, user, None, conv, from, None);
     }
 }
 

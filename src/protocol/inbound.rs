@@ -101,7 +101,7 @@ pub enum ClientMsg {
     },
     FileUpload(Upload),
     /// Not on the wire: a dialect (000) asking for a conversation's whole history, oldest
-    /// first, in pages, and then to follow it live (`chat::backfill`).
+    /// first, in pages, and then to follow it live (`subscribe::backfill`).
     Backfill {
         conversation_id: String,
         after_seq: i64,

@@ -145,9 +145,15 @@ impl Client {
         self.ws.send(Message::text(s.to_string())).expect("send");
     }
 
-    /// The next JSON event (heartbeats skipped).
+    /// The next JSON event (heartbeats skipped), within [`WAIT`]: a server that sends
+    /// only heartbeats fails the test instead of keeping it waiting forever.
     pub fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + WAIT;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "no event but heartbeats within {WAIT:?}"
+            );
             match self.ws.read().expect("read an event") {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).expect("event is JSON");
