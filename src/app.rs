@@ -179,7 +179,9 @@ impl App for ServerCtx {
         let Some(s) = sh.session_mut(slot) else {
             return;
         };
-        let (user, auto_join) = (s.user.clone(), s.auto_join.take().map(|a| *a));
+        let auto_join = s.extras.as_mut().and_then(|e| e.auto_join.take());
+        s.tidy();
+        let user = s.user.clone();
         // A dialect reports a refused upgrade in its own form, then closes.
         if let Some((code, message)) = s.dialect.as_mut().and_then(|d| d.auth_failure.take()) {
             sh.app().metrics.error(code);

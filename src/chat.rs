@@ -167,7 +167,8 @@ fn chat(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String>, re
     let ai_room = match &req.room_id {
         Some(r) => shard
             .session_mut(slot)
-            .is_some_and(|ws| ws.ai_rooms.iter().any(|a| **a == **r)),
+            .and_then(|ws| ws.extras())
+            .is_some_and(|e| e.ai_rooms.iter().any(|a| **a == **r)),
         None => false,
     };
     let wants_ai = req.ai.unwrap_or(req.room_id.is_none() || ai_room);
@@ -442,10 +443,12 @@ fn typing(
             );
         };
         if on {
-            ws.typing
+            ws.extras_mut()
+                .typing
                 .insert(t.clone(), std::time::Instant::now() + timeout);
-        } else {
-            ws.typing.remove(&t);
+        } else if let Some(e) = ws.extras.as_mut() {
+            e.typing.remove(&t);
+            ws.tidy();
         }
         t
     };

@@ -70,8 +70,11 @@ pub fn joined(
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        if room.ai && !ws.ai_rooms.contains(&room_key) {
-            ws.ai_rooms.push(room_key.clone());
+        if room.ai {
+            let ai_rooms = &mut ws.extras_mut().ai_rooms;
+            if !ai_rooms.contains(&room_key) {
+                ai_rooms.push(room_key.clone());
+            }
         }
         ws.rooms.insert(room_key.clone(), conv.clone()).is_some()
     };
@@ -114,7 +117,10 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        ws.ai_rooms.retain(|r| &**r != room_id);
+        if let Some(e) = ws.extras.as_mut() {
+            e.ai_rooms.retain(|r| &**r != room_id);
+        }
+        ws.tidy();
         let Some(conv) = ws.rooms.remove(room_id) else {
             return send_error(
                 shard,
@@ -125,7 +131,11 @@ pub fn leave(shard: &mut Shard, slot: usize, user: &Arc<User>, id: Option<String
             );
         };
         ws.subs.remove(&conv);
-        let was_typing = ws.typing.remove(&conv).is_some();
+        let was_typing = ws
+            .extras
+            .as_mut()
+            .is_some_and(|e| e.typing.remove(&conv).is_some());
+        ws.tidy();
         (conv, was_typing)
     };
     let (conv, was_typing) = conv;

@@ -419,7 +419,9 @@ fn upgrade(
     let now = std::time::Instant::now();
     let authed = user.is_some();
     let mut session = Session::new(kind, codec, user, now);
-    session.auto_join = auto_join.map(Box::new);
+    if let Some(a) = auto_join {
+        session.extras_mut().auto_join = Some(a);
+    }
     if kind == WsKind::Protocol && !authed {
         session.auth_deadline = Some(now + ctx.cfg.auth.auth_timeout);
     }

@@ -47,9 +47,6 @@ pub struct Session {
     /// `codec::CODECS` (one byte here instead of a 16-byte trait object per connection).
     codec_id: u8,
     pub user: Option<Arc<User>>,
-    /// Joined when the WebSocket opens (from the upgrade's query string). Boxed: most
-    /// connections have none, and every byte here is paid per idle connection.
-    pub auto_join: Option<Box<AutoJoin>>,
     /// No token yet: the time to send `{"type":"auth"}` by.
     pub auth_deadline: Option<Instant>,
     /// When the token expires (then TOKEN_EXPIRED is sent) and, after it, the grace end.
@@ -62,18 +59,53 @@ pub struct Session {
     pub subs: VecMap<Arc<str>, Subscription>,
     /// Rooms joined on this connection (room id → its conversation id).
     pub rooms: VecMap<Arc<str>, Arc<str>>,
+    /// What few connections have, boxed: every byte inline here is paid by every idle
+    /// connection (`extras_mut` makes it, `tidy` drops it once empty).
+    pub extras: Option<Box<Extras>>,
+    /// A seed document's protocol on this connection (`dialect/`); `None`: native. Set
+    /// with `set_dialect`, which also marks `codec_id` (what the per-delivery check reads).
+    pub dialect: Option<Box<crate::dialect::Dialect>>,
+}
+
+/// What few connections have: boxed in [`Session::extras`].
+#[derive(Default)]
+pub struct Extras {
+    /// Joined when the WebSocket opens (from the upgrade's query string).
+    pub auto_join: Option<AutoJoin>,
     /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
     pub ai_rooms: Vec<Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
     pub typing: VecMap<Arc<str>, Instant>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
     pub uploads: Vec<crate::uploads::OpenUpload>,
-    /// A seed document's protocol on this connection (`dialect/`); `None`: native. Set
-    /// with `set_dialect`, which also marks `codec_id` (what the per-delivery check reads).
-    pub dialect: Option<Box<crate::dialect::Dialect>>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.auto_join.is_none()
+            && self.ai_rooms.is_empty()
+            && self.typing.is_empty()
+            && self.uploads.is_empty()
+    }
 }
 
 impl Session {
+    pub fn extras(&self) -> Option<&Extras> {
+        self.extras.as_deref()
+    }
+
+    /// The extras, made on first use.
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Drop the extras once they hold nothing.
+    pub fn tidy(&mut self) {
+        if self.extras.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extras = None;
+        }
+    }
+
     pub fn new(
         kind: WsKind,
         codec: &'static dyn Codec,
@@ -84,7 +116,6 @@ impl Session {
             kind,
             codec_id: codec.id() as u8,
             user,
-            auto_join: None,
             auth_deadline: None,
             expiry_at: None,
             expiry_warned: false,
@@ -93,9 +124,7 @@ impl Session {
             strikes_window: now,
             subs: VecMap::new(),
             rooms: VecMap::new(),
-            ai_rooms: Vec::new(),
-            typing: VecMap::new(),
-            uploads: Vec::new(),
+            extras: None,
             dialect: None,
         }
     }
@@ -122,7 +151,8 @@ impl Session {
         [
             self.auth_deadline,
             self.expiry_at,
-            self.typing.values().min().copied(),
+            self.extras()
+                .and_then(|e| e.typing.values().min().copied()),
         ]
         .into_iter()
         .flatten()
@@ -523,15 +553,19 @@ pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
         let Some(ws) = shard.session_mut(slot) else {
             return;
         };
-        let e: Vec<Arc<str>> = ws
+        let Some(extras) = ws.extras.as_mut() else {
+            return;
+        };
+        let e: Vec<Arc<str>> = extras
             .typing
             .iter()
             .filter(|(_, t)| **t <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in &e {
-            ws.typing.remove(k);
+            extras.typing.remove(k);
         }
+        ws.tidy();
         e
     };
     for conv in expired {
@@ -545,7 +579,11 @@ pub fn room_closed_locally(shard: &mut Shard, slot: usize, room_id: Arc<str>, co
     if let Some(ws) = shard.session_mut(slot) {
         let was_in = ws.rooms.remove(&room_id).is_some();
         ws.subs.remove(&conv);
-        ws.typing.remove(&conv);
+        if let Some(e) = ws.extras.as_mut() {
+            e.typing.remove(&conv);
+            e.ai_rooms.retain(|r| *r != room_id);
+        }
+        ws.tidy();
         if let (true, Some(u)) = (was_in, &ws.user) {
             if ctx.hub.presence_remove(&conv, &u.id) {
                 ctx.presence_changed(&room_id, &conv, u, false, false);
@@ -627,10 +665,12 @@ pub fn on_close(shard: &mut Shard, id: ConnId, session: Session) {
         user,
         subs,
         rooms,
-        typing,
-        uploads,
+        extras,
         ..
     } = session;
+    let Extras {
+        typing, uploads, ..
+    } = extras.map(|e| *e).unwrap_or_default();
     for up in uploads {
         shard.app().uploads.abort(up.file_id);
     }

@@ -57,7 +57,7 @@ pub fn on_message(
             let Some(ws) = shard.session_mut(slot) else {
                 return;
             };
-            if ws.uploads.len() >= cfg.max_per_connection {
+            if ws.extras().map_or(0, |e| e.uploads.len()) >= cfg.max_per_connection {
                 return send_error_retry(
                     shard,
                     slot,
@@ -71,7 +71,7 @@ pub fn on_message(
                 );
             }
             let file_id: Arc<str> = Arc::from(crate::chat::random_id("f_"));
-            ws.uploads.push(OpenUpload {
+            ws.extras_mut().uploads.push(OpenUpload {
                 file_id: file_id.clone(),
                 next_chunk: 0,
                 resends: 0,
@@ -165,7 +165,8 @@ const FREE_RESENDS: u8 = 3;
 pub fn exempt_chunk(shard: &mut Shard, slot: usize, file_id: &str, index: u32) -> bool {
     let Some(up) = shard
         .session_mut(slot)
-        .and_then(|ws| ws.uploads.iter_mut().find(|u| &*u.file_id == file_id))
+        .and_then(|ws| ws.extras.as_mut())
+        .and_then(|e| e.uploads.iter_mut().find(|u| &*u.file_id == file_id))
     else {
         return false;
     };
@@ -188,8 +189,8 @@ fn open_upload(
     file_id: &str,
     id: &Option<String>,
 ) -> Option<Arc<str>> {
-    let found = shard.session_mut(slot).and_then(|ws| {
-        ws.uploads
+    let found = shard.session_mut(slot).and_then(|ws| ws.extras()).and_then(|e| {
+        e.uploads
             .iter()
             .find(|u| &*u.file_id == file_id)
             .map(|u| u.file_id.clone())
@@ -209,6 +210,9 @@ fn open_upload(
 /// The connection no longer has this upload open.
 pub fn forget(shard: &mut Shard, slot: usize, file_id: &str) {
     if let Some(ws) = shard.session_mut(slot) {
-        ws.uploads.retain(|u| &*u.file_id != file_id);
+        if let Some(e) = ws.extras.as_mut() {
+            e.uploads.retain(|u| &*u.file_id != file_id);
+        }
+        ws.tidy();
     }
 }
