@@ -151,8 +151,7 @@ impl Session {
         [
             self.auth_deadline,
             self.expiry_at,
-            self.extras()
-                .and_then(|e| e.typing.values().min().copied()),
+            self.extras().and_then(|e| e.typing.values().min().copied()),
         ]
         .into_iter()
         .flatten()

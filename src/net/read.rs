@@ -49,8 +49,11 @@ impl<A: App> Shard<A> {
             let Phase::Ws(ws) = &mut conn.phase else {
                 return Io::Blocked;
             };
-            if ws.discard {
-                return discard_input(&mut conn.io);
+            if ws.discard || ws.finish {
+                return match discard_input(&mut conn.io) {
+                    Discarded::Done(io) => io,
+                    Discarded::More => self.read_later(slot, &[]),
+                };
             }
             (ws.reader.take_unread(), plain)
         };
@@ -135,8 +138,8 @@ impl<A: App> Shard<A> {
                     return Decoded::Stop(Io::Blocked);
                 };
                 if ws.discard || ws.finish {
-                    // Closed for a violation (input is discarded from now on), or the
-                    // peer's close is answered (nothing it sends after it counts).
+                    // Failed for a violation, or the peer's close is answered: the rest
+                    // is read and thrown away (`discard_input`).
                     return Decoded::Stop(Io::Continue);
                 }
                 let r = ws.reader.next(&mut input[pos..], &ws.limits);
@@ -250,16 +253,53 @@ impl<A: App> Shard<A> {
     }
 }
 
-/// Read and throw away whatever the peer sends (a connection closed for a violation).
-fn discard_input(io: &mut Transport) -> Io {
+/// Reads of input thrown away per turn: a peer that keeps sending after its connection
+/// was failed must not keep the shard from its other connections.
+const DISCARD_READS: usize = 16;
+
+enum Discarded {
+    Done(Io),
+    /// The budget ran out with input left: read again next turn.
+    More,
+}
+
+/// Read and throw away whatever the peer sends (a connection failed for a violation, or
+/// whose close was answered).
+fn discard_input(io: &mut impl Read) -> Discarded {
     let mut scratch = [0u8; 4096];
-    loop {
+    for _ in 0..DISCARD_READS {
         match io.read(&mut scratch) {
-            Ok(0) => return Io::Closed,
+            Ok(0) => return Discarded::Done(Io::Closed),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Discarded::Done(Io::Blocked),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Io::Closed,
+            Err(_) => return Discarded::Done(Io::Closed),
         }
+    }
+    Discarded::More
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never stops sending.
+    struct Flood;
+
+    impl Read for Flood {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            buf.fill(0x42);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn discarding_a_flood_gives_the_turn_back() {
+        assert!(matches!(discard_input(&mut Flood), Discarded::More));
+        let mut drained = io::Cursor::new(vec![0u8; 10_000]);
+        assert!(matches!(
+            discard_input(&mut drained),
+            Discarded::Done(Io::Closed)
+        ));
     }
 }

@@ -189,12 +189,15 @@ fn open_upload(
     file_id: &str,
     id: &Option<String>,
 ) -> Option<Arc<str>> {
-    let found = shard.session_mut(slot).and_then(|ws| ws.extras()).and_then(|e| {
-        e.uploads
-            .iter()
-            .find(|u| &*u.file_id == file_id)
-            .map(|u| u.file_id.clone())
-    });
+    let found = shard
+        .session_mut(slot)
+        .and_then(|ws| ws.extras())
+        .and_then(|e| {
+            e.uploads
+                .iter()
+                .find(|u| &*u.file_id == file_id)
+                .map(|u| u.file_id.clone())
+        });
     if found.is_none() {
         send_error(
             shard,
