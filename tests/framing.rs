@@ -188,3 +188,36 @@ fn frames_cut_anywhere_arrive_and_a_client_close_is_answered_then_tcp_closes() {
     let mut rest = [0u8; 64];
     assert_eq!(sock.read(&mut rest).unwrap(), 0, "TCP closed by the server");
 }
+
+/// More messages in one TCP write than the read budget lets a connection have per turn:
+/// the rest waits in the connection's reader for the next turn (`read_later`) and every
+/// message is answered, in order — including one cut across the budget's boundary.
+#[test]
+fn input_beyond_the_read_budget_is_kept_for_the_next_turn_in_order() {
+    let s = TestServer::start("frame-budget", |c| c.ws.read_budget_messages = 2);
+    let mut sock = raw_ws(&s, "alice");
+    sock.set_nodelay(true).unwrap();
+    read_until(&mut sock, b"\"connected\"");
+    let mut out = Vec::new();
+    for i in 0..40 {
+        let msg = format!(r#"{{"type":"ping","id":"b{i:02}"}}"#);
+        if i == 39 {
+            // The last one fragmented: its first half also waits with the rest.
+            let (a, b) = msg.as_bytes().split_at(8);
+            out.extend(frame(false, 0x1, a));
+            out.extend(frame(true, 0x0, b));
+        } else {
+            out.extend(frame(true, 0x1, msg.as_bytes()));
+        }
+    }
+    sock.write_all(&out).unwrap();
+    let got = read_until(&mut sock, b"\"b39\"");
+    let text = String::from_utf8_lossy(&got);
+    let order: Vec<usize> = (0..40)
+        .map(|i| {
+            text.find(&format!("\"b{i:02}\""))
+                .expect("every ping answered")
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "answered in order");
+}
