@@ -89,6 +89,49 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A message far larger than rustls's send buffer, echoed over wss: the records rustls
+/// still held when the socket filled must go out on the next writable event. They used to
+/// wait for the next frame of ours (a heartbeat, here a minute away): the echo stalled.
+#[test]
+fn a_4_mib_message_is_echoed_over_wss_without_waiting_for_a_heartbeat() {
+    let dir = temp_dir("tls-big");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let s = TestServer::start("tls-big", |c| {
+        c.tls = Some(confab::config::TlsFiles {
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+        });
+        c.server.echo_path = Some("/echo".into());
+        c.ws.heartbeat_interval = Duration::from_secs(60);
+    });
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let client_cfg = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let sock = TcpStream::connect(s.addr).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = rustls::ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap();
+    let tls = rustls::StreamOwned::new(conn, sock);
+    let url = format!("wss://localhost:{}/echo", s.addr.port());
+    let (mut ws, _) = tungstenite::client(url.into_client_request().unwrap(), tls).unwrap();
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    // Not reading for a while fills the server's socket: its writes stop with rustls
+    // holding records, which only a flush on the next writable event sends.
+    std::thread::sleep(Duration::from_millis(500));
+    match ws.read().expect("the echo within WAIT") {
+        Message::Binary(b) => assert!(b[..] == big[..], "echoed unchanged"),
+        m => panic!("{m:?}"),
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_plain_client_on_a_tls_port_is_dropped_without_harm() {
     let dir = temp_dir("tls-plain");

@@ -201,13 +201,25 @@ pub enum Drain {
 }
 
 /// Write until the queue is empty or the socket would block (vectored writes,
-/// `OutQueue::write_to`). Generic over the stream so that it is tested over in-memory
-/// streams; the shard calls it with the connection's `Transport`.
+/// `OutQueue::write_to`), then flush the stream: TLS takes frames into its records and
+/// may still hold some when the socket stopped taking them — they must go out on the next
+/// writable event even when the queue is empty by then (without this flush they waited
+/// for the next frame of ours, a heartbeat up to 30 s later). Generic over the stream so
+/// that it is tested over in-memory streams; the shard calls it with the connection's
+/// `Transport`.
 pub fn drain_queue<S: Write>(io: &mut S, out: &mut OutQueue, metrics: &NetMetrics) -> Drain {
     match out.write_to(io, metrics) {
-        Wrote::All => Drain::Done,
-        Wrote::Blocked => Drain::Blocked,
-        Wrote::Closed => Drain::Closed,
+        Wrote::All => {}
+        Wrote::Blocked => return Drain::Blocked,
+        Wrote::Closed => return Drain::Closed,
+    }
+    loop {
+        match io.flush() {
+            Ok(()) => return Drain::Done,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drain::Blocked,
+            Err(_) => return Drain::Closed,
+        }
     }
 }
 

@@ -117,18 +117,28 @@ impl Write for TlsStream {
         self.write_vectored(&[io::IoSlice::new(buf)])
     }
 
+    /// WouldBlock only when the socket itself refused bytes: that is what raises the
+    /// (edge-triggered) writable event the shard waits for. rustls's send buffer being
+    /// full is not: its records are written out and the write tried again (answering
+    /// WouldBlock there, with a socket that had room, waited for an event that never came
+    /// — the rest of a large frame sat until the next heartbeat).
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let n = self.tls.writer().write_vectored(bufs)?;
-        match self.flush_tls() {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        for _ in 0..4 {
+            let n = self.tls.writer().write_vectored(bufs)?;
+            let socket_blocked = match self.flush_tls() {
+                Ok(()) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) => return Err(e),
+            };
+            if n > 0 || bufs.iter().all(|b| b.is_empty()) {
+                return Ok(n);
+            }
+            if socket_blocked {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            // rustls's buffer was full and the socket took all of it: room now.
         }
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            // rustls's send buffer is full: the socket is what blocks.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     fn flush(&mut self) -> io::Result<()> {
