@@ -15,17 +15,22 @@ use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
-#[test]
-fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
-    let dir = temp_dir("tls-certs");
+/// A server speaking TLS with a fresh self-signed certificate for `localhost`, a client
+/// config that trusts it, and the directory holding the PEM files (removed by the caller).
+fn tls_server(
+    tag: &str,
+    tweak: impl FnOnce(&mut confab::Config),
+) -> (TestServer, Arc<rustls::ClientConfig>, std::path::PathBuf) {
+    let dir = temp_dir(&format!("{tag}-certs"));
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-    let s = TestServer::start("tls", |c| {
+    let s = TestServer::start(tag, |c| {
         c.tls = Some(confab::config::TlsFiles {
             cert_file: dir.join("cert.pem"),
             key_file: dir.join("key.pem"),
-        })
+        });
+        tweak(c);
     });
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
@@ -35,6 +40,12 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
             .with_root_certificates(roots)
             .with_no_client_auth(),
     );
+    (s, client_cfg, dir)
+}
+
+#[test]
+fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
+    let (s, client_cfg, dir) = tls_server("tls", |_| {});
 
     for _ in 0..3 {
         let sock = TcpStream::connect(s.addr).unwrap();
@@ -94,26 +105,10 @@ fn wss_with_a_self_signed_certificate_serves_the_native_protocol() {
 /// wait for the next frame of ours (a heartbeat, here a minute away): the echo stalled.
 #[test]
 fn a_4_mib_message_is_echoed_over_wss_without_waiting_for_a_heartbeat() {
-    let dir = temp_dir("tls-big");
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-    let s = TestServer::start("tls-big", |c| {
-        c.tls = Some(confab::config::TlsFiles {
-            cert_file: dir.join("cert.pem"),
-            key_file: dir.join("key.pem"),
-        });
+    let (s, client_cfg, dir) = tls_server("tls-big", |c| {
         c.server.echo_path = Some("/echo".into());
         c.ws.heartbeat_interval = Duration::from_secs(60);
     });
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let client_cfg = Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
     let sock = TcpStream::connect(s.addr).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
     let conn = rustls::ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap();

@@ -13,6 +13,7 @@
 //! failing fast inside fragments, and of close reasons (1007); frame and message sizes
 //! (1009) — checked from the header, before any of the payload is buffered.
 
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use super::close;
@@ -211,10 +212,9 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Close codes a client may send (RFC 6455 §7.4, IANA registry): as tungstenite's
-/// `CloseCode::is_allowed`.
+/// Close codes a client may send (RFC 6455 §7.4, the IANA registry): tungstenite's table.
 fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+    CloseCode::from(code).is_allowed()
 }
 
 impl Reader {
