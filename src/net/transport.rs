@@ -163,10 +163,14 @@ impl Write for Transport {
         }
     }
 
-    /// One `writev` on plain TCP; TLS takes the slices into its records.
+    /// One `sendmsg` on plain TCP (not `writev`: the socket call skips the file layer's
+    /// `vfs_writev`/`fdget_pos`, ~5% of a fan-out's CPU, BENCHMARKS.md); TLS takes the
+    /// slices into its records.
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Transport::Plain(s) => s.write_vectored(bufs),
+            Transport::Plain(s) => {
+                socket2::SockRef::from(&*s).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+            }
             Transport::Tls(t) => t.write_vectored(bufs),
         }
     }
