@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::hint::black_box;
 
-use confab::store::writer::{append_chat, ChatInput, WriterState};
+use confab::store::idempotency::Window;
+use confab::store::writer::{append_chat, ChatInput, Idempotency, WriterState};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn store(c: &mut Criterion) {
@@ -15,7 +16,9 @@ fn store(c: &mut Criterion) {
     for (label, full) in [("synchronous_normal", false), ("synchronous_full", true)] {
         let mut conn =
             confab::store::open_writer(&dir.join(format!("{label}.db")), full, 4096).unwrap();
-        let mut st = WriterState::new(86_400_000);
+        // The single box's writer: the idempotency window in memory.
+        let window = Window::new(86_400_000, 1_000_000);
+        let mut st = WriterState::new(86_400_000, Idempotency::Memory(window));
         let mut n = 0u64;
         // 100 conversations, like 100 concurrent senders.
         for k in 0..100 {
@@ -57,8 +60,10 @@ fn store(c: &mut Criterion) {
                     };
                     black_box(append_chat(&tx, &mut st, &input).unwrap());
                     tx.execute_batch("RELEASE job").unwrap();
+                    st.job_done(true);
                 }
                 tx.commit().unwrap();
+                st.batch_done(true);
             })
         });
     }

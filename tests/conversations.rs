@@ -84,6 +84,38 @@ fn a_retried_chat_id_returns_the_original_ack_and_stores_nothing_twice() {
 }
 
 #[test]
+fn the_idempotency_window_ends_with_its_time_and_at_its_cap() {
+    let s = TestServer::start("idem-window", |cfg| {
+        cfg.store.idempotency_window_s = 1;
+        cfg.store.idempotency_max_entries = 2;
+    });
+    let mut c = s.client("ivy");
+    let a = chat(&mut c, "a", None, "one");
+    let conv = a["conversation_id"].as_str().unwrap().to_string();
+    // Past the window the same id is a new message.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let again = chat(&mut c, "a", Some(&conv), "one, later");
+    assert_ne!(again["duplicate"], true, "{again}");
+    assert_ne!(again["message_id"], a["message_id"]);
+    // Inside it, a retry is the original — until two newer ids push it out of a window
+    // that holds two.
+    assert_eq!(chat(&mut c, "a", Some(&conv), "x")["duplicate"], true);
+    chat(&mut c, "b", Some(&conv), "two");
+    assert_eq!(chat(&mut c, "b", Some(&conv), "x")["duplicate"], true);
+    chat(&mut c, "c", Some(&conv), "three");
+    let pushed_out = chat(&mut c, "a", Some(&conv), "one, once more");
+    assert_ne!(pushed_out["duplicate"], true, "{pushed_out}");
+    let (st, _, body) = http_raw(s.addr, "GET", "/metrics", None, None);
+    assert_eq!(st, 200);
+    let body = String::from_utf8(body).unwrap();
+    let evicted = body
+        .lines()
+        .find_map(|l| l.strip_prefix("confab_store_idempotency_evicted_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(evicted.is_some_and(|n| n >= 1), "{body}");
+}
+
+#[test]
 fn empty_forbidden_and_unknown_conversations_are_errors() {
     let s = TestServer::start("chat-errors", |_| {});
     let mut a = s.client("owner");
@@ -364,8 +396,9 @@ fn every_acked_message_survives_kill_9_exactly_once() {
             .sign(sub, None, false, 600)
             .unwrap()
     };
-    // message_id -> (user, conversation)
-    let acked: Arc<Mutex<HashMap<i64, (String, String)>>> = Arc::default();
+    // message_id -> (user, conversation, client id)
+    type Acked = HashMap<i64, (String, String, String)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut threads = Vec::new();
     for w in 0..6 {
         let url = format!("ws://{addr}/v1/ws?token={}", sign(&format!("w{w}")));
@@ -390,7 +423,8 @@ fn every_acked_message_survives_kill_9_exactly_once() {
                             if v["type"] == "ack" {
                                 let cid = v["conversation_id"].as_str().unwrap().to_string();
                                 conv.get_or_insert(cid.clone());
-                                acked.lock().unwrap().insert(v["message_id"].as_i64().unwrap(), (format!("w{w}"), cid));
+                                let entry = (format!("w{w}"), cid, format!("w{w}-{i}"));
+                                acked.lock().unwrap().insert(v["message_id"].as_i64().unwrap(), entry);
                                 break;
                             }
                         }
@@ -424,7 +458,7 @@ fn every_acked_message_survives_kill_9_exactly_once() {
     // …and after a restart on the same data dir every acked message is there exactly once.
     let (mut child, addr) = spawn(&dir);
     let mut by_conv: HashMap<String, (String, HashSet<i64>)> = HashMap::new();
-    for (mid, (user, conv)) in &acked {
+    for (mid, (user, conv, _)) in &acked {
         by_conv
             .entry(conv.clone())
             .or_insert_with(|| (user.clone(), HashSet::new()))
@@ -455,6 +489,17 @@ fn every_acked_message_survives_kill_9_exactly_once() {
         for mid in mids {
             assert_eq!(found.get(&mid), Some(&1), "acked message {mid} in {conv}");
         }
+    }
+    // A client that never saw its ack retries after the restart: the idempotency window
+    // was rebuilt from the database, so every acked id answers with its original message.
+    let mut clients: HashMap<String, Client> = HashMap::new();
+    for (mid, (user, conv, cid)) in &acked {
+        let c = clients.entry(user.clone()).or_insert_with(|| {
+            Client::connect(&format!("ws://{addr}/v1/ws?token={}", sign(user))).unwrap()
+        });
+        let again = chat(c, cid, Some(conv), "retried after the restart");
+        assert_eq!(again["duplicate"], true, "{cid}: {again}");
+        assert_eq!(again["message_id"].as_i64(), Some(*mid), "{cid}: {again}");
     }
     sigterm(&child);
     let _ = child.wait();

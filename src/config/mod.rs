@@ -149,6 +149,8 @@ pub struct StoreConfig {
     pub read_workers: usize,
     pub read_queue: usize,
     pub idempotency_window_s: u64,
+    /// Messages the single box's idempotency window holds at most (`store/idempotency.rs`).
+    pub idempotency_max_entries: usize,
     pub max_page: u32,
     pub replay_max: u32,
     pub synchronous_full: bool,

@@ -99,6 +99,7 @@ pub(super) struct RawStore {
     read_workers: u32,
     read_queue: u32,
     idempotency_window_s: u64,
+    idempotency_max_entries: u64,
     max_page: u32,
     replay_max: u32,
     synchronous: String,
@@ -385,6 +386,9 @@ impl Raw {
             ));
         }
 
+        if st.idempotency_max_entries == 0 {
+            return Err(invalid("store.idempotency_max_entries", "must be positive"));
+        }
         if !(512..=65536).contains(&st.page_size) || !st.page_size.is_power_of_two() {
             return Err(invalid(
                 "store.page_size",
@@ -569,6 +573,8 @@ impl Raw {
                 read_workers: st.read_workers as usize,
                 read_queue: st.read_queue as usize,
                 idempotency_window_s: st.idempotency_window_s,
+                idempotency_max_entries: usize::try_from(st.idempotency_max_entries)
+                    .unwrap_or(usize::MAX),
                 max_page: st.max_page,
                 replay_max: st.replay_max.max(1),
                 synchronous_full,

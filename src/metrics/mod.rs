@@ -37,6 +37,10 @@ pub struct Metrics {
     pub store_failures: AtomicU64,
     /// 1 while the last store operation failed (then /health answers 503).
     pub store_unhealthy: AtomicI64,
+    /// Messages in the writer's idempotency window (single box; `store/idempotency.rs`).
+    pub store_idempotency_entries: AtomicU64,
+    /// Window entries dropped before their time because the window was full.
+    pub store_idempotency_evicted: AtomicU64,
     pub llm_queued: AtomicI64,
     pub llm_running: AtomicI64,
     pub llm_completed: AtomicU64,
@@ -75,6 +79,8 @@ impl Default for Metrics {
             store_writes: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
             store_unhealthy: AtomicI64::new(0),
+            store_idempotency_entries: AtomicU64::new(0),
+            store_idempotency_evicted: AtomicU64::new(0),
             llm_queued: AtomicI64::new(0),
             llm_running: AtomicI64::new(0),
             llm_completed: AtomicU64::new(0),
@@ -197,6 +203,18 @@ impl Metrics {
             "Store operations that failed.",
             "counter",
             self.store_failures.load(Relaxed).to_string(),
+        );
+        line(
+            "store_idempotency_entries",
+            "Messages in the store writer's idempotency window (single box).",
+            "gauge",
+            self.store_idempotency_entries.load(Relaxed).to_string(),
+        );
+        line(
+            "store_idempotency_evicted_total",
+            "Idempotency window entries dropped early because store.idempotency_max_entries was reached.",
+            "counter",
+            self.store_idempotency_evicted.load(Relaxed).to_string(),
         );
         line(
             "llm_queued",

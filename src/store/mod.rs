@@ -17,6 +17,8 @@ pub mod cmd;
 pub mod conversations;
 pub mod db;
 pub mod files;
+pub mod idempotency;
+pub mod messages;
 #[cfg(feature = "cluster")]
 pub mod pg;
 pub mod pool;
@@ -188,6 +190,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE conversations ADD COLUMN title TEXT;
     "#,
+    // 6: the idempotency window is the writer's, in memory (`idempotency.rs`): the index
+    // cost a random leaf page per message in every COMMIT. (PostgreSQL keeps its own.)
+    r#"
+    DROP INDEX messages_idempotency;
+    "#,
 ];
 
 pub fn schema_version() -> i64 {
@@ -230,6 +237,12 @@ fn configure(
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(())
+}
+
+fn window_ms(cfg: &Config) -> i64 {
+    i64::try_from(cfg.store.idempotency_window_s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000)
 }
 
 /// Open (creating if needed, with `page_size`-byte pages) and migrate the database; the
@@ -318,6 +331,7 @@ pub struct Store<R> {
     readers: usize,
     batch_max: usize,
     idempotency_window_ms: i64,
+    idempotency_max: usize,
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -404,7 +418,8 @@ impl<R: Send + 'static> Store<R> {
             writer_conn: Mutex::new(Some(conn)),
             readers: cfg.store.read_workers,
             batch_max: cfg.store.batch_max,
-            idempotency_window_ms: (cfg.store.idempotency_window_s as i64).saturating_mul(1000),
+            idempotency_window_ms: window_ms(cfg),
+            idempotency_max: cfg.store.idempotency_max_entries,
             path,
             synchronous_full: cfg.store.synchronous_full,
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -515,13 +530,27 @@ impl<R: Send + 'static> Store<R> {
         match conn {
             Opened::Sqlite(conn) => {
                 let rx = rxs.remove(0);
+                let started = Instant::now();
+                let window = idempotency::Window::load(
+                    &conn,
+                    self.idempotency_window_ms,
+                    self.idempotency_max,
+                    crate::protocol::now_ms(),
+                )
+                .map_err(std::io::Error::other)?;
+                log::info!(
+                    "store: idempotency window rebuilt, {} messages in {:?}",
+                    window.len(),
+                    started.elapsed()
+                );
+                let idem = writer::Idempotency::Memory(window);
                 let (metrics, sink) = (metrics.clone(), sink.clone());
                 let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let wanted = restart.clone();
                 spawn_writer(
                     &mut threads,
                     Box::new(move || {
-                        writer::run(conn, rx, settings, metrics, sink, move |c| {
+                        writer::run(conn, rx, settings, idem, metrics, sink, move |c| {
                             if wanted.swap(false, std::sync::atomic::Ordering::Relaxed) {
                                 restart_wal(c)
                             }
@@ -550,7 +579,10 @@ impl<R: Send + 'static> Store<R> {
                     let (metrics, sink) = (metrics.clone(), sink.clone());
                     spawn_writer(
                         &mut threads,
-                        Box::new(move || writer::run(conn, rx, settings, metrics, sink, |_| {})),
+                        Box::new(move || {
+                            let idem = writer::Idempotency::Index;
+                            writer::run(conn, rx, settings, idem, metrics, sink, |_| {})
+                        }),
                     )?;
                 }
             }
