@@ -3,7 +3,7 @@
 //! markers. They run inside the writer's open transaction (`writer.rs`), on either
 //! backend (`db.rs`).
 
-use super::db::{p, Db};
+use super::db::{p, Db, WriteRow};
 use super::read::{message_columns, message_row, MessageRow};
 use super::writer::{Idempotency, WriterState};
 use super::StoreError;
@@ -96,6 +96,24 @@ pub(super) fn touch_user(
     Ok(())
 }
 
+/// A conversation's next `seq` (and whether it has no preview yet).
+const NEXT_SEQ: WriteRow = WriteRow {
+    returning: "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
+                WHERE id = ?1 RETURNING last_seq, preview IS NULL",
+    plain: "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
+            WHERE id = ?1",
+    select: "SELECT last_seq, preview IS NULL FROM conversations WHERE id = ?1",
+};
+
+/// A message row; its id back.
+const INSERT_MESSAGE: WriteRow = WriteRow {
+    returning: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
+    plain: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    select: "SELECT last_insert_rowid()",
+};
+
 // The arguments are the columns of one row; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn insert_message(
@@ -112,13 +130,12 @@ fn insert_message(
     // The conversation's row lock (held to COMMIT) orders its writers, also across the
     // nodes of a cluster: seq is dense and a committed seq means every lower one is.
     let (seq, no_preview) = db
-        .row(
-            "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
-             WHERE id = ?1 RETURNING last_seq, preview IS NULL",
-            p![conv, now],
-            |r| Ok((r.int(0)?, r.flag(1)?)),
-        )?
-        .ok_or_else(|| StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}")))?;
+        .write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
+            Ok((r.int(0)?, r.flag(1)?))
+        })?
+        .ok_or_else(|| {
+            StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"))
+        })?;
     if no_preview && role == "user" {
         let preview: String = content.chars().take(100).collect();
         db.exec(
@@ -127,10 +144,20 @@ fn insert_message(
         )?;
     }
     let id = db
-        .row(
-            "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
-            p![conv, seq, role, author, author_name, content, status, client_id, now],
+        .write_row(
+            &INSERT_MESSAGE,
+            p![
+                conv,
+                seq,
+                role,
+                author,
+                author_name,
+                content,
+                status,
+                client_id,
+                now
+            ],
+            &[],
             |r| r.int(0),
         )?
         .unwrap_or_default();

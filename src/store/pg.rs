@@ -18,7 +18,7 @@ use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
-use super::db::{p, Db, Row, Val};
+use super::db::{p, Db, Row, Val, WriteRow};
 use super::writer::Batch;
 use super::StoreError;
 
@@ -313,6 +313,16 @@ impl Db for PgDb {
     ) -> Result<Option<T>, StoreError> {
         let rows = self.with(sql, |c, s| c.query(s, &params(p)))?;
         rows.first().map(|r| f(r)).transpose()
+    }
+
+    fn write_row<T>(
+        &self,
+        w: &WriteRow,
+        p: &[Val],
+        _select_p: &[Val],
+        f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        self.row(w.returning, p, f)
     }
 
     fn reconnect_if_lost(&self) -> Result<(), StoreError> {
