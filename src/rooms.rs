@@ -64,8 +64,16 @@ pub fn joined(
     room: writer::RoomRow,
     after_seq: Option<i64>,
 ) {
-    let conv: Arc<str> = Arc::from(room.conversation_id.as_str());
-    let room_key: Arc<str> = Arc::from(room.room_id.as_str());
+    let conv: Arc<str> = shard
+        .topic_key(&room.conversation_id)
+        .unwrap_or_else(|| Arc::from(room.conversation_id.as_str()));
+    // Another local member's copy of the room id, if there is one: shared, like `conv`.
+    let room_key: Arc<str> = shard
+        .topic_member(&conv)
+        .and_then(|s| shard.session(s))
+        .and_then(|ws| ws.rooms.get_key_value(room.room_id.as_str()))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| Arc::from(room.room_id.as_str()));
     let already = {
         let Some(ws) = shard.session_mut(slot) else {
             return;

@@ -261,6 +261,17 @@ impl<A: App> Shard<A> {
         self.queue(slot, OutItem::Binary(data))
     }
 
+    /// The shard's own copy of `topic`'s name while a local connection follows it: members
+    /// of one room share it instead of holding a copy each (~64 B per member).
+    pub fn topic_key(&self, topic: &str) -> Option<Arc<str>> {
+        self.topics.get_key_value(topic).map(|(k, _)| k.clone())
+    }
+
+    /// A local connection that follows `topic`, if any.
+    pub fn topic_member(&self, topic: &str) -> Option<usize> {
+        self.topics.get(topic)?.first().map(|(slot, _)| *slot)
+    }
+
     /// Subscribe a local connection to a topic's events.
     pub fn subscribe(&mut self, topic: &Arc<str>, slot: usize) {
         let Some(gen) = self.conns.get(slot).map(|c| c.gen) else {
