@@ -193,7 +193,7 @@ const MIGRATIONS: &[&str] = &[
     // 6: the idempotency window is the writer's, in memory (`idempotency.rs`): the index
     // cost a random leaf page per message in every COMMIT. (PostgreSQL keeps its own.)
     r#"
-    DROP INDEX messages_idempotency;
+    DROP INDEX IF EXISTS messages_idempotency;
     "#,
 ];
 
