@@ -455,14 +455,27 @@ impl<R: Send + 'static> Store<R> {
         }
     }
 
-    /// Queue a write, waiting for room (workers; never shards).
+    /// Queue a write, waiting for room (workers; never shards). On a writer's completion
+    /// thread it does not wait — the writer may be waiting for that thread — and a write
+    /// that finds the queue full is dropped with an error in the log. (The one such
+    /// write: ending a reply that could not start because the server is stopping; its
+    /// row, left streaming, is marked `error` at the next start.)
     pub fn write(&self, cmd: WriteCmd, reply: R) {
         let job = WriteJob {
             cmd,
             reply,
             enqueued: Instant::now(),
         };
-        let _ = self.write_tx[self.lane(&job.cmd)].send(WriteMsg::Job(job));
+        let tx = &self.write_tx[self.lane(&job.cmd)];
+        if writer::on_completion_thread() {
+            if let Err(TrySendError::Full(_)) = tx.try_send(WriteMsg::Job(job)) {
+                log::error!(
+                    "store: write queue full on the completion thread; a write was dropped"
+                );
+            }
+            return;
+        }
+        let _ = tx.send(WriteMsg::Job(job));
     }
 
     /// The writer a command goes to.

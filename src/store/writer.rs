@@ -70,9 +70,20 @@ pub struct Settings {
 }
 
 /// Batches committed (or failed) and not yet routed that the writer may run ahead of the
-/// completion thread; past it the writer waits (the completion thread never waits on the
-/// writer: it queues no writes, so this cannot deadlock).
+/// completion thread; past it the writer waits. The completion thread never waits on the
+/// writer (`Store::write` does not block there: [`on_completion_thread`]), so this cannot
+/// deadlock.
 const COMPLETION_BACKLOG: usize = 256;
+
+thread_local! {
+    static COMPLETION_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a writer's `store-complete` thread (or on a writer routing its own results),
+/// where queueing a write must not wait for room: the writer may be waiting on us.
+pub fn on_completion_thread() -> bool {
+    COMPLETION_THREAD.with(|c| c.get())
+}
 
 /// `between_batches` runs after every batch, outside any transaction (SQLite: the WAL
 /// restart the checkpointer asks for).
@@ -100,6 +111,7 @@ pub fn run<R: Send + 'static, B: Batch>(
         std::thread::Builder::new()
             .name("store-complete".into())
             .spawn(move || {
+                COMPLETION_THREAD.with(|c| c.set(true));
                 for outcome in done_rx {
                     outcome.deliver(&metrics, &*sink);
                 }
@@ -109,6 +121,7 @@ pub fn run<R: Send + 'static, B: Batch>(
         Ok(h) => Some(h),
         Err(e) => {
             log::warn!("store: no completion thread ({e}); results are routed by the writer");
+            COMPLETION_THREAD.with(|c| c.set(true));
             None
         }
     };
@@ -515,5 +528,67 @@ impl WriterState {
         self.users_seen.contains(id)
             || self.users_batch.contains(id)
             || self.users_job.iter().any(|u| u == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cmd::ReadDone;
+    use std::collections::HashMap;
+
+    /// Records, per answered job, its reply and whether it was answered on a completion
+    /// thread.
+    #[derive(Default)]
+    struct Seen(parking_lot::Mutex<Vec<(u32, bool)>>);
+
+    impl Completions<u32> for Seen {
+        fn written(&self, reply: u32, _result: Result<Written, &StoreError>) {
+            self.0.lock().push((reply, on_completion_thread()));
+        }
+        fn read(&self, _reply: u32, _result: Result<ReadDone, StoreError>) {}
+        fn in_flight(&self, _conversation_id: &str) -> HashMap<i64, (String, u64)> {
+            HashMap::new()
+        }
+    }
+
+    #[test]
+    fn results_are_answered_in_order_on_the_completion_thread_before_the_writer_ends() {
+        let dir = std::env::temp_dir().join(format!("confab-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = crate::store::open_writer(&dir.join("w.db"), false, 4096).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..50u32 {
+            // Refused (no such conversation): each job still gets its answer.
+            let cmd = WriteCmd::MarkRead {
+                conversation_id: format!("c{i}"),
+                user_id: "u".into(),
+                seq: 1,
+            };
+            let job = WriteJob {
+                cmd,
+                reply: i,
+                enqueued: std::time::Instant::now(),
+            };
+            tx.send(WriteMsg::Job(job)).unwrap();
+        }
+        tx.send(WriteMsg::Stop).unwrap();
+        let seen = Arc::new(Seen::default());
+        let settings = Settings {
+            batch_max: 8,
+            idempotency_window_ms: 1_000,
+        };
+        let idem = Idempotency::Memory(Window::new(1_000, 10));
+        let sink: Arc<dyn Completions<u32>> = seen.clone();
+        run(conn, rx, settings, idem, Arc::default(), sink, |_| {});
+        // `run` returned: every answer has been given, in queue order, on the thread that
+        // must not wait for the writer.
+        let got = seen.0.lock().clone();
+        assert_eq!(got.len(), 50);
+        assert!(got.iter().enumerate().all(|(i, (r, _))| *r == i as u32));
+        assert!(got.iter().all(|(_, on)| *on));
+        assert!(!on_completion_thread());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
