@@ -103,34 +103,28 @@ impl Window {
     ) -> Result<Window, rusqlite::Error> {
         let mut w = Window::new(window_ms, max);
         let since = now_ms.saturating_sub(window_ms);
-        let mut newest_first = Vec::new();
-        {
-            // By rowid, newest first: rowids are handed out in commit order, and the scan
-            // stops at the first message older than the window (no index on created_at).
-            let mut stmt = conn.prepare(
-                "SELECT id, author, client_id, created_at FROM messages ORDER BY id DESC",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let at: i64 = r.get(3)?;
-                if at < since || newest_first.len() >= w.max {
-                    break;
-                }
-                let cid: Option<String> = r.get(2)?;
-                if let Some(cid) = cid {
-                    let author: String = r.get(1)?;
-                    newest_first.push(Entry {
-                        at_ms: at,
-                        id: r.get(0)?,
-                        key: w.key(&author, &cid),
-                    });
-                }
+        // By rowid, newest first: rowids are handed out in commit order, and the scan stops
+        // at the first message older than the window (no index on created_at). Each entry
+        // goes in front of the older ones; a key already held keeps its newer message.
+        let mut stmt = conn
+            .prepare("SELECT id, author, client_id, created_at FROM messages ORDER BY id DESC")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let at: i64 = r.get(3)?;
+            if at < since || w.order.len() >= w.max {
+                break;
             }
-        }
-        w.order.reserve(newest_first.len());
-        for e in newest_first.into_iter().rev() {
-            w.map.insert(e.key, e.id);
-            w.order.push_back(e);
+            let cid: Option<String> = r.get(2)?;
+            if let Some(cid) = cid {
+                let author: String = r.get(1)?;
+                let e = Entry {
+                    at_ms: at,
+                    id: r.get(0)?,
+                    key: w.key(&author, &cid),
+                };
+                w.map.entry(e.key).or_insert(e.id);
+                w.order.push_front(e);
+            }
         }
         Ok(w)
     }
@@ -317,5 +311,18 @@ mod tests {
         assert_eq!(w.len(), 2, "the cap keeps the newest");
         assert_eq!(w.find("u", "a", 6_000), None);
         assert_eq!(w.find("u", "c", 6_000), Some(5));
+    }
+
+    #[test]
+    fn load_keeps_the_newest_message_of_a_reused_id() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, author TEXT, client_id TEXT, created_at INTEGER);
+             INSERT INTO messages VALUES (1, 'u', 'x', 5000), (2, 'u', 'x', 5500);",
+        )
+        .unwrap();
+        let w = Window::load(&c, 1_000, 10, 6_000).unwrap();
+        assert_eq!(w.find("u", "x", 6_000), Some(2));
+        assert_eq!(w.len(), 2);
     }
 }
