@@ -24,6 +24,8 @@ pub struct Opts {
     pub targets: Vec<(String, u16)>,
     pub token: Option<String>,
     pub dev_tokens: bool,
+    /// `--dev-tokens`: connections sharing one minted user (1: every connection its own).
+    pub conns_per_user: usize,
     pub connections: usize,
     pub duration: Duration,
     pub rate: f64,
@@ -43,7 +45,7 @@ pub struct Opts {
 }
 
 const USAGE: &str =
-    "usage: confab-load SCENARIO --url ws://HOST:PORT [--url ...] [--token JWT | --dev-tokens]
+    "usage: confab-load SCENARIO --url ws://HOST:PORT [--url ...] [--token JWT | --dev-tokens [--conns-per-user K]]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
   [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--settle-s S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
@@ -59,6 +61,7 @@ fn parse() -> Result<Opts, String> {
         targets: Vec::new(),
         token: None,
         dev_tokens: false,
+        conns_per_user: 50,
         connections: 100,
         duration: Duration::from_secs(10),
         rate: 10.0,
@@ -80,6 +83,13 @@ fn parse() -> Result<Opts, String> {
             "--url" => urls.push(v()?),
             "--token" => o.token = Some(v()?),
             "--dev-tokens" => o.dev_tokens = true,
+            "--conns-per-user" => {
+                o.conns_per_user = v()?
+                    .parse()
+                    .ok()
+                    .filter(|k| *k > 0)
+                    .ok_or("--conns-per-user: a positive number")?
+            }
             "--connections" | "-n" => {
                 o.connections = v()?.parse().map_err(|_| "--connections: a number")?
             }

@@ -111,9 +111,10 @@ pub(super) fn tokens(o: &Opts, n: usize) -> Vec<String> {
     if !o.dev_tokens {
         return vec![String::new(); n];
     }
-    let users = n.div_ceil(50).max(1);
+    let k = o.conns_per_user;
+    let users = n.div_ceil(k).max(1);
     let minted: Vec<String> = (0..users).map(|u| mint(o, &format!("load-{u}"))).collect();
-    (0..n).map(|i| minted[i / 50].clone()).collect()
+    (0..n).map(|i| minted[i / k].clone()).collect()
 }
 
 pub(super) fn mint(o: &Opts, sub: &str) -> String {
