@@ -103,6 +103,28 @@ impl Hub {
         map.get(conv).is_some_and(|r| r.contains_key(user))
     }
 
+    /// How many users are online in a room.
+    pub fn presence_count(&self, conv: &str) -> usize {
+        let map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        map.get(conv).map_or(0, |r| r.len())
+    }
+
+    /// At most `limit` of the users online in a room (id, name), and how many there are:
+    /// what a join shows without copying a large room's whole list under the lock.
+    pub fn presence_sample(&self, conv: &str, limit: usize) -> (Vec<(String, String)>, usize) {
+        let map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        match map.get(conv) {
+            Some(r) => (
+                r.iter()
+                    .take(limit)
+                    .map(|(u, (n, _))| (u.to_string(), n.clone()))
+                    .collect(),
+                r.len(),
+            ),
+            None => (Vec::new(), 0),
+        }
+    }
+
     /// Users online in a room: (id, name).
     pub fn presence_list(&self, conv: &str) -> Vec<(String, String)> {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();

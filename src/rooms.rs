@@ -14,7 +14,7 @@ use crate::auth::User;
 use crate::chat::new_conversation_id;
 use crate::completion::Reply;
 use crate::net::ConnId;
-use crate::protocol::{now_rfc3339, ErrorCode, Event, Participant};
+use crate::protocol::{now_rfc3339, ErrorCode, Event};
 use crate::session::AutoJoin;
 use crate::session::{send_error, send_error_retry};
 use crate::store::writer;
@@ -91,12 +91,7 @@ pub fn joined(
             .app()
             .presence_changed(&room.room_id, &conv, user, true, true);
     }
-    let participants = shard
-        .app()
-        .presence_list(&conv)
-        .into_iter()
-        .map(|(user_id, username)| Participant { user_id, username })
-        .collect();
+    let (participants, participant_count) = shard.app().presence_shown(&conv);
     shard.send(
         slot,
         &Event::RoomJoined {
@@ -106,6 +101,7 @@ pub fn joined(
             room_type: room.room_type.as_str(),
             conversation_id: room.conversation_id.clone(),
             participants,
+            participant_count,
             joined_at: now_rfc3339(),
             last_seq: room.last_seq,
         },

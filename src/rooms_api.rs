@@ -100,6 +100,7 @@ pub fn render_read(ctx: &ServerCtx, then: HttpThen, done: ReadDone) -> Response 
                 .collect();
             let mut v = room_json(&room);
             v["members"] = json!(members);
+            v["online_count"] = json!(online.len());
             v["online"] = json!(online);
             Response::json_value(200, &v)
         }
@@ -330,12 +331,8 @@ pub fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
     let user = shard.session(slot).and_then(|s| s.user.clone());
     crate::session::room_closed_locally(shard, slot, Arc::from(room_id), Arc::from(conv));
     if let Some(u) = user {
-        if !shard
-            .app()
-            .hub
-            .presence_list(conv)
-            .iter()
-            .any(|(id, _)| *id == u.id)
+        if !shard.app().hub.presence_online(conv, &u.id)
+            && shard.app().announces_presence(conv, false)
         {
             let ev = Event::Presence {
                 room_id: room_id.to_string(),

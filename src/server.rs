@@ -114,6 +114,47 @@ impl ServerCtx {
         list
     }
 
+    /// How many users are online in a room (on any node; cluster mode counts a user
+    /// online on two nodes twice — it only decides [`announces_presence`]).
+    ///
+    /// [`announces_presence`]: Self::announces_presence
+    pub fn presence_count(&self, conv: &str) -> usize {
+        #[allow(unused_mut)]
+        let mut n = self.hub.presence_count(conv);
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            n += c.dir.lock().remote_count(conv);
+        }
+        n
+    }
+
+    /// What a client is shown of a room's users online: at most
+    /// `rooms.presence_max_users` of them, as `Participant`s, and how many there are.
+    pub fn presence_shown(&self, conv: &str) -> (Vec<crate::protocol::Participant>, usize) {
+        let max = self.cfg.rooms.presence_max_users;
+        #[cfg(feature = "cluster")]
+        if self.cluster.is_some() {
+            let mut all = self.presence_list(conv);
+            let n = all.len();
+            all.truncate(max);
+            return (participants(all), n);
+        }
+        let (some, n) = self.hub.presence_sample(conv, max);
+        (participants(some), n)
+    }
+
+    /// Are a room's joins and leaves announced one by one? Only while the room has at most
+    /// `rooms.presence_max_users` users online with the one who came or went counted:
+    /// each announcement is a delivery to every member, so announcing every join of an
+    /// N-user room costs N² deliveries (a 3,000-user room filling up sent 797 MB). Over
+    /// the limit members are shown a sample and the count (`room_joined`,
+    /// `presence_list`) and `GET /v1/rooms/{id}` lists everyone. Called after the hub
+    /// (and the cluster directory) took the change in.
+    pub fn announces_presence(&self, conv: &str, joined: bool) -> bool {
+        let with_them = self.presence_count(conv) + usize::from(!joined);
+        with_them <= self.cfg.rooms.presence_max_users
+    }
+
     /// `user`'s first connection in a room on this node (`joined`) or its last one gone
     /// (as the hub counted): the room's subscribers hear `presence` — in cluster mode only
     /// when the user's presence across all nodes changed. `deliver: false`: the room is
@@ -136,7 +177,7 @@ impl ServerCtx {
             };
             return c.local_presence(self, e, joined, deliver);
         }
-        if !deliver {
+        if !deliver || !self.announces_presence(conv, joined) {
             return;
         }
         let ev = crate::protocol::Event::Presence {
@@ -484,4 +525,11 @@ impl Drop for ServerHandle {
             self.begin_shutdown();
         }
     }
+}
+
+fn participants(users: Vec<(String, String)>) -> Vec<crate::protocol::Participant> {
+    users
+        .into_iter()
+        .map(|(user_id, username)| crate::protocol::Participant { user_id, username })
+        .collect()
 }

@@ -118,8 +118,9 @@ pub fn deliver(shard: &mut Shard, slot: usize, ev: &TopicEvent) {
 }
 
 /// Events of `conv` (or of every topic) were dropped for this shard on its full inbox:
-/// each local connection in such a room gets the room's full `presence_list`, the
-/// truth it can replace its view with. (Other ephemeral events need no repair: typing
+/// each local connection in such a room gets the room's `presence_list`, the truth it
+/// can replace its view with (a sample and the count in a room past
+/// `rooms.presence_max_users`). (Other ephemeral events need no repair: typing
 /// expires by itself.)
 pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
     let slots = match conv {
@@ -137,15 +138,11 @@ pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
             None => continue,
         };
         for (room_id, c) in rooms {
-            let online = shard
-                .app()
-                .presence_list(&c)
-                .into_iter()
-                .map(|(user_id, username)| crate::protocol::Participant { user_id, username })
-                .collect();
+            let (online, online_count) = shard.app().presence_shown(&c);
             let ev = Event::PresenceList {
                 room_id: room_id.to_string(),
                 online,
+                online_count,
             };
             crate::app::ShardExt::send(shard, slot, &ev);
         }

@@ -249,6 +249,38 @@ fn presence_is_per_user_across_nodes_one_joined_one_left() {
 }
 
 #[test]
+fn a_room_past_presence_max_users_announces_no_one_across_nodes() {
+    if !harness::available() {
+        return;
+    }
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let small = |c: &mut confab::Config| c.rooms.presence_max_users = 2;
+    let a = node_with(&pg, &nats, "a", small);
+    let b = node_with(&pg, &nats, "b", small);
+    let mut obs = a.client("obs");
+    join(&mut obs, "big");
+    std::thread::sleep(Duration::from_millis(600));
+    // The second user (on B) is within the limit: A's observer hears her.
+    let mut ann = b.client("ann");
+    join(&mut ann, "big");
+    let got = drain(&mut obs, "presence", Duration::from_millis(400));
+    assert_eq!(got.len(), 1, "{got:?}");
+    // The third (on B) is past it: shown two of three, and no one hears of him.
+    let mut cid = b.client("cid");
+    let j = join(&mut cid, "big");
+    assert_eq!(
+        (
+            j["participants"].as_array().map(Vec::len),
+            j["participant_count"].as_u64()
+        ),
+        (Some(2), Some(3)),
+        "{j}"
+    );
+    assert!(drain(&mut obs, "presence", Duration::from_millis(600)).is_empty());
+    assert!(drain(&mut ann, "presence", Duration::from_millis(100)).is_empty());
+}
+
+#[test]
 fn a_reply_running_on_one_node_is_resumed_and_stopped_from_another() {
     if !harness::available() {
         return;

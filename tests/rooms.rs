@@ -91,6 +91,70 @@ fn presence_is_per_user_not_per_tab() {
     assert!(drain(&mut a2, "presence", Duration::from_millis(200)).is_empty());
 }
 
+/// The next event of `ty`, and whether a `presence` event came before it.
+fn recv_after_presence(c: &mut Client, ty: &str) -> (Value, bool) {
+    c.seen.clear();
+    let v = c.recv_type(ty);
+    (v, c.seen.iter().any(|e| e["type"] == "presence"))
+}
+
+#[test]
+fn a_room_past_presence_max_users_shows_a_sample_and_the_count_and_announces_no_one() {
+    let s = TestServer::start("presence-max", |c| c.rooms.presence_max_users = 2);
+    let mut a = s.client("ann");
+    join(&mut a, "big", json!({}));
+    let mut b = s.client("bea");
+    let jb = join(&mut b, "big", json!({}));
+    assert_eq!(jb["participants"].as_array().unwrap().len(), 2);
+    assert_eq!(jb["participant_count"], 2);
+    // The second user is within the limit: announced.
+    let p = a.recv_type("presence");
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some("bea"), Some("joined"))
+    );
+
+    // The third is past it: shown two of the three and the count, announced to no one
+    // (ann's next event is cid's message, with no presence before it).
+    let mut c = s.client("cid");
+    let jc = join(&mut c, "big", json!({}));
+    assert_eq!(jc["participants"].as_array().unwrap().len(), 2, "{jc}");
+    assert_eq!(jc["participant_count"], 3);
+    c.send(json!({"type": "chat", "room_id": "big", "message": "hello", "id": "c1"}));
+    c.recv_type("ack");
+    let (m, announced) = recv_after_presence(&mut a, "message_added");
+    assert_eq!(m["message"]["content"], "hello");
+    assert!(!announced, "cid's join was announced: {:?}", a.seen);
+    // HTTP lists everyone.
+    let (code, room) = s.http("GET", "/v1/rooms/big", Some(&s.token("ann")), None);
+    assert_eq!(code, 200, "{room}");
+    assert_eq!(
+        (
+            room["online_count"].as_u64(),
+            room["online"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(3))
+    );
+
+    // cid leaves a room of three: not announced either; bea leaves a room of two: is.
+    c.send(json!({"type": "leave_room", "room_id": "big"}));
+    c.recv_type("room_left");
+    b.send(json!({"type": "leave_room", "room_id": "big"}));
+    b.recv_type("room_left");
+    let p = a.recv_type("presence");
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some("bea"), Some("left")),
+        "{:?}",
+        a.seen
+    );
+    assert!(
+        a.seen.iter().all(|e| e["type"] != "presence"),
+        "{:?}",
+        a.seen
+    );
+}
+
 #[test]
 fn typing_reaches_the_others_only_and_expires() {
     let s = TestServer::start("typing", |c| {

@@ -81,8 +81,11 @@ export interface Room {
   conversationId: string;
   name: string;
   type: string;
-  /** user id → name */
+  /** user id → name: everyone online, or a sample of a room past the server's
+   * `rooms.presence_max_users` (whose joins and leaves are not announced one by one) */
   online: Map<string, string>;
+  /** users online in the room (as of the last `room_joined`, `presence` or `presence_list`) */
+  onlineCount: number;
   /** user id → {username} */
   typing: Map<string, { username: string }>;
   unread: number;

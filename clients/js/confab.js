@@ -593,6 +593,8 @@ export class ConfabClient extends Emitter {
     room.name = ev.room_name;
     room.type = ev.room_type;
     room.online = new Map(ev.participants.map((p) => [p.user_id, p.username]));
+    // A large room lists a sample of its users online; the count is all of them.
+    room.onlineCount = ev.participant_count ?? ev.participants.length;
     if (room.lastSeq === undefined) room.lastSeq = 0;
     this.rooms.set(ev.room_id, room);
     if (!this.subs.has(ev.conversation_id)) this.subs.set(ev.conversation_id, room.lastSeq);
@@ -614,14 +616,24 @@ export class ConfabClient extends Emitter {
   _onPresence(ev) {
     const room = this.rooms.get(ev.room_id);
     if (room) {
-      if (ev.status === 'joined') room.online.set(ev.user_id, ev.username); else room.online.delete(ev.user_id);
+      const had = room.online.has(ev.user_id);
+      if (ev.status === 'joined') {
+        room.online.set(ev.user_id, ev.username);
+        if (!had) room.onlineCount = (room.onlineCount ?? 0) + 1;
+      } else {
+        room.online.delete(ev.user_id);
+        room.onlineCount = Math.max(room.online.size, (room.onlineCount ?? 1) - 1);
+      }
     }
     this.emit('presence', ev);
   }
 
   _onPresenceList(ev) {
     const room = this.rooms.get(ev.room_id);
-    if (room) room.online = new Map(ev.online.map((p) => [p.user_id, p.username]));
+    if (room) {
+      room.online = new Map(ev.online.map((p) => [p.user_id, p.username]));
+      room.onlineCount = ev.online_count ?? ev.online.length;
+    }
     this.emit('presence', ev);
   }
 

@@ -264,6 +264,9 @@ impl Cluster {
             presence::Change::Joined(e) => (e, "joined"),
             presence::Change::Left(e) => (e, "left"),
         };
+        if !ctx.announces_presence(&e.conv, status == "joined") {
+            return;
+        }
         let conv: std::sync::Arc<str> = std::sync::Arc::from(e.conv.as_str());
         let ev = crate::protocol::Event::Presence {
             room_id: e.room_id,

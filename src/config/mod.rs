@@ -190,6 +190,9 @@ pub struct RoomsConfig {
     pub create_on_join: bool,
     pub typing_timeout: Duration,
     pub max_members: u32,
+    /// Users online in a room up to which joins and leaves are announced one by one and
+    /// `room_joined` lists everyone (`ServerCtx::announces_presence`).
+    pub presence_max_users: usize,
 }
 
 #[derive(Debug, Clone)]

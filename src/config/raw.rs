@@ -134,6 +134,7 @@ pub(super) struct RawRooms {
     create_on_join: bool,
     typing_timeout_ms: u64,
     max_members: u32,
+    presence_max_users: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -603,6 +604,7 @@ impl Raw {
                 create_on_join: r.create_on_join,
                 typing_timeout: ms(r.typing_timeout_ms.max(100)),
                 max_members: r.max_members.max(1),
+                presence_max_users: r.presence_max_users.max(1) as usize,
             },
             uploads: UploadsConfig {
                 max_file_bytes: u.max_file_bytes,

@@ -323,6 +323,7 @@ impl State {
                 room_type,
                 conversation_id,
                 participants,
+                participant_count,
                 joined_at,
                 last_seq,
                 ..
@@ -353,6 +354,7 @@ impl State {
                         "room_name": room_name,
                         "room_type": room_type,
                         "participants": ids,
+                        "participant_count": participant_count,
                         "joined_at": joined_at,
                         "conversation_id": conversation_id,
                         "last_seq": last_seq,
@@ -388,9 +390,13 @@ impl State {
                 "presence",
                 json!({ "room_id": room_id, "user_id": user_id, "username": username, "status": status }),
             )),
-            Event::PresenceList { room_id, online } => out.push(envelope(
+            Event::PresenceList {
+                room_id,
+                online,
+                online_count,
+            } => out.push(envelope(
                 "presence",
-                json!({ "room_id": room_id, "online": online, "sync": true }),
+                json!({ "room_id": room_id, "online": online, "online_count": online_count, "sync": true }),
             )),
             Event::Receipt {
                 conversation_id,

@@ -183,7 +183,12 @@ pub enum Event {
         #[serde(deserialize_with = "interned")]
         room_type: &'static str,
         conversation_id: String,
+        /// Users online in the room: all of them, or `rooms.presence_max_users` of them
+        /// in a larger room (then `participant_count` is larger than the list).
         participants: Vec<Participant>,
+        /// How many users are online in the room.
+        #[serde(default)]
+        participant_count: usize,
         joined_at: String,
         last_seq: i64,
     },
@@ -210,7 +215,10 @@ pub enum Event {
     /// events may have been lost).
     PresenceList {
         room_id: String,
+        /// As `room_joined`'s `participants`: everyone, or a sample of a large room.
         online: Vec<Participant>,
+        #[serde(default)]
+        online_count: usize,
     },
     Typing {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -224,6 +224,7 @@ const scenarios = {
     await b.join('lobby');
     await seesIvy;
     assert(a.rooms.get('lobby').online.has('ivy'), 'ivy online in a\'s view');
+    assert(a.rooms.get('lobby').onlineCount === 2, 'two online in a\'s count');
     const typing = once(a, 'typing', (e) => e.user_id === 'ivy' && e.is_typing);
     b.typing('lobby', true);
     await typing;
