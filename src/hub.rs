@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::auth::User;
 use crate::net::ConnId;
 
 const STRIPES: usize = 64;
@@ -29,6 +30,9 @@ fn stripe_of<K: Hash + ?Sized>(hasher: &std::collections::hash_map::RandomState,
 #[derive(Default)]
 struct UserEntry {
     conns: Vec<ConnId>,
+    /// The user as a connection's token had it: a connection whose token says the same
+    /// (the tabs of one browser) shares it instead of holding its own copy.
+    user: Option<Arc<User>>,
 }
 
 /// Who is online in a room: user → (display name, connections in the room).
@@ -139,21 +143,28 @@ impl Hub {
 
     // ------------------------------------------------------------ users
 
-    /// Count a new WebSocket connection of `user`; refuse over `cap`.
-    /// Returns how many connections the user has now (1 = this is the first).
+    /// Count a new WebSocket connection of `user`; refuse over `cap`. Returns the user
+    /// for the connection to keep: the one an earlier connection with the same claims
+    /// keeps (so N tabs hold one copy), or this one.
     pub fn user_connect(
         &self,
-        user: &str,
+        user: Arc<User>,
         conn: ConnId,
         cap: u32,
-    ) -> Result<usize, TooManyConnections> {
-        let mut map = self.users[stripe_of(&self.hasher, user)].lock();
-        let e = map.entry(Arc::from(user)).or_default();
+    ) -> Result<Arc<User>, TooManyConnections> {
+        let mut map = self.users[stripe_of(&self.hasher, user.id.as_str())].lock();
+        let e = map.entry(Arc::from(user.id.as_str())).or_default();
         if e.conns.len() >= cap as usize {
             return Err(TooManyConnections(cap));
         }
         e.conns.push(conn);
-        Ok(e.conns.len())
+        match &e.user {
+            Some(kept) if **kept == *user => Ok(kept.clone()),
+            _ => {
+                e.user = Some(user.clone());
+                Ok(user)
+            }
+        }
     }
 
     /// Forget a connection. Returns how many the user still has.

@@ -396,24 +396,24 @@ fn upgrade(
         Ok(b) => b,
         Err(r) => return respond(shard, slot, r),
     };
-    if let Some(u) = &user {
+    if let Some(u) = user.take() {
         let Some(id) = shard.conn_id(slot) else {
             return;
         };
-        if ctx
-            .hub
-            .user_connect(&u.id, id, ctx.cfg.server.max_connections_per_user)
-            .is_err()
-        {
-            return respond(
-                shard,
-                slot,
-                Response::error(
-                    429,
-                    ErrorCode::RateLimit,
-                    "too many connections for this user",
-                ),
-            );
+        let cap = ctx.cfg.server.max_connections_per_user;
+        match ctx.hub.user_connect(u, id, cap) {
+            Ok(shared) => user = Some(shared),
+            Err(_) => {
+                return respond(
+                    shard,
+                    slot,
+                    Response::error(
+                        429,
+                        ErrorCode::RateLimit,
+                        "too many connections for this user",
+                    ),
+                )
+            }
         }
     }
     let now = std::time::Instant::now();

@@ -424,12 +424,8 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                         return;
                     };
                     let cap = shard.app().cfg.server.max_connections_per_user;
-                    if shard
-                        .app()
-                        .hub
-                        .user_connect(&user.id, conn_id, cap)
-                        .is_err()
-                    {
+                    let Ok(user) = shard.app().hub.user_connect(Arc::new(user), conn_id, cap)
+                    else {
                         send_error(
                             shard,
                             slot,
@@ -443,8 +439,8 @@ fn on_auth_message(shard: &mut Shard, slot: usize, token: &str, id: Option<Strin
                             "too many connections for this user",
                         );
                         return;
-                    }
-                    on_authenticated(shard, slot, Arc::new(user), true, None);
+                    };
+                    on_authenticated(shard, slot, user, true, None);
                 }
             }
         }
