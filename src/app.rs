@@ -6,9 +6,10 @@
 //! each message does); HTTP in `routes.rs`, `api.rs`, `rooms_api.rs`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tungstenite::{Bytes, Utf8Bytes};
+
+use crate::net::timer::Tick;
 
 use crate::auth::User;
 use crate::codec::{Codec, Encoded, NATIVE};
@@ -238,11 +239,11 @@ impl App for ServerCtx {
         }
     }
 
-    fn on_timer(sh: &mut Shard, slot: usize, now: Instant) {
+    fn on_timer(sh: &mut Shard, slot: usize, now: Tick) {
         crate::session::on_timer(sh, slot, now)
     }
 
-    fn deadline(s: &Session) -> Option<Instant> {
+    fn deadline(s: &Session) -> Option<Tick> {
         s.deadline()
     }
 

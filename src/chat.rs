@@ -445,7 +445,7 @@ fn typing(
         if on {
             ws.extras_mut()
                 .typing
-                .insert(t.clone(), std::time::Instant::now() + timeout);
+                .insert(t.clone(), crate::net::timer::Tick::now() + timeout);
         } else if let Some(e) = ws.extras.as_mut() {
             e.typing.remove(&t);
             ws.tidy();

@@ -6,11 +6,13 @@
 //! of one window edge, and costs 24 bytes per connection (a log of timestamps would cost
 //! `max` × 16 bytes — too much at 100k connections).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::net::timer::Tick;
 
 #[derive(Debug, Clone)]
 pub struct RateWindow {
-    window_start: Instant,
+    window_start: Tick,
     prev: u32,
     cur: u32,
 }
@@ -26,7 +28,7 @@ pub enum Verdict {
 }
 
 impl RateWindow {
-    pub fn new(now: Instant) -> RateWindow {
+    pub fn new(now: Tick) -> RateWindow {
         RateWindow {
             window_start: now,
             prev: 0,
@@ -34,7 +36,7 @@ impl RateWindow {
         }
     }
 
-    pub fn check(&mut self, now: Instant, window: Duration, max: u32) -> Verdict {
+    pub fn check(&mut self, now: Tick, window: Duration, max: u32) -> Verdict {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= window {
             let windows = (elapsed.as_nanos() / window.as_nanos().max(1)) as u32;
@@ -73,7 +75,7 @@ mod tests {
 
     #[test]
     fn allows_max_per_window_then_limits_with_a_retry_hint() {
-        let now = Instant::now();
+        let now = Tick::now();
         let w = Duration::from_secs(1);
         let mut r = RateWindow::new(now);
         for _ in 0..5 {

@@ -416,7 +416,7 @@ fn upgrade(
             }
         }
     }
-    let now = std::time::Instant::now();
+    let now = crate::net::timer::Tick::now();
     let authed = user.is_some();
     let mut session = Session::new(kind, codec, user, now);
     if let Some(a) = auto_join {

@@ -9,7 +9,9 @@
 //! typed messages through its inbox.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::net::timer::Tick;
 
 use crate::app::{Shard, ShardExt};
 use crate::auth::{AuthError, User};
@@ -48,13 +50,13 @@ pub struct Session {
     codec_id: u8,
     pub user: Option<Arc<User>>,
     /// No token yet: the time to send `{"type":"auth"}` by.
-    pub auth_deadline: Option<Instant>,
+    pub auth_deadline: Option<Tick>,
     /// When the token expires (then TOKEN_EXPIRED is sent) and, after it, the grace end.
-    pub expiry_at: Option<Instant>,
+    pub expiry_at: Option<Tick>,
     pub expiry_warned: bool,
     pub rate: RateWindow,
     pub strikes: u32,
-    pub strikes_window: Instant,
+    pub strikes_window: Tick,
     /// Conversations this connection follows (`subscription.rs` holds the rules).
     pub subs: VecMap<Arc<str>, Subscription>,
     /// Rooms joined on this connection (room id → its conversation id).
@@ -75,7 +77,7 @@ pub struct Extras {
     /// Joined rooms whose config asks for an AI reply to every message (`ai: true`).
     pub ai_rooms: Vec<Arc<str>>,
     /// Typing indicators this connection has on: target conversation → expiry.
-    pub typing: VecMap<Arc<str>, Instant>,
+    pub typing: VecMap<Arc<str>, Tick>,
     /// File uploads this connection has in progress (`uploads.rs`); aborted when it closes.
     pub uploads: Vec<crate::uploads::OpenUpload>,
 }
@@ -110,7 +112,7 @@ impl Session {
         kind: WsKind,
         codec: &'static dyn Codec,
         user: Option<Arc<User>>,
-        now: Instant,
+        now: Tick,
     ) -> Session {
         Session {
             kind,
@@ -147,7 +149,7 @@ impl Session {
     }
 
     /// The earliest of the session's own deadlines (auth, token expiry, typing).
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Tick> {
         [
             self.auth_deadline,
             self.expiry_at,
@@ -187,7 +189,7 @@ pub fn send_error_retry(
 /// A text frame arrived on a protocol connection (native or a dialect).
 pub fn on_text(shard: &mut Shard, slot: usize, text: &str) {
     use crate::dialect::Inbound;
-    let now = Instant::now();
+    let now = Tick::now();
     let inbound = {
         let (dec, session) = shard.local_and_session(slot);
         session
@@ -292,7 +294,7 @@ pub fn alias_resolved(
 
 /// Charge one message to the rate window; over it, answer `RATE_LIMIT` (echoing `id`),
 /// or close 1008 after `limits.rate_strikes` strikes. `true`: the message goes no further.
-fn rate_limited(shard: &mut Shard, slot: usize, now: Instant, id: Option<&str>) -> bool {
+fn rate_limited(shard: &mut Shard, slot: usize, now: Tick, id: Option<&str>) -> bool {
     let Some(verdict) = charge(shard, slot, now) else {
         return true;
     };
@@ -323,7 +325,7 @@ fn rate_limited(shard: &mut Shard, slot: usize, now: Instant, id: Option<&str>) 
 
 /// Charge one frame to the connection's rate window: the verdict and the strikes in the
 /// current window. `None`: not a WebSocket any more.
-fn charge(shard: &mut Shard, slot: usize, now: Instant) -> Option<(Verdict, u32)> {
+fn charge(shard: &mut Shard, slot: usize, now: Tick) -> Option<(Verdict, u32)> {
     let cfg = &shard.app().cfg;
     let (max, window) = shard
         .session(slot)?
@@ -334,7 +336,7 @@ fn charge(shard: &mut Shard, slot: usize, now: Instant) -> Option<(Verdict, u32)
     let ws = shard.session_mut(slot)?;
     let v = ws.rate.check(now, window, max);
     if let Verdict::Limited { .. } = v {
-        if now.duration_since(ws.strikes_window) > window {
+        if now.saturating_duration_since(ws.strikes_window) > window {
             ws.strikes_window = now;
             ws.strikes = 0;
         }
@@ -348,7 +350,7 @@ fn charge(shard: &mut Shard, slot: usize, now: Instant) -> Option<(Verdict, u32)
 /// that floods pings and never reads costs no memory, but without this it was never told
 /// and never closed. Over the rate for more than `limits.rate_strikes` frames: 1008.
 pub fn on_ping(shard: &mut Shard, slot: usize) {
-    let Some((verdict, strikes)) = charge(shard, slot, Instant::now()) else {
+    let Some((verdict, strikes)) = charge(shard, slot, Tick::now()) else {
         return;
     };
     if matches!(verdict, Verdict::Limited { .. }) && strikes > shard.app().cfg.limits.rate_strikes {
@@ -467,7 +469,7 @@ fn set_expiry(shard: &mut Shard, slot: usize, user: &User) {
     let now_s = crate::auth::now_s();
     let left = Duration::from_secs(user.exp.saturating_sub(now_s));
     if let Some(ws) = shard.session_mut(slot) {
-        ws.expiry_at = Some(Instant::now() + left);
+        ws.expiry_at = Some(Tick::now() + left);
         ws.expiry_warned = false;
     }
     shard.rearm(slot);
@@ -543,7 +545,7 @@ pub fn on_disconnect(
 }
 
 /// Typing indicators that were not refreshed expire.
-pub fn expire_typing(shard: &mut Shard, slot: usize, now: Instant) {
+pub fn expire_typing(shard: &mut Shard, slot: usize, now: Tick) {
     let expired: Vec<Arc<str>> = {
         let Some(ws) = shard.session_mut(slot) else {
             return;
@@ -597,7 +599,7 @@ pub fn is_authenticated(shard: &Shard, slot: usize) -> bool {
 }
 
 /// The session's own deadlines: authentication, token expiry, typing indicators.
-pub fn on_timer(shard: &mut Shard, slot: usize, now: Instant) {
+pub fn on_timer(shard: &mut Shard, slot: usize, now: Tick) {
     let grace = shard.app().cfg.auth.expiry_grace;
     enum Then {
         Nothing,

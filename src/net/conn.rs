@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::timer::Tick;
+
 use super::frame::{Limits, Reader};
 use super::outqueue::{OutQueue, Wrote};
 use super::stats::NetMetrics;
@@ -34,9 +36,9 @@ pub struct Conn<S> {
     pub io: Transport,
     pub phase: Phase<S>,
     pub peer: SocketAddr,
-    pub head_deadline: Instant,
+    pub head_deadline: Tick,
     /// The deadline currently in the shard's timer heap for this connection.
-    pub armed: Option<Instant>,
+    pub armed: Option<Tick>,
     /// On the shard's list of connections with unread input left over (budget spent).
     pub pending: bool,
     /// On the shard's list of connections with output to flush at the end of the turn.
@@ -100,10 +102,10 @@ pub struct Ws<S> {
     pub out: OutQueue,
     /// The socket returned WouldBlock on write; wait for a writable event.
     pub blocked: bool,
-    pub next_heartbeat: Instant,
-    pub pong_deadline: Option<Instant>,
+    pub next_heartbeat: Tick,
+    pub pong_deadline: Option<Tick>,
     /// Set once our close frame is queued: the time to give up on the peer's close.
-    pub close_deadline: Option<Instant>,
+    pub close_deadline: Option<Tick>,
     /// Closed for a violation: input is read and thrown away (never buffered) until
     /// the peer closes or `close_deadline`, so our close frame is not lost to a reset.
     pub discard: bool,
@@ -119,7 +121,7 @@ pub struct Ws<S> {
 }
 
 impl<S> Ws<S> {
-    pub fn new(limits: Limits, out_cap: usize, now: Instant, session: S) -> Ws<S> {
+    pub fn new(limits: Limits, out_cap: usize, now: Tick, session: S) -> Ws<S> {
         Ws {
             reader: Reader::default(),
             limits,
@@ -140,7 +142,7 @@ impl<S> Ws<S> {
         self.close_deadline.is_some()
     }
 
-    fn next_deadline(&self, session_deadline: Option<Instant>) -> Option<Instant> {
+    fn next_deadline(&self, session_deadline: Option<Tick>) -> Option<Tick> {
         if let Some(c) = self.close_deadline {
             return Some(c);
         }
@@ -153,7 +155,7 @@ impl<S> Ws<S> {
 }
 
 impl<S> Conn<S> {
-    pub fn new(gen: u32, io: Transport, peer: SocketAddr, head_deadline: Instant) -> Conn<S> {
+    pub fn new(gen: u32, io: Transport, peer: SocketAddr, head_deadline: Tick) -> Conn<S> {
         Conn {
             gen,
             io,
@@ -167,10 +169,7 @@ impl<S> Conn<S> {
     }
 
     /// The earliest deadline; `session_deadline` is the application's for its session.
-    pub fn next_deadline(
-        &self,
-        session_deadline: impl Fn(&S) -> Option<Instant>,
-    ) -> Option<Instant> {
+    pub fn next_deadline(&self, session_deadline: impl Fn(&S) -> Option<Tick>) -> Option<Tick> {
         match &self.phase {
             Phase::Head(_) | Phase::HttpWait(_) | Phase::HttpWrite { .. } => {
                 Some(self.head_deadline)

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+
+use super::timer::Tick;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use tungstenite::Bytes;
@@ -70,7 +72,7 @@ impl<A: App> Shard<A> {
         };
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let deadline = Instant::now() + self.app.net().cfg.head_timeout;
+        let deadline = Tick::now() + self.app.net().cfg.head_timeout;
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         let conn = entry.insert(Conn::new(gen, io, peer, deadline));
@@ -212,7 +214,7 @@ impl<A: App> Shard<A> {
         if let Some(c) = self.conns.get_mut(slot) {
             if big {
                 let extra = Duration::from_secs((bytes.len() >> 16) as u64);
-                c.head_deadline = c.head_deadline.max(Instant::now() + timeout + extra);
+                c.head_deadline = c.head_deadline.max(Tick::now() + timeout + extra);
             }
             c.phase = Phase::HttpWrite {
                 buf: bytes,
@@ -265,7 +267,7 @@ impl<A: App> Shard<A> {
     }
 
     fn open_ws(&mut self, slot: usize, up: Upgrade<A::Session>) {
-        let now = Instant::now();
+        let now = Tick::now();
         let mut ws = Ws::new(up.limits, up.out_cap, now, up.session);
         ws.reader.stash(&up.leftover);
         ws.next_heartbeat = now + self.app.net().cfg.heartbeat_interval;
@@ -291,7 +293,7 @@ impl<A: App> Shard<A> {
         if let Some(ws) = self.conns.get_mut(slot).and_then(|c| c.ws()) {
             ws.discard = true;
             let linger = self.app.net().cfg.close_linger;
-            ws.close_deadline = Some(Instant::now() + linger);
+            ws.close_deadline = Some(Tick::now() + linger);
         }
         self.rearm(slot);
     }
@@ -418,7 +420,7 @@ impl<A: App> Shard<A> {
         // What is queued goes out before the close frame (a slow consumer's queue was
         // dropped; a partly written frame is finished first).
         ws.out.push_unbounded(OutItem::close(Some(code), reason));
-        ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
+        ws.close_deadline = Some(Tick::now() + CLOSE_HANDSHAKE);
         ws.blocked = false;
         self.app.net().metrics.close(code);
         debug!("[s{} c{slot}.{gen}] closing {code} {reason}", self.idx);
@@ -460,7 +462,7 @@ impl<A: App> Shard<A> {
 
     // ------------------------------------------------------------ deadlines
 
-    pub(super) fn on_timer(&mut self, slot: usize, now: Instant) {
+    pub(super) fn on_timer(&mut self, slot: usize, now: Tick) {
         let hb = self.app.net().cfg.heartbeat_interval;
         let pong = self.app.net().cfg.pong_timeout;
         enum Then {

@@ -33,7 +33,7 @@ pub mod timer;
 pub mod transport;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tungstenite::{Bytes, Utf8Bytes};
 
@@ -127,9 +127,9 @@ pub trait App: Send + Sync + Sized + 'static {
     /// A heartbeat ping went out (every `NetConfig::heartbeat_interval`).
     fn on_heartbeat(sh: &mut Shard<Self>, slot: usize);
     /// The session's own deadline ([`App::deadline`]) may have passed.
-    fn on_timer(sh: &mut Shard<Self>, slot: usize, now: Instant);
+    fn on_timer(sh: &mut Shard<Self>, slot: usize, now: timer::Tick);
     /// The session's earliest deadline, if it has one.
-    fn deadline(session: &Self::Session) -> Option<Instant>;
+    fn deadline(session: &Self::Session) -> Option<timer::Tick>;
     /// A topic event for one subscribed connection: filter it and queue what is due.
     fn on_topic(sh: &mut Shard<Self>, slot: usize, ev: &Arc<Self::Topic>);
     fn on_msg(sh: &mut Shard<Self>, msg: Self::Msg);

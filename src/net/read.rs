@@ -6,9 +6,10 @@
 
 use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use log::debug;
+
+use super::timer::Tick;
 
 use super::conn::Phase;
 use super::frame::Unit;
@@ -243,7 +244,7 @@ impl<A: App> Shard<A> {
                 ws.out.clear();
                 ws.out.push_unbounded(OutItem::close(code, ""));
                 ws.finish = true;
-                ws.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE);
+                ws.close_deadline = Some(Tick::now() + CLOSE_HANDSHAKE);
                 self.app.net().metrics.close(answer);
                 self.mark_dirty(slot);
                 return Some(Io::Blocked);

@@ -35,7 +35,7 @@ use super::bus::{self, ConnId, ShardMsg, WAKER};
 use super::conn::{AfterWrite, Conn, HttpTag, Phase, Upgrade};
 use super::http::Response;
 use super::outqueue::OutItem;
-use super::timer::Timers;
+use super::timer::{Tick, Timers};
 use super::{close, App};
 
 pub(super) const CONN_OFFSET: usize = 1;
@@ -306,7 +306,7 @@ impl<A: App> Shard<A> {
         let mut events = Events::with_capacity(1024);
         info!("shard {} started", self.idx);
         loop {
-            let now = Instant::now();
+            let now = Tick::now();
             let timeout = if !self.pending.is_empty() || self.inbox_left {
                 Some(Duration::ZERO)
             } else {
@@ -475,7 +475,7 @@ impl<A: App> Shard<A> {
     }
 
     fn fire_timers(&mut self) {
-        let now = Instant::now();
+        let now = Tick::now();
         while let Some(e) = self.timers.pop_due(now) {
             let Some(c) = self.conns.get_mut(e.slot) else {
                 continue;

@@ -82,7 +82,7 @@ pub fn hold(o: &Opts) -> Value {
         },
         deadline,
         None,
-        0.0,
+        o.open_rate,
     );
     let (open_s, rss_after) = watcher.join().unwrap();
     let ok = connected.load(Relaxed);
