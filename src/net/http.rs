@@ -154,8 +154,18 @@ impl Request {
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (decoded(k) == name).then(|| percent_decode(v))
     })
+}
+
+/// `s` decoded, borrowed when there is nothing to decode (most keys): looking a parameter
+/// up allocated for every key it passed.
+fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|c| c == b'%' || c == b'+') {
+        std::borrow::Cow::Owned(percent_decode(s))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 pub fn percent_decode(s: &str) -> String {
@@ -463,5 +473,6 @@ mod tests {
         assert_eq!(query_param("t=%zz", "t").as_deref(), Some("%zz"));
         assert_eq!(query_param("t=%4", "t").as_deref(), Some("%4"));
         assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(query_param("room%5Fid=x&room_id=y", "room_id").as_deref(), Some("x"));
     }
 }
