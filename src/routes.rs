@@ -432,10 +432,7 @@ fn upgrade(
     if let Some(r) = &route {
         if let Some(max) = crate::dialect::http::max_message_bytes(r, &ctx.cfg) {
             // A dialect's own limit: its messages may come as one frame of that size.
-            limits = crate::net::frame::Limits {
-                max_message: max,
-                max_frame: max,
-            };
+            limits = crate::net::frame::Limits::new(max, max);
         }
         let mut d = crate::dialect::Dialect::new(r, &ctx.cfg);
         d.auth_failure = auth_failure;

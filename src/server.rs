@@ -311,10 +311,7 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 /// The sizes a WebSocket endpoint accepts: messages up to `max_message`, frames up to
 /// `ws.max_frame_bytes` (never more than a message).
 pub fn ws_limits(cfg: &Config, max_message: usize) -> Limits {
-    Limits {
-        max_message,
-        max_frame: cfg.ws.max_frame_bytes.min(max_message),
-    }
+    Limits::new(cfg.ws.max_frame_bytes.min(max_message), max_message)
 }
 
 /// Echo endpoint limits: Autobahn sends messages up to 16 MiB.
@@ -402,10 +399,7 @@ impl ServerHandle {
             })?;
 
         let native_limits = ws_limits(&cfg, cfg.ws.max_message_bytes);
-        let echo_limits = Limits {
-            max_message: ECHO_MAX_MESSAGE,
-            max_frame: ECHO_MAX_MESSAGE,
-        };
+        let echo_limits = Limits::new(ECHO_MAX_MESSAGE, ECHO_MAX_MESSAGE);
         let ctx = Arc::new(ServerCtx {
             loopback,
             ws_limits: native_limits,

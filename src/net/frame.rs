@@ -30,11 +30,36 @@ const NEW_INSIDE_FRAGMENTED: Violation =
 const CONTINUATION_WITHOUT_MESSAGE: Violation =
     Violation::Protocol("continuation frame without a message");
 
-/// Sizes one endpoint accepts.
+/// Sizes one endpoint accepts (8 bytes: every connection keeps its endpoint's; a limit
+/// past 4 GiB is 4 GiB).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub max_frame: usize,
-    pub max_message: usize,
+    max_frame: u32,
+    max_message: u32,
+}
+
+impl Limits {
+    pub const fn new(max_frame: usize, max_message: usize) -> Limits {
+        const fn clamp(n: usize) -> u32 {
+            if n > u32::MAX as usize {
+                u32::MAX
+            } else {
+                n as u32
+            }
+        }
+        Limits {
+            max_frame: clamp(max_frame),
+            max_message: clamp(max_message),
+        }
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame as usize
+    }
+
+    pub fn max_message(&self) -> usize {
+        self.max_message as usize
+    }
 }
 
 /// What a client did wrong; the connection is closed with [`code`](Violation::code).
@@ -162,7 +187,7 @@ fn parse_header(b: &[u8], limits: &Limits) -> Result<Option<Header>, Violation> 
     if payload > i64::MAX as u64 {
         return Err(Violation::Protocol("invalid frame length"));
     }
-    if payload > limits.max_frame as u64 || payload > limits.max_message as u64 {
+    if payload > u64::from(limits.max_frame) || payload > u64::from(limits.max_message) {
         return Err(Violation::TooBig);
     }
     let len = 2 + ext + 4;
@@ -393,7 +418,7 @@ impl Partial {
         match (h.opcode, &self.message) {
             (OP_TEXT | OP_BINARY, Some(_)) => return Err(NEW_INSIDE_FRAGMENTED),
             (OP_CONTINUATION, None) => return Err(CONTINUATION_WITHOUT_MESSAGE),
-            (OP_CONTINUATION, Some(m)) if m.data.len() + h.payload > limits.max_message => {
+            (OP_CONTINUATION, Some(m)) if m.data.len() + h.payload > limits.max_message() => {
                 return Err(Violation::TooBig)
             }
             _ => {}
@@ -439,7 +464,7 @@ impl Fragments {
     }
 
     fn extend(&mut self, more: &[u8], limits: &Limits) -> Result<(), Violation> {
-        if self.data.len() + more.len() > limits.max_message {
+        if self.data.len() + more.len() > limits.max_message() {
             return Err(Violation::TooBig);
         }
         self.data.extend_from_slice(more);
@@ -471,10 +496,7 @@ fn whole(text: bool, data: Vec<u8>) -> Result<Unit, Violation> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_frame: 1 << 20,
-        max_message: 1 << 20,
-    };
+    const LIMITS: Limits = Limits::new(1 << 20, 1 << 20);
 
     /// A masked client frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -621,10 +643,7 @@ mod tests {
             Err(Violation::InvalidUtf8)
         );
         // A continuation over the message limit is refused from its header.
-        let small = Limits {
-            max_frame: 100,
-            max_message: 150,
-        };
+        let small = Limits::new(100, 150);
         let mut r = Reader::default();
         let mut first = frame(false, OP_BINARY, &[0u8; 100]);
         r.next(&mut first, &small).unwrap();
@@ -709,10 +728,7 @@ mod tests {
 
     #[test]
     fn sizes_are_refused_from_the_header_before_buffering() {
-        let small = Limits {
-            max_frame: 100,
-            max_message: 150,
-        };
+        let small = Limits::new(100, 150);
         // The header alone (a 1 MiB length) is enough to refuse: nothing is buffered.
         let big = frame(true, OP_BINARY, &vec![0u8; 1 << 20]);
         let mut r = Reader::default();

@@ -443,10 +443,7 @@ mod tests {
         assert!(resp.contains("Sec-WebSocket-Protocol: confab.v1\r\n"));
         // The bytes after the head become the WebSocket's first input.
         let mut reader = crate::net::frame::Reader::default();
-        let limits = crate::net::frame::Limits {
-            max_frame: 1024,
-            max_message: 1024,
-        };
+        let limits = crate::net::frame::Limits::new(1024, 1024);
         let mut leftover = req.leftover;
         assert_eq!(
             reader.next(&mut leftover, &limits).unwrap(),

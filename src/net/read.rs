@@ -161,7 +161,7 @@ impl<A: App> Shard<A> {
                     }
                     Ok((_, Some(_))) if !ws.reader.in_message() => ws.partial_bytes = 0,
                     _ => {
-                        fragmented = spent > ws.limits.max_message * 2 + MAX_FRAMING_BYTES;
+                        fragmented = spent > ws.limits.max_message() * 2 + MAX_FRAMING_BYTES;
                         ws.partial_bytes = spent.min(u32::MAX as usize) as u32;
                     }
                 }
