@@ -120,13 +120,15 @@ pub fn deliver(shard: &mut Shard, slot: usize, ev: &TopicEvent) {
 /// Events of `conv` (or of every topic) were dropped for this shard on its full inbox:
 /// each local connection in such a room gets the room's `presence_list`, the truth it
 /// can replace its view with (a sample and the count in a room past
-/// `rooms.presence_max_users`). (Other ephemeral events need no repair: typing
-/// expires by itself.)
+/// `rooms.presence_max_users`), encoded once per room for all its connections here (a
+/// large room's list is that many entries, and this runs when the shard is overloaded).
+/// (Other ephemeral events need no repair: typing expires by itself.)
 pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
     let slots = match conv {
         Some(c) => shard.local_subscribers(c),
         None => shard.ws_slots(),
     };
+    let mut lists: std::collections::HashMap<Arc<str>, Arc<Encoded>> = Default::default();
     for slot in slots {
         let rooms: Vec<(Arc<str>, Arc<str>)> = match shard.session(slot) {
             Some(s) => s
@@ -138,13 +140,18 @@ pub fn on_missed(shard: &mut Shard, conv: Option<&str>) {
             None => continue,
         };
         for (room_id, c) in rooms {
-            let (online, online_count) = shard.app().presence_shown(&c);
-            let ev = Event::PresenceList {
-                room_id: room_id.to_string(),
-                online,
-                online_count,
-            };
-            crate::app::ShardExt::send(shard, slot, &ev);
+            let list = lists
+                .entry(room_id.clone())
+                .or_insert_with(|| {
+                    let (online, online_count) = shard.app().presence_shown(&c);
+                    Arc::new(Encoded::new(Event::PresenceList {
+                        room_id: room_id.to_string(),
+                        online,
+                        online_count,
+                    }))
+                })
+                .clone();
+            crate::app::ShardExt::send_encoded(shard, slot, &list);
         }
     }
 }
