@@ -35,8 +35,26 @@ struct UserEntry {
     user: Option<Arc<User>>,
 }
 
-/// Who is online in a room: user → (display name, connections in the room).
-type Presence = HashMap<Arc<str>, (String, u32)>;
+/// Who is online in a room: user → (display name, connections in the room); and whether
+/// the room is *large* — past `rooms.presence_max_users`, its joins and leaves not
+/// announced one by one ([`Hub::presence_mode`]).
+#[derive(Default)]
+struct Presence {
+    users: HashMap<Arc<str>, (String, u32)>,
+    large: bool,
+}
+
+/// How one change of a room's presence reaches the room ([`Hub::presence_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// `presence` joined/left, to everyone else in the room.
+    One,
+    /// Nothing: the room is large.
+    Quiet,
+    /// The room just became large, or small again: everyone in it gets a `presence_list`
+    /// (a sample and the count; or, small again, everyone).
+    Resync,
+}
 
 pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
@@ -73,6 +91,7 @@ impl Hub {
         let mut map = self.presence[stripe_of(&self.hasher, &**conv)].lock();
         let room = map.entry(conv.clone()).or_default();
         let e = room
+            .users
             .entry(Arc::from(user))
             .or_insert_with(|| (name.to_string(), 0));
         e.1 += 1;
@@ -85,7 +104,7 @@ impl Hub {
         let Some(room) = map.get_mut(conv) else {
             return false;
         };
-        let last = match room.get_mut(user) {
+        let last = match room.users.get_mut(user) {
             Some(e) => {
                 e.1 = e.1.saturating_sub(1);
                 e.1 == 0
@@ -93,8 +112,8 @@ impl Hub {
             None => return false,
         };
         if last {
-            room.remove(user);
-            if room.is_empty() {
+            room.users.remove(user);
+            if room.users.is_empty() {
                 map.remove(conv);
             }
         }
@@ -104,13 +123,33 @@ impl Hub {
     /// Is `user` online in room conversation `conv` now?
     pub fn presence_online(&self, conv: &str, user: &str) -> bool {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();
-        map.get(conv).is_some_and(|r| r.contains_key(user))
+        map.get(conv).is_some_and(|r| r.users.contains_key(user))
     }
 
-    /// How many users are online in a room.
-    pub fn presence_count(&self, conv: &str) -> usize {
-        let map = self.presence[stripe_of(&self.hasher, conv)].lock();
-        map.get(conv).map_or(0, |r| r.len())
+    /// How a change of `conv`'s presence that the hub has taken in (a join when `joined`)
+    /// is told, with `remote` users online on other nodes (cluster mode; 0 on a single
+    /// box) and at most `max` announced one by one. A room becomes large when a join
+    /// takes it past `max`, and small again when leaves bring it down to `max / 2` — the
+    /// gap keeps a room that hovers at the limit from resyncing everyone on every join
+    /// and leave. Decided under the room's lock, so two shards cannot both flip it.
+    pub fn presence_mode(&self, conv: &str, remote: usize, joined: bool, max: usize) -> Announce {
+        let mut map = self.presence[stripe_of(&self.hasher, conv)].lock();
+        let Some(room) = map.get_mut(conv) else {
+            return Announce::One; // the last one left: nobody to tell here
+        };
+        let n = room.users.len() + remote;
+        match (room.large, joined) {
+            (false, true) if n > max => {
+                room.large = true;
+                Announce::Resync
+            }
+            (false, _) => Announce::One,
+            (true, false) if n <= max / 2 => {
+                room.large = false;
+                Announce::Resync
+            }
+            (true, _) => Announce::Quiet,
+        }
     }
 
     /// At most `limit` of the users online in a room (id, name), and how many there are:
@@ -119,11 +158,12 @@ impl Hub {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();
         match map.get(conv) {
             Some(r) => (
-                r.iter()
+                r.users
+                    .iter()
                     .take(limit)
                     .map(|(u, (n, _))| (u.to_string(), n.clone()))
                     .collect(),
-                r.len(),
+                r.users.len(),
             ),
             None => (Vec::new(), 0),
         }
@@ -134,7 +174,8 @@ impl Hub {
         let map = self.presence[stripe_of(&self.hasher, conv)].lock();
         map.get(conv)
             .map(|r| {
-                r.iter()
+                r.users
+                    .iter()
                     .map(|(u, (n, _))| (u.to_string(), n.clone()))
                     .collect()
             })

@@ -331,18 +331,10 @@ pub fn kick(shard: &mut Shard, slot: usize, room_id: &str, conv: &str) {
     let user = shard.session(slot).and_then(|s| s.user.clone());
     crate::session::room_closed_locally(shard, slot, Arc::from(room_id), Arc::from(conv));
     if let Some(u) = user {
-        if !shard.app().hub.presence_online(conv, &u.id)
-            && shard.app().announces_presence(conv, false)
-        {
-            let ev = Event::Presence {
-                room_id: room_id.to_string(),
-                user_id: u.id.clone(),
-                username: u.name.clone(),
-                status: "left",
-            };
+        if !shard.app().hub.presence_online(conv, &u.id) {
             shard
                 .app()
-                .try_publish(topic_event(&Arc::from(conv), TopicKind::Ephemeral, ev));
+                .tell_presence(room_id, &Arc::from(conv), &u.id, &u.name, false);
         }
     }
     shard.send(

@@ -114,20 +114,6 @@ impl ServerCtx {
         list
     }
 
-    /// How many users are online in a room (on any node; cluster mode counts a user
-    /// online on two nodes twice — it only decides [`announces_presence`]).
-    ///
-    /// [`announces_presence`]: Self::announces_presence
-    pub fn presence_count(&self, conv: &str) -> usize {
-        #[allow(unused_mut)]
-        let mut n = self.hub.presence_count(conv);
-        #[cfg(feature = "cluster")]
-        if let Some(c) = &self.cluster {
-            n += c.dir.lock().remote_count(conv);
-        }
-        n
-    }
-
     /// What a client is shown of a room's users online: at most
     /// `rooms.presence_max_users` of them, as `Participant`s, and how many there are.
     pub fn presence_shown(&self, conv: &str) -> (Vec<crate::protocol::Participant>, usize) {
@@ -143,16 +129,55 @@ impl ServerCtx {
         (participants(some), n)
     }
 
-    /// Are a room's joins and leaves announced one by one? Only while the room has at most
-    /// `rooms.presence_max_users` users online with the one who came or went counted:
-    /// each announcement is a delivery to every member, so announcing every join of an
-    /// N-user room costs N² deliveries (a 3,000-user room filling up sent 797 MB). Over
-    /// the limit members are shown a sample and the count (`room_joined`,
-    /// `presence_list`) and `GET /v1/rooms/{id}` lists everyone. Called after the hub
-    /// (and the cluster directory) took the change in.
-    pub fn announces_presence(&self, conv: &str, joined: bool) -> bool {
-        let with_them = self.presence_count(conv) + usize::from(!joined);
-        with_them <= self.cfg.rooms.presence_max_users
+    /// Tell this node's subscribers of room `conv` that `user_id` came (`joined`) or went,
+    /// as [`Hub::presence_mode`](crate::hub::Hub::presence_mode) decides: one by one while
+    /// the room has at most `rooms.presence_max_users` online (each announcement is a
+    /// delivery to every member, so announcing every join of an N-user room costs N²
+    /// deliveries: a 5,000-user room filling up sent 2 GB); nothing while it is larger; a
+    /// `presence_list` to everyone when it becomes large or small again. Called after the
+    /// hub (and the cluster directory) took the change in.
+    pub fn tell_presence(
+        &self,
+        room_id: &str,
+        conv: &std::sync::Arc<str>,
+        user_id: &str,
+        username: &str,
+        joined: bool,
+    ) {
+        use crate::hub::Announce;
+        use crate::protocol::Event;
+        use crate::topic::{topic_event, TopicKind};
+        #[allow(unused_mut)]
+        let mut remote = 0;
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            remote = c.dir.lock().remote_count(conv);
+        }
+        let max = self.cfg.rooms.presence_max_users;
+        let ev = match self.hub.presence_mode(conv, remote, joined, max) {
+            Announce::Quiet => return,
+            Announce::One => {
+                let ev = Event::Presence {
+                    room_id: room_id.to_string(),
+                    user_id: user_id.to_string(),
+                    username: username.to_string(),
+                    status: if joined { "joined" } else { "left" },
+                };
+                let mut te = topic_event(conv, TopicKind::Ephemeral, ev);
+                te.exclude_user = Some(std::sync::Arc::from(user_id));
+                te
+            }
+            Announce::Resync => {
+                let (online, online_count) = self.presence_shown(conv);
+                let ev = Event::PresenceList {
+                    room_id: room_id.to_string(),
+                    online,
+                    online_count,
+                };
+                topic_event(conv, TopicKind::Ephemeral, ev)
+            }
+        };
+        self.net.try_publish(ev);
     }
 
     /// `user`'s first connection in a room on this node (`joined`) or its last one gone
@@ -177,18 +202,9 @@ impl ServerCtx {
             };
             return c.local_presence(self, e, joined, deliver);
         }
-        if !deliver || !self.announces_presence(conv, joined) {
-            return;
+        if deliver {
+            self.tell_presence(room_id, conv, &user.id, &user.name, joined);
         }
-        let ev = crate::protocol::Event::Presence {
-            room_id: room_id.to_string(),
-            user_id: user.id.clone(),
-            username: user.name.clone(),
-            status: if joined { "joined" } else { "left" },
-        };
-        let mut te = crate::topic::topic_event(conv, crate::topic::TopicKind::Ephemeral, ev);
-        te.exclude_user = Some(std::sync::Arc::from(user.id.as_str()));
-        self.try_publish(te);
     }
 
     /// Like [`publish`](Self::publish), never blocking (shards): a full inbox drops the

@@ -249,7 +249,7 @@ fn presence_is_per_user_across_nodes_one_joined_one_left() {
 }
 
 #[test]
-fn a_room_past_presence_max_users_announces_no_one_across_nodes() {
+fn a_room_past_presence_max_users_resyncs_once_and_announces_no_one_across_nodes() {
     if !harness::available() {
         return;
     }
@@ -276,7 +276,18 @@ fn a_room_past_presence_max_users_announces_no_one_across_nodes() {
         (Some(2), Some(3)),
         "{j}"
     );
-    assert!(drain(&mut obs, "presence", Duration::from_millis(600)).is_empty());
+    // A's observer: no `presence`, one `presence_list` (the room became large).
+    let mut seen = Vec::new();
+    while let Some(v) = obs.try_recv(Duration::from_millis(600)) {
+        seen.push(v);
+    }
+    assert!(seen.iter().all(|e| e["type"] != "presence"), "{seen:?}");
+    let lists: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "presence_list")
+        .collect();
+    assert_eq!(lists.len(), 1, "{seen:?}");
+    assert_eq!(lists[0]["online_count"], 3, "{seen:?}");
     assert!(drain(&mut ann, "presence", Duration::from_millis(100)).is_empty());
 }
 

@@ -98,8 +98,16 @@ fn recv_after_presence(c: &mut Client, ty: &str) -> (Value, bool) {
     (v, c.seen.iter().any(|e| e["type"] == "presence"))
 }
 
+/// The `presence_list` events among what `c` read before its last `recv_type`.
+fn lists_seen(c: &Client) -> Vec<&Value> {
+    c.seen
+        .iter()
+        .filter(|e| e["type"] == "presence_list")
+        .collect()
+}
+
 #[test]
-fn a_room_past_presence_max_users_shows_a_sample_and_the_count_and_announces_no_one() {
+fn a_room_past_presence_max_users_resyncs_once_shows_a_sample_and_the_count_and_announces_no_one() {
     let s = TestServer::start("presence-max", |c| c.rooms.presence_max_users = 2);
     let mut a = s.client("ann");
     join(&mut a, "big", json!({}));
@@ -114,8 +122,8 @@ fn a_room_past_presence_max_users_shows_a_sample_and_the_count_and_announces_no_
         (Some("bea"), Some("joined"))
     );
 
-    // The third is past it: shown two of the three and the count, announced to no one
-    // (ann's next event is cid's message, with no presence before it).
+    // The third takes the room past it: no `presence`, but once, everyone's view is
+    // replaced by two of the three and the count; cid is shown the same.
     let mut c = s.client("cid");
     let jc = join(&mut c, "big", json!({}));
     assert_eq!(jc["participants"].as_array().unwrap().len(), 2, "{jc}");
@@ -125,6 +133,15 @@ fn a_room_past_presence_max_users_shows_a_sample_and_the_count_and_announces_no_
     let (m, announced) = recv_after_presence(&mut a, "message_added");
     assert_eq!(m["message"]["content"], "hello");
     assert!(!announced, "cid's join was announced: {:?}", a.seen);
+    let lists = lists_seen(&a);
+    assert_eq!(lists.len(), 1, "{:?}", a.seen);
+    assert_eq!(
+        (
+            lists[0]["online_count"].as_u64(),
+            lists[0]["online"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(2))
+    );
     // HTTP lists everyone.
     let (code, room) = s.http("GET", "/v1/rooms/big", Some(&s.token("ann")), None);
     assert_eq!(code, 200, "{room}");
@@ -136,22 +153,27 @@ fn a_room_past_presence_max_users_shows_a_sample_and_the_count_and_announces_no_
         (Some(3), Some(3))
     );
 
-    // cid leaves a room of three: not announced either; bea leaves a room of two: is.
+    // cid leaves (two left: still large, nothing said); bea leaves (one left: half the
+    // limit, small again): ann gets the whole list, then joins are announced again.
     c.send(json!({"type": "leave_room", "room_id": "big"}));
     c.recv_type("room_left");
     b.send(json!({"type": "leave_room", "room_id": "big"}));
     b.recv_type("room_left");
-    let p = a.recv_type("presence");
-    assert_eq!(
-        (p["user_id"].as_str(), p["status"].as_str()),
-        (Some("bea"), Some("left")),
-        "{:?}",
-        a.seen
-    );
+    a.seen.clear();
+    let list = a.recv_type("presence_list");
+    assert_eq!(list["online_count"], 1, "{list}");
+    assert_eq!(list["online"][0]["user_id"], "ann", "{list}");
     assert!(
         a.seen.iter().all(|e| e["type"] != "presence"),
         "{:?}",
         a.seen
+    );
+    let mut d = s.client("dan");
+    join(&mut d, "big", json!({}));
+    let p = a.recv_type("presence");
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some("dan"), Some("joined"))
     );
 }
 

@@ -260,23 +260,12 @@ impl Cluster {
 
     /// A transition of the union for this node's subscribers of the room.
     pub(crate) fn deliver_presence(&self, ctx: &ServerCtx, change: presence::Change) {
-        let (e, status) = match change {
-            presence::Change::Joined(e) => (e, "joined"),
-            presence::Change::Left(e) => (e, "left"),
+        let (e, joined) = match change {
+            presence::Change::Joined(e) => (e, true),
+            presence::Change::Left(e) => (e, false),
         };
-        if !ctx.announces_presence(&e.conv, status == "joined") {
-            return;
-        }
         let conv: std::sync::Arc<str> = std::sync::Arc::from(e.conv.as_str());
-        let ev = crate::protocol::Event::Presence {
-            room_id: e.room_id,
-            user_id: e.user.clone(),
-            username: e.name,
-            status,
-        };
-        let mut te = crate::topic::topic_event(&conv, TopicKind::Ephemeral, ev);
-        te.exclude_user = Some(std::sync::Arc::from(e.user.as_str()));
-        ctx.net.try_publish(te);
+        ctx.tell_presence(&e.room_id, &conv, &e.user, &e.name, joined);
     }
 
     /// An admin broadcast to users or everyone: the other nodes deliver it to their own

@@ -191,7 +191,7 @@ pub struct RoomsConfig {
     pub typing_timeout: Duration,
     pub max_members: u32,
     /// Users online in a room up to which joins and leaves are announced one by one and
-    /// `room_joined` lists everyone (`ServerCtx::announces_presence`).
+    /// `room_joined` lists everyone (`Hub::presence_mode`).
     pub presence_max_users: usize,
 }
 

@@ -470,6 +470,9 @@ mod tests {
         assert_eq!(query_param("t=%zz", "t").as_deref(), Some("%zz"));
         assert_eq!(query_param("t=%4", "t").as_deref(), Some("%4"));
         assert_eq!(query_param("a=1", "b"), None);
-        assert_eq!(query_param("room%5Fid=x&room_id=y", "room_id").as_deref(), Some("x"));
+        assert_eq!(
+            query_param("room%5Fid=x&room_id=y", "room_id").as_deref(),
+            Some("x")
+        );
     }
 }
