@@ -38,6 +38,8 @@ pub struct Opts {
     pub json: bool,
     pub room: String,
     pub size: usize,
+    /// `write`: chats each sender keeps in flight (sent, not yet acked).
+    pub in_flight: usize,
     /// New connections per second (0: all at once). Used by `chat`.
     pub open_rate: f64,
     /// `hold`: how long after the last connection opened the server's RSS is read.
@@ -47,7 +49,7 @@ pub struct Opts {
 const USAGE: &str =
     "usage: confab-load SCENARIO --url ws://HOST:PORT [--url ...] [--token JWT | --dev-tokens [--conns-per-user K]]
   [--connections N] [--duration-s S] [--rate R] [--server-pid PID] [--path P] [--threads T]
-  [--room ROOM] [--in-room] [--size BYTES] [--open-rate CONNS_PER_S] [--settle-s S] [--generic] [--json]
+  [--room ROOM] [--in-room] [--size BYTES] [--in-flight K] [--open-rate CONNS_PER_S] [--settle-s S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
 
 fn parse() -> Result<Opts, String> {
@@ -73,6 +75,7 @@ fn parse() -> Result<Opts, String> {
         room: "load-room".into(),
         in_room: false,
         size: 32,
+        in_flight: 1,
         open_rate: 0.0,
         settle: Duration::from_millis(500),
     };
@@ -105,6 +108,13 @@ fn parse() -> Result<Opts, String> {
             "--threads" => o.threads = v()?.parse().map_err(|_| "--threads: a number")?,
             "--room" => o.room = v()?,
             "--size" => o.size = v()?.parse().map_err(|_| "--size: a number")?,
+            "--in-flight" => {
+                o.in_flight = v()?
+                    .parse()
+                    .ok()
+                    .filter(|k| *k > 0)
+                    .ok_or("--in-flight: a positive number")?
+            }
             "--open-rate" => o.open_rate = v()?.parse().map_err(|_| "--open-rate: a number")?,
             "--generic" => o.generic = true,
             "--in-room" => o.in_room = true,

@@ -3,7 +3,9 @@
 use super::*;
 
 struct WriteH {
-    sent_at: HashMap<usize, Instant>,
+    /// Send times of each sender's chats not yet acked, oldest first (acks come in order).
+    sent_at: HashMap<usize, std::collections::VecDeque<Instant>>,
+    in_flight: usize,
     conv: HashMap<usize, String>,
     seq: HashMap<usize, u64>,
     lat: Histogram<u64>,
@@ -21,8 +23,21 @@ impl WriteH {
         if let Some(c) = self.conv.get(&id) {
             m["conversation_id"] = json!(c);
         }
-        self.sent_at.insert(id, now);
+        self.sent_at.entry(id).or_default().push_back(now);
         out.push(m.to_string());
+    }
+
+    /// Fill the sender's window. Until its first ack names its conversation, one chat at a
+    /// time (each chat without a conversation id would open a new conversation).
+    fn fill(&mut self, id: usize, out: &mut Vec<String>, now: Instant) {
+        let window = if self.conv.contains_key(&id) {
+            self.in_flight
+        } else {
+            1
+        };
+        while self.sent_at.get(&id).map_or(0, |q| q.len()) < window {
+            self.next(id, out, now);
+        }
     }
 }
 
@@ -30,7 +45,7 @@ impl Handler for WriteH {
     fn on_open(&mut self, _id: usize, _out: &mut Vec<String>, _now: Instant) {}
     fn on_text(&mut self, id: usize, text: &str, out: &mut Vec<String>, now: Instant) {
         if text.contains("\"type\":\"connected\"") {
-            return self.next(id, out, now);
+            return self.fill(id, out, now);
         }
         if text.contains("\"type\":\"ack\"") {
             if let std::collections::hash_map::Entry::Vacant(e) = self.conv.entry(id) {
@@ -38,19 +53,22 @@ impl Handler for WriteH {
                     e.insert(v["conversation_id"].as_str().unwrap_or("").to_string());
                 }
             }
-            if let Some(t) = self.sent_at.get(&id) {
+            if let Some(t) = self.sent_at.get_mut(&id).and_then(|q| q.pop_front()) {
                 if now >= self.measure_from {
                     let _ = self
                         .lat
-                        .record(now.duration_since(*t).as_micros().max(1) as u64);
+                        .record(now.duration_since(t).as_micros().max(1) as u64);
                     self.acks += 1;
                 }
             }
-            return self.next(id, out, now);
+            return self.fill(id, out, now);
         }
         if text.contains("\"type\":\"error\"") {
             self.errors += 1;
-            self.next(id, out, now);
+            if let Some(q) = self.sent_at.get_mut(&id) {
+                q.pop_front();
+            }
+            self.fill(id, out, now);
         }
     }
     fn on_failed(&mut self, _id: usize, _why: &str) {
@@ -58,8 +76,8 @@ impl Handler for WriteH {
     }
 }
 
-/// `write`: N senders, one chat (no AI) in flight each; acked messages/s and ack latency
-/// (send → ack, which the server sends only after COMMIT).
+/// `write`: N senders, `--in-flight` chats (no AI) in flight each (default one); acked
+/// messages/s and ack latency (send → ack, which the server sends only after COMMIT).
 pub fn write(o: &Opts) -> Value {
     let n = o.connections;
     let toks = tokens(o, n);
@@ -72,6 +90,7 @@ pub fn write(o: &Opts) -> Value {
         paths,
         |_| WriteH {
             sent_at: HashMap::new(),
+            in_flight: o.in_flight,
             conv: HashMap::new(),
             seq: HashMap::new(),
             lat: hist(),
@@ -88,7 +107,7 @@ pub fn write(o: &Opts) -> Value {
     let errors: u64 = hs.iter().map(|h| h.errors).sum();
     let failed: u64 = hs.iter().map(|h| h.failed).sum();
     json!({
-        "scenario": "write", "senders": n, "duration_s": o.duration.as_secs_f64(), "acked": acks,
+        "scenario": "write", "senders": n, "in_flight": o.in_flight, "duration_s": o.duration.as_secs_f64(), "acked": acks,
         "acked_per_s": (acks as f64 / o.duration.as_secs_f64()).round(), "errors": errors, "failed_connections": failed,
         "ack_latency": pct(&merge(hs.into_iter().map(|h| h.lat))), "server_cpu_percent": cpu.percent(),
     })
