@@ -249,3 +249,43 @@ impl Hub {
             .contains_key(user)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_turns_large_past_the_limit_and_small_again_at_half_of_it() {
+        let hub = Hub::new();
+        let conv: Arc<str> = Arc::from("c1");
+        let max = 4;
+        let join = |u: &str| {
+            assert!(hub.presence_add(&conv, u, u));
+            hub.presence_mode(&conv, 0, true, max)
+        };
+        // Up to the limit: one by one.
+        for u in ["a", "b", "c", "d"] {
+            assert_eq!(join(u), Announce::One, "{u}");
+        }
+        // Past it: one resync, then quiet.
+        assert_eq!(join("e"), Announce::Resync);
+        assert_eq!(join("f"), Announce::Quiet);
+        let leave = |u: &str| {
+            assert!(hub.presence_remove(&conv, u));
+            hub.presence_mode(&conv, 0, false, max)
+        };
+        // Back under the limit is still large (no resync on every join and leave at the
+        // edge) until half of it: one resync, then one by one again.
+        for u in ["f", "e", "d"] {
+            assert_eq!(leave(u), Announce::Quiet, "{u}");
+        }
+        assert_eq!(leave("c"), Announce::Resync);
+        assert_eq!(leave("b"), Announce::One);
+        assert_eq!(join("x"), Announce::One);
+        // Other nodes' users count too (cluster mode).
+        assert!(hub.presence_add(&conv, "y", "y"));
+        assert_eq!(hub.presence_mode(&conv, 10, true, max), Announce::Resync);
+        let (some, n) = hub.presence_sample(&conv, 2);
+        assert_eq!((some.len(), n), (2, 3));
+    }
+}
