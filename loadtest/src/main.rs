@@ -52,6 +52,14 @@ const USAGE: &str =
   [--room ROOM] [--in-room] [--size BYTES] [--in-flight K] [--open-rate CONNS_PER_S] [--settle-s S] [--generic] [--json]
 scenarios: hold echo broadcast chat churn resume write upload";
 
+/// A count of at least one, or the flag's error.
+fn positive(s: &str, flag: &str) -> Result<usize, String> {
+    s.parse()
+        .ok()
+        .filter(|k| *k > 0)
+        .ok_or(format!("{flag}: a positive number"))
+}
+
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().ok_or("missing scenario")?;
@@ -86,13 +94,7 @@ fn parse() -> Result<Opts, String> {
             "--url" => urls.push(v()?),
             "--token" => o.token = Some(v()?),
             "--dev-tokens" => o.dev_tokens = true,
-            "--conns-per-user" => {
-                o.conns_per_user = v()?
-                    .parse()
-                    .ok()
-                    .filter(|k| *k > 0)
-                    .ok_or("--conns-per-user: a positive number")?
-            }
+            "--conns-per-user" => o.conns_per_user = positive(&v()?, "--conns-per-user")?,
             "--connections" | "-n" => {
                 o.connections = v()?.parse().map_err(|_| "--connections: a number")?
             }
@@ -108,13 +110,7 @@ fn parse() -> Result<Opts, String> {
             "--threads" => o.threads = v()?.parse().map_err(|_| "--threads: a number")?,
             "--room" => o.room = v()?,
             "--size" => o.size = v()?.parse().map_err(|_| "--size: a number")?,
-            "--in-flight" => {
-                o.in_flight = v()?
-                    .parse()
-                    .ok()
-                    .filter(|k| *k > 0)
-                    .ok_or("--in-flight: a positive number")?
-            }
+            "--in-flight" => o.in_flight = positive(&v()?, "--in-flight")?,
             "--open-rate" => o.open_rate = v()?.parse().map_err(|_| "--open-rate: a number")?,
             "--generic" => o.generic = true,
             "--in-room" => o.in_room = true,

@@ -53,10 +53,6 @@ impl Limits {
         }
     }
 
-    pub fn max_frame(&self) -> usize {
-        self.max_frame as usize
-    }
-
     pub fn max_message(&self) -> usize {
         self.max_message as usize
     }
