@@ -33,6 +33,7 @@ for n in ("100", "1000"):
         (f, f"echo {n} conns: server µs per message", cpu_us_per_msg, True),
         (f, f"echo {n} conns: msgs/s", lambda r: r.get("msgs_per_s"), False),
         (f, f"echo {n} conns: rtt p99 ms", ms("rtt.p99"), True),
+        (f, f"echo {n} conns: load generator's CPU % (100: the harness bounds the figure)", lambda r: r.get("load_cpu_percent"), True),
     ]
 for n in ("1000", "5000"):
     f = "bcast" + n
@@ -41,6 +42,7 @@ for n in ("1000", "5000"):
         (f, f"broadcast {n} × 100/s: p99 ms", ms("latency.p99"), True),
         (f, f"broadcast {n} × 100/s: server µs per delivery", lambda r: r.get("server_us_per_delivery"), True),
         (f, f"broadcast {n} × 100/s: lost (of expected)", lambda r: (r.get("lost") or 0) / max(r.get("expected_deliveries") or 1, 1), True),
+        (f, f"broadcast {n} × 100/s: load generator's CPU % (from the first send to 2 s after the last)", lambda r: r.get("load_cpu_percent"), True),
     ]
 ROWS += [
     ("idle10k", "idle 10k: KiB per connection", kib_per_conn, True),

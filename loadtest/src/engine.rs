@@ -11,6 +11,8 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
+use crate::frames::{Frame, Reader};
+
 pub trait Handler: Send {
     /// The connection `id` is open; queue its first messages.
     fn on_open(&mut self, id: usize, out: &mut Vec<String>, now: Instant);
@@ -28,6 +30,8 @@ pub trait Handler: Send {
 enum Phase {
     Connecting,
     Handshake(Vec<u8>),
+    /// Frames are written by tungstenite (which masks them) and read by the client's
+    /// [`Reader`] from the thread's buffer.
     Open(Box<WebSocketContext>),
     Dead,
 }
@@ -38,6 +42,11 @@ struct Client {
     phase: Phase,
     request: Vec<u8>,
     sent_request: bool,
+    /// Kept beside the socket, not behind the context's box: a delivery that needs no
+    /// answer touches only this entry of the thread's client list.
+    reader: Reader,
+    /// tungstenite holds output a write could not finish.
+    unflushed: bool,
 }
 
 pub struct Target {
@@ -93,7 +102,9 @@ pub fn run(
     let mut next_tick = Instant::now();
     let mut out = Vec::new();
     let mut sends = Vec::new();
-    let mut buf = vec![0u8; 8192];
+    // One read buffer per thread, hot in cache: a connection keeps bytes only while a
+    // frame is cut (frames.rs).
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let now = Instant::now();
         if now >= deadline || handler.done() {
@@ -129,6 +140,8 @@ pub fn run(
                         phase: Phase::Connecting,
                         request: upgrade_request(&target.host, &path),
                         sent_request: false,
+                        reader: Reader::default(),
+                        unflushed: false,
                     });
                 }
                 Err(e) => handler.on_failed(id, &e.to_string()),
@@ -162,11 +175,9 @@ pub fn run(
 
 fn send(c: &mut Client, text: &str) {
     if let Phase::Open(ctx) = &mut c.phase {
-        match ctx.write(&mut c.sock, Message::text(text.to_string())) {
-            Ok(()) | Err(tungstenite::Error::Io(_)) => {}
-            Err(_) => {}
-        }
-        let _ = ctx.flush(&mut c.sock);
+        // A failed write shows as a failed read on the next event.
+        let _ = ctx.write(&mut c.sock, Message::text(text.to_string()));
+        c.unflushed = ctx.flush(&mut c.sock).is_err();
     }
 }
 
@@ -218,15 +229,18 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                             return;
                         }
                         let rest = acc[end + 4..].to_vec();
-                        c.phase = Phase::Open(Box::new(WebSocketContext::from_partially_read(
-                            rest,
+                        c.phase = Phase::Open(Box::new(WebSocketContext::new(
                             Role::Client,
                             Some(ws_config()),
                         )));
+                        c.request = Vec::new();
                         out.clear();
                         h.on_open(c.id, out, std::time::Instant::now());
                         for m in out.drain(..) {
                             send(c, &m);
+                        }
+                        if !rest.is_empty() && !on_bytes(c, h, out, &rest) {
+                            return;
                         }
                     }
                 }
@@ -237,22 +251,31 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                     return;
                 }
             },
-            Phase::Open(ctx) => match ctx.read(&mut c.sock) {
-                Ok(Message::Text(t)) => {
-                    out.clear();
-                    h.on_text(c.id, &t, out, Instant::now());
-                    for m in out.drain(..) {
-                        let _ = ctx.write(&mut c.sock, Message::text(m));
-                    }
-                    let _ = ctx.flush(&mut c.sock);
-                }
-                Ok(_) => {
-                    let _ = ctx.flush(&mut c.sock);
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = ctx.flush(&mut c.sock);
+            Phase::Open(ctx) if c.unflushed => {
+                c.unflushed = ctx.flush(&mut c.sock).is_err();
+                if c.unflushed {
+                    // Still blocked; a writable event comes back here.
                     return;
                 }
+            }
+            Phase::Open(_) => match c.sock.read(buf) {
+                Ok(0) => {
+                    c.phase = Phase::Dead;
+                    h.on_failed(c.id, "closed: the server closed the connection");
+                    return;
+                }
+                Ok(n) => {
+                    if !on_bytes(c, h, out, &buf[..n]) {
+                        return;
+                    }
+                    // A short read drained the socket: mio is edge-triggered, so more data
+                    // brings a new event (no read that only answers EAGAIN).
+                    if n < buf.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     c.phase = Phase::Dead;
                     h.on_failed(c.id, &format!("closed: {e}"));
@@ -261,4 +284,47 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
             },
         }
     }
+}
+
+/// Hand the frames in `data` to the handler and write what it answers; false when the
+/// connection is done (closed by the server or unreadable).
+fn on_bytes(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, data: &[u8]) -> bool {
+    let Phase::Open(ctx) = &mut c.phase else {
+        return false;
+    };
+    let (id, sock) = (c.id, &mut c.sock);
+    let mut closed = false;
+    let mut wrote = false;
+    let fed = c.reader.feed(data, |f| match f {
+        Frame::Text(t) => {
+            out.clear();
+            h.on_text(id, t, out, Instant::now());
+            for m in out.drain(..) {
+                let _ = ctx.write(&mut *sock, Message::text(m));
+                wrote = true;
+            }
+        }
+        Frame::Ping(p) => {
+            let _ = ctx.write(&mut *sock, Message::Pong(p.to_vec().into()));
+            wrote = true;
+        }
+        Frame::Close => closed = true,
+        Frame::Other => {}
+    });
+    if closed {
+        // Answer the close as a client does.
+        let _ = ctx.close(&mut *sock, None);
+        wrote = true;
+    }
+    if wrote {
+        c.unflushed = ctx.flush(&mut *sock).is_err();
+    }
+    let why = match fed {
+        Err(e) => format!("closed: unreadable frames from the server ({e:?})"),
+        Ok(()) if closed => "closed: the server sent a close frame".to_string(),
+        Ok(()) => return true,
+    };
+    c.phase = Phase::Dead;
+    h.on_failed(id, &why);
+    false
 }

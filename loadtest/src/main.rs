@@ -11,6 +11,7 @@
 //! their connections over them, connection i to url i mod n.
 
 mod engine;
+mod frames;
 mod scenarios;
 
 use std::time::Duration;

@@ -13,6 +13,9 @@ struct BcastH {
     stop_at: Arc<Mutex<Option<Instant>>>,
     /// The server's CPU meter, started with the first send (`--server-pid`).
     cpu: Arc<Mutex<Option<CpuMeter>>>,
+    /// The harness's own CPU over the same window: near 100 % means the figure measures
+    /// the load generator's core as much as the server.
+    load_cpu: Arc<Mutex<Option<CpuMeter>>>,
     server_pid: Option<u32>,
     duration: Duration,
     sent: Arc<AtomicU64>,
@@ -76,6 +79,7 @@ impl Handler for BcastH {
         let started = *self.started.get_or_insert_with(|| {
             *self.stop_at.lock().unwrap() = Some(now + self.duration);
             *self.cpu.lock().unwrap() = Some(CpuMeter::start(self.server_pid));
+            *self.load_cpu.lock().unwrap() = Some(CpuMeter::start(Some(std::process::id())));
             now
         });
         if now.duration_since(started) >= self.duration {
@@ -117,6 +121,7 @@ pub fn broadcast(o: &Opts) -> Value {
     let sent = Arc::new(AtomicU64::new(0));
     let stop_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let cpu = Arc::new(Mutex::new(None::<CpuMeter>));
+    let load_cpu = Arc::new(Mutex::new(None::<CpuMeter>));
     let deadline = Instant::now() + o.duration + Duration::from_secs(120);
     let tick = Duration::from_secs_f64((1.0 / o.rate).min(0.01));
     let hs = run_threads(
@@ -132,6 +137,7 @@ pub fn broadcast(o: &Opts) -> Value {
             started: None,
             stop_at: stop_at.clone(),
             cpu: cpu.clone(),
+            load_cpu: load_cpu.clone(),
             server_pid: o.server_pid,
             duration: o.duration,
             sent: sent.clone(),
@@ -148,6 +154,11 @@ pub fn broadcast(o: &Opts) -> Value {
     );
     // From the first send to the end of the drain (2 s after the last send).
     let cpu_s = cpu.lock().unwrap().as_ref().and_then(|m| m.seconds());
+    let load_cpu = load_cpu
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map_or(Value::Null, |m| m.percent());
     let sent = sent.load(Relaxed);
     let received: u64 = hs.iter().map(|h| h.received).sum();
     let dup: u64 = hs.iter().map(|h| h.dup).sum();
@@ -159,7 +170,7 @@ pub fn broadcast(o: &Opts) -> Value {
         "sent": sent, "expected_deliveries": expected, "deliveries": received, "lost": expected.saturating_sub(received), "duplicated": dup,
         "deliveries_per_s": (received as f64 / o.duration.as_secs_f64()).round(),
         "latency": pct(&merge(hs.into_iter().map(|h| h.lat))), "failed_connections": failed,
-        "server_cpu_s": cpu_s,
+        "server_cpu_s": cpu_s, "load_cpu_percent": load_cpu,
         "server_us_per_delivery": cpu_s.filter(|_| received > 0).map(|s| (s * 1e7 / received as f64).round() / 10.0),
     })
 }

@@ -43,6 +43,7 @@ pub fn echo(o: &Opts) -> Value {
     let start = Instant::now();
     let measure_from = start + warm;
     let cpu = CpuMeter::start(o.server_pid);
+    let load_cpu = CpuMeter::start(Some(std::process::id()));
     let hs = run_threads(
         o,
         paths,
@@ -64,6 +65,6 @@ pub fn echo(o: &Opts) -> Value {
         "scenario": "echo", "path": path, "connections": n, "message_bytes": o.size, "duration_s": o.duration.as_secs_f64(),
         "messages": msgs, "msgs_per_s": (msgs as f64 / o.duration.as_secs_f64()).round(),
         "rtt": pct(&merge(hs.into_iter().map(|h| h.rtt))), "failed_connections": failed,
-        "server_cpu_percent": cpu.percent(),
+        "server_cpu_percent": cpu.percent(), "load_cpu_percent": load_cpu.percent(),
     })
 }
