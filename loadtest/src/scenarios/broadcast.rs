@@ -25,17 +25,15 @@ struct BcastH {
     lat: Histogram<u64>,
     failed: u64,
     sent_local: u64,
+    /// Message size (`--size`): the timestamp, padded.
+    size: usize,
 }
 
 impl BcastH {
     fn parse_ts(&self, text: &str) -> Option<u64> {
         if self.generic {
-            return text
-                .trim()
-                .strip_prefix("ts:")
-                .unwrap_or(text.trim())
-                .parse()
-                .ok();
+            let t = text.strip_prefix("ts:")?;
+            return t[..t.find(' ').unwrap_or(t.len())].parse().ok();
         }
         // Cheap on purpose: at 500k deliveries/s a full JSON parse per event would make
         // the harness, not the server, the bottleneck on a shared 2-core box.
@@ -43,7 +41,7 @@ impl BcastH {
             return None;
         }
         let at = text.find("\"content\":\"ts:")? + "\"content\":\"ts:".len();
-        let digits: &str = &text[at..at + text[at..].find('"')?];
+        let digits: &str = &text[at..at + text[at..].find([' ', '"'])?];
         digits.parse().ok()
     }
 }
@@ -89,7 +87,15 @@ impl Handler for BcastH {
         while self.sent_local < due {
             self.sent_local += 1;
             self.sent.fetch_add(1, Relaxed);
-            let body = format!("ts:{}", now_ns());
+            let mut body = format!("ts:{}", now_ns());
+            if body.len() < self.size {
+                // Padded to --size (the peers relay exactly this; confab wraps it).
+                body.push(' ');
+                body.extend(std::iter::repeat_n(
+                    'x',
+                    self.size.saturating_sub(body.len()),
+                ));
+            }
             let msg = if self.generic {
                 body
             } else {
@@ -147,6 +153,7 @@ pub fn broadcast(o: &Opts) -> Value {
             lat: hist(),
             failed: 0,
             sent_local: 0,
+            size: o.size,
         },
         deadline,
         Some(tick),
