@@ -667,3 +667,49 @@ fn history_keeps_usage_agents_are_listed_and_owners_rename_and_delete() {
     assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
     assert_eq!(s.http("DELETE", &path, Some(&alice), None).0, 404);
 }
+
+/// Messages in the database file itself (not the WAL): `immutable=1` makes SQLite read
+/// the main file only. A read that meets a page mid-copy counts as not there yet.
+fn rows_in_database_file(db: &std::path::Path) -> i64 {
+    let uri = format!("file:{}?immutable=1", db.display());
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    rusqlite::Connection::open_with_flags(uri, flags)
+        .and_then(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+fn wait_for_rows(db: &std::path::Path, n: i64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if rows_in_database_file(db) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn committed_messages_are_checkpointed_into_the_database_file_also_after_an_idle_spell() {
+    // The checkpointer skips its pass while nothing was committed since a complete one;
+    // commits after such an idle spell must still be copied.
+    let s = TestServer::start("checkpoint", |_| {});
+    let db = s.dir.join("confab.db");
+    let mut c = s.client("ann");
+    let conv = chat(&mut c, "k1", None, "one")["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait_for_rows(&db, 1),
+        "the first message never left the WAL"
+    );
+    // Several passes with nothing to do.
+    std::thread::sleep(Duration::from_millis(700));
+    chat(&mut c, "k2", Some(&conv), "two");
+    chat(&mut c, "k3", Some(&conv), "three");
+    assert!(
+        wait_for_rows(&db, 3),
+        "messages committed after an idle spell stayed in the WAL"
+    );
+}
