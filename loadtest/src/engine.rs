@@ -251,13 +251,16 @@ fn drive(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, buf: &mut [
                     return;
                 }
             },
-            Phase::Open(ctx) if c.unflushed => {
-                c.unflushed = ctx.flush(&mut c.sock).is_err();
-                if c.unflushed {
-                    // Still blocked; a writable event comes back here.
+            Phase::Open(ctx) if c.unflushed => match ctx.flush(&mut c.sock) {
+                Ok(()) => c.unflushed = false,
+                // Still blocked; a writable event comes back here.
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    c.phase = Phase::Dead;
+                    h.on_failed(c.id, &format!("closed: {e}"));
                     return;
                 }
-            }
+            },
             Phase::Open(_) => match c.sock.read(buf) {
                 Ok(0) => {
                     c.phase = Phase::Dead;
@@ -293,7 +296,7 @@ fn on_bytes(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, data: &[
         return false;
     };
     let (id, sock) = (c.id, &mut c.sock);
-    let mut closed = false;
+    let mut closed: Option<Option<u16>> = None;
     let mut wrote = false;
     let fed = c.reader.feed(data, |f| match f {
         Frame::Text(t) => {
@@ -308,10 +311,10 @@ fn on_bytes(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, data: &[
             let _ = ctx.write(&mut *sock, Message::Pong(p.to_vec().into()));
             wrote = true;
         }
-        Frame::Close => closed = true,
+        Frame::Close(code) => closed = Some(code),
         Frame::Other => {}
     });
-    if closed {
+    if closed.is_some() {
         // Answer the close as a client does.
         let _ = ctx.close(&mut *sock, None);
         wrote = true;
@@ -321,8 +324,11 @@ fn on_bytes(c: &mut Client, h: &mut dyn Handler, out: &mut Vec<String>, data: &[
     }
     let why = match fed {
         Err(e) => format!("closed: unreadable frames from the server ({e:?})"),
-        Ok(()) if closed => "closed: the server sent a close frame".to_string(),
-        Ok(()) => return true,
+        Ok(()) => match closed {
+            Some(Some(code)) => format!("closed by the server: {code}"),
+            Some(None) => "closed by the server (no code)".to_string(),
+            None => return true,
+        },
     };
     c.phase = Phase::Dead;
     h.on_failed(id, &why);

@@ -13,7 +13,8 @@
 pub enum Frame<'a> {
     Text(&'a str),
     Ping(&'a [u8]),
-    Close,
+    /// The close code, when the frame has one.
+    Close(Option<u16>),
     /// Binary, pong, or a fragment of a message still incomplete.
     Other,
 }
@@ -102,7 +103,9 @@ impl Reader {
                     each(Frame::Other);
                 }
             }
-            0x8 => each(Frame::Close),
+            0x8 => each(Frame::Close(
+                payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+            )),
             0x9 => each(Frame::Ping(payload)),
             0x0 | 0x2 | 0xA => each(Frame::Other),
             _ => return Err(Bad::Protocol("reserved opcode")),
@@ -162,7 +165,7 @@ mod tests {
             out.push(match f {
                 Frame::Text(t) => format!("text:{t}"),
                 Frame::Ping(p) => format!("ping:{}", p.len()),
-                Frame::Close => "close".into(),
+                Frame::Close(code) => format!("close:{code:?}"),
                 Frame::Other => "other".into(),
             })
         })
@@ -186,7 +189,7 @@ mod tests {
             "other".into(),
             "text:h\u{e9}llo".into(),
             format!("text:{huge}"),
-            "close".into(),
+            "close:Some(1000)".into(),
         ];
         for cut in (0..stream.len())
             .step_by(7)
