@@ -11,11 +11,10 @@ struct BcastH {
     rate: f64,
     started: Option<Instant>,
     stop_at: Arc<Mutex<Option<Instant>>>,
-    /// The server's CPU meter, started with the first send (`--server-pid`).
-    cpu: Arc<Mutex<Option<CpuMeter>>>,
-    /// The harness's own CPU over the same window: near 100 % means the figure measures
-    /// the load generator's core as much as the server.
-    load_cpu: Arc<Mutex<Option<CpuMeter>>>,
+    /// CPU meters started with the first send: the server's (`--server-pid`) and the
+    /// harness's own over the same window (near 100 %: the figure measures the load
+    /// generator's core as much as the server).
+    cpu: Arc<Mutex<Option<(CpuMeter, CpuMeter)>>>,
     server_pid: Option<u32>,
     duration: Duration,
     sent: Arc<AtomicU64>,
@@ -76,8 +75,10 @@ impl Handler for BcastH {
         }
         let started = *self.started.get_or_insert_with(|| {
             *self.stop_at.lock().unwrap() = Some(now + self.duration);
-            *self.cpu.lock().unwrap() = Some(CpuMeter::start(self.server_pid));
-            *self.load_cpu.lock().unwrap() = Some(CpuMeter::start(Some(std::process::id())));
+            *self.cpu.lock().unwrap() = Some((
+                CpuMeter::start(self.server_pid),
+                CpuMeter::start(Some(std::process::id())),
+            ));
             now
         });
         if now.duration_since(started) >= self.duration {
@@ -126,8 +127,7 @@ pub fn broadcast(o: &Opts) -> Value {
     let joined = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let cpu = Arc::new(Mutex::new(None::<CpuMeter>));
-    let load_cpu = Arc::new(Mutex::new(None::<CpuMeter>));
+    let cpu = Arc::new(Mutex::new(None::<(CpuMeter, CpuMeter)>));
     let deadline = Instant::now() + o.duration + Duration::from_secs(120);
     let tick = Duration::from_secs_f64((1.0 / o.rate).min(0.01));
     let hs = run_threads(
@@ -143,7 +143,6 @@ pub fn broadcast(o: &Opts) -> Value {
             started: None,
             stop_at: stop_at.clone(),
             cpu: cpu.clone(),
-            load_cpu: load_cpu.clone(),
             server_pid: o.server_pid,
             duration: o.duration,
             sent: sent.clone(),
@@ -160,12 +159,10 @@ pub fn broadcast(o: &Opts) -> Value {
         2000.0,
     );
     // From the first send to the end of the drain (2 s after the last send).
-    let cpu_s = cpu.lock().unwrap().as_ref().and_then(|m| m.seconds());
-    let load_cpu = load_cpu
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map_or(Value::Null, |m| m.percent());
+    let (cpu_s, load_cpu) = match cpu.lock().unwrap().as_ref() {
+        Some((server, harness)) => (server.seconds(), harness.percent()),
+        None => (None, Value::Null),
+    };
     let sent = sent.load(Relaxed);
     let received: u64 = hs.iter().map(|h| h.received).sum();
     let dup: u64 = hs.iter().map(|h| h.dup).sum();
