@@ -15,7 +15,7 @@ DATA=$(mktemp -d /tmp/confab-store-write.XXXXXX)
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 CONFAB_SERVER_LISTEN=127.0.0.1:$PORT CONFAB_STORE_DATA_DIR=$DATA \
 CONFAB_SERVER_MAX_CONNECTIONS_PER_USER=1000000 CONFAB_SERVER_MAX_CONNECTIONS_PER_IP=0 CONFAB_LIMITS_RATE_MAX_MESSAGES=100000000 \
-CONFAB_SERVER_LOG_LEVEL=warn target/release/confab serve >"$DATA/server.log" 2>&1 &
+CONFAB_SERVER_LOG_LEVEL=warn ${BIN:-target/release/confab} serve >"$DATA/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 50); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
@@ -23,5 +23,5 @@ for _ in $(seq 50); do
 done
 TOK=$(CONFAB_STORE_DATA_DIR=$DATA target/release/confab token --sub load)
 target/release/confab-load write --url "ws://127.0.0.1:$PORT" --token "$TOK" \
-    --connections 100 --duration-s "$D" --server-pid "$PID" --json 2>/dev/null |
+    --connections 100 --in-flight "${IN:-1}" --duration-s "$D" --server-pid "$PID" --json 2>/dev/null |
     python3 -c 'import json,sys; d=json.load(sys.stdin); l=d.get("ack_latency") or d.get("latency") or {}; print(d["acked_per_s"], l.get("p50"), l.get("p99"), d.get("server_cpu_percent"))'

@@ -80,6 +80,14 @@ pub struct WriteRow {
     pub select: &'static str,
 }
 
+/// An insert that wants the new row's integer id back (see [`Db::insert_id`]).
+pub struct InsertRow {
+    /// The statement with `RETURNING id` (PostgreSQL)…
+    pub returning: &'static str,
+    /// …and without it (SQLite reads the connection's last rowid).
+    pub plain: &'static str,
+}
+
 /// A connection (inside whatever transaction its owner opened).
 pub trait Db {
     /// Run a statement; how many rows it changed.
@@ -115,6 +123,14 @@ pub trait Db {
         }
         self.row(w.select, select_p, f)
     }
+    /// Run the insert `w` and return the new row's integer id: SQLite runs `w.plain` and
+    /// reads the connection's last rowid (no second statement), PostgreSQL `w.returning`.
+    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError>;
+    /// True when this connection is the database's only writer (SQLite: one writer
+    /// thread). A value read earlier in the writer's transaction then still holds when the
+    /// same transaction writes, so a write need not read its row back; PostgreSQL
+    /// (several nodes' writers) says false.
+    const ONE_WRITER: bool = true;
     /// Hold the pair `(a, b)` until the transaction ends, so that writers on other nodes
     /// handling the same pair run one after the other (a chat retried with the same client
     /// id). SQLite has one writer: nothing to do.
@@ -218,6 +234,11 @@ impl Db for rusqlite::Connection {
         }
     }
 
+    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+        self.exec(w.plain, p)?;
+        Ok(self.last_insert_rowid())
+    }
+
     /// DEFERRED: the snapshot is taken by the first SELECT; a reader never writes.
     fn begin_read(&self) -> Result<bool, StoreError> {
         if !self.is_autocommit() {
@@ -254,5 +275,9 @@ impl Db for rusqlite::Transaction<'_> {
         f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         (**self).row(sql, p, f)
+    }
+
+    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+        (**self).insert_id(w, p)
     }
 }

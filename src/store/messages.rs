@@ -3,7 +3,7 @@
 //! markers. They run inside the writer's open transaction (`writer.rs`), on either
 //! backend (`db.rs`).
 
-use super::db::{p, Db, WriteRow};
+use super::db::{p, Db, InsertRow, WriteRow};
 use super::read::{message_columns, message_row, MessageRow};
 use super::writer::{Idempotency, WriterState};
 use super::StoreError;
@@ -36,6 +36,9 @@ pub struct ChatOutcome {
 }
 
 pub struct ConvAccess {
+    /// The conversation's newest `seq`, and whether it has no preview yet, as read in the
+    /// writer's transaction (see [`Db::ONE_WRITER`]).
+    pub last: Last,
     pub kind: String,
     pub room_id: Option<String>,
     pub room_type: Option<String>,
@@ -47,27 +50,28 @@ pub struct ConvAccess {
 pub fn conv_access(db: &impl Db, conv: &str, user: &str) -> Result<ConvAccess, StoreError> {
     let row = db.row(
         "SELECT c.kind, c.room_id, c.room_type, c.owner, c.ai, c.deleted,
-                EXISTS(SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?2)
+                EXISTS(SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?2),
+                c.last_seq, c.preview IS NULL
          FROM conversations c WHERE c.id = ?1",
         p![conv, user],
         |r| {
             Ok((
-                r.text(0)?,
-                r.opt_text(1)?,
-                r.opt_text(2)?,
-                r.text(3)?,
-                r.flag(4)?,
-                r.flag(5)?,
-                r.flag(6)?,
+                (r.text(0)?, r.opt_text(1)?, r.opt_text(2)?, r.text(3)?),
+                (r.flag(4)?, r.flag(5)?, r.flag(6)?),
+                Last {
+                    seq: r.int(7)?,
+                    no_preview: r.flag(8)?,
+                },
             ))
         },
     )?;
     match row {
-        None | Some((_, _, _, _, _, true, _)) => Err(StoreError::refused(
+        None | Some((_, (_, true, _), _)) => Err(StoreError::refused(
             ErrorCode::NotFound,
             format!("no conversation {conv}"),
         )),
-        Some((kind, room_id, room_type, owner, ai, _, is_member)) => Ok(ConvAccess {
+        Some(((kind, room_id, room_type, owner), (ai, _, is_member), last)) => Ok(ConvAccess {
+            last,
             kind,
             room_id,
             room_type,
@@ -96,6 +100,13 @@ pub(super) fn touch_user(
     Ok(())
 }
 
+/// A conversation's newest `seq`, and whether it has no preview yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Last {
+    pub seq: i64,
+    pub no_preview: bool,
+}
+
 /// A conversation's next `seq` (and whether it has no preview yet).
 const NEXT_SEQ: WriteRow = WriteRow {
     returning: "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
@@ -106,19 +117,46 @@ const NEXT_SEQ: WriteRow = WriteRow {
 };
 
 /// A message row; its id back.
-const INSERT_MESSAGE: WriteRow = WriteRow {
+const INSERT_MESSAGE: InsertRow = InsertRow {
     returning: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
     plain: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-    select: "SELECT last_insert_rowid()",
 };
+
+/// Take the conversation's next `seq`. `known` is its [`Last`] as read earlier in this
+/// transaction: with one writer (SQLite) it still holds, so the update need not read the
+/// row back; otherwise the update's own row (PostgreSQL: its row lock, held to COMMIT,
+/// orders the nodes' writers) says what the seq is.
+fn next_seq<D: Db>(db: &D, conv: &str, now: i64, known: Option<Last>) -> Result<Last, StoreError> {
+    let not_found = || StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"));
+    match known {
+        Some(last) if D::ONE_WRITER => {
+            if db.exec(NEXT_SEQ.plain, p![conv, now])? == 0 {
+                return Err(not_found());
+            }
+            Ok(Last {
+                seq: last.seq + 1,
+                no_preview: last.no_preview,
+            })
+        }
+        _ => db
+            .write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
+                Ok(Last {
+                    seq: r.int(0)?,
+                    no_preview: r.flag(1)?,
+                })
+            })?
+            .ok_or_else(not_found),
+    }
+}
 
 // The arguments are the columns of one row; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn insert_message(
     db: &impl Db,
     conv: &str,
+    known: Option<Last>,
     role: &str,
     author: &str,
     author_name: &str,
@@ -129,13 +167,7 @@ fn insert_message(
 ) -> Result<MessageRow, StoreError> {
     // The conversation's row lock (held to COMMIT) orders its writers, also across the
     // nodes of a cluster: seq is dense and a committed seq means every lower one is.
-    let (seq, no_preview) = db
-        .write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
-            Ok((r.int(0)?, r.flag(1)?))
-        })?
-        .ok_or_else(|| {
-            StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"))
-        })?;
+    let Last { seq, no_preview } = next_seq(db, conv, now, known)?;
     if no_preview && role == "user" {
         let preview: String = content.chars().take(100).collect();
         db.exec(
@@ -143,24 +175,20 @@ fn insert_message(
             p![conv, preview.as_str()],
         )?;
     }
-    let id = db
-        .write_row(
-            &INSERT_MESSAGE,
-            p![
-                conv,
-                seq,
-                role,
-                author,
-                author_name,
-                content,
-                status,
-                client_id,
-                now
-            ],
-            &[],
-            |r| r.int(0),
-        )?
-        .unwrap_or_default();
+    let id = db.insert_id(
+        &INSERT_MESSAGE,
+        p![
+            conv,
+            seq,
+            role,
+            author,
+            author_name,
+            content,
+            status,
+            client_id,
+            now
+        ],
+    )?;
     Ok(MessageRow {
         id,
         conversation_id: conv.to_string(),
@@ -219,8 +247,12 @@ pub fn append_chat(
     touch_user(db, state, &input.user_id, &input.user_name)?;
     let conv = input.conversation_id.as_str();
     let mut room_id = input.room_id.clone();
-    if input.create {
+    let last = if input.create {
         new_conversation(db, conv, &input.user_id, now)?;
+        Last {
+            seq: 0,
+            no_preview: true,
+        }
     } else {
         let a = conv_access(db, conv, &input.user_id)?;
         if !a.is_member && !input.is_admin {
@@ -230,10 +262,12 @@ pub fn append_chat(
             ));
         }
         room_id = a.room_id;
-    }
+        a.last
+    };
     let user_msg = insert_message(
         db,
         conv,
+        Some(last),
         "user",
         &input.user_id,
         &input.user_name,
@@ -247,9 +281,14 @@ pub fn append_chat(
     }
     let assistant = match &input.assistant {
         Some(agent) => {
+            let after_user = Last {
+                seq: user_msg.seq,
+                no_preview: false,
+            };
             let row = insert_message(
                 db,
                 conv,
+                Some(after_user),
                 "assistant",
                 agent,
                 agent,

@@ -474,7 +474,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::store::db::Val;
+    use crate::store::db::{InsertRow, Val};
 
     /// A reader connection whose first read of messages is followed by a commit on another
     /// connection: what a busy writer does between a reader's statements.
@@ -521,6 +521,9 @@ mod tests {
             let out = self.reader.row(sql, p, f);
             self.commit_a_message_once(sql);
             out
+        }
+        fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+            self.reader.insert_id(w, p)
         }
         fn begin_read(&self) -> Result<bool, StoreError> {
             self.reader.begin_read()
