@@ -13,6 +13,7 @@
 //! from a newer binary is refused (exit code 2) rather than misread.
 
 pub mod alias;
+mod checkpoint;
 pub mod cmd;
 pub mod conversations;
 pub mod db;
@@ -275,7 +276,7 @@ pub fn open_writer(
         tx.commit()?;
         log::info!("store: migrated schema to version {}", i + 1);
     }
-    // Checkpoints run on their own thread (see `checkpointer`), not inside the writer's
+    // Checkpoints run on their own thread (`checkpoint.rs`), not inside the writer's
     // COMMIT, where they took ~8% of the writer's time.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Replies that were streaming when the previous process died will never finish.
@@ -335,6 +336,8 @@ pub struct Store<R> {
     pub path: std::path::PathBuf,
     pub synchronous_full: bool,
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The SQLite checkpointer's wake-ups and stop (`checkpoint.rs`).
+    checkpoint: Arc<checkpoint::Cue>,
     /// Connections for threads that read now and then ([`ReadConn`]).
     occasional: ReadConn,
     /// Cluster mode: the shared database's URL.
@@ -423,6 +426,7 @@ impl<R: Send + 'static> Store<R> {
             path,
             synchronous_full: cfg.store.synchronous_full,
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            checkpoint: Arc::default(),
             #[cfg(feature = "cluster")]
             pg,
         })
@@ -506,6 +510,7 @@ impl<R: Send + 'static> Store<R> {
     pub fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.checkpoint.stop();
         for tx in &self.write_tx {
             let _ = tx.send(WriteMsg::Stop);
         }
@@ -559,24 +564,22 @@ impl<R: Send + 'static> Store<R> {
                 let idem = writer::Idempotency::Memory(window);
                 let commits_seen_by = metrics.clone();
                 let (metrics, sink) = (metrics.clone(), sink.clone());
-                let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let wanted = restart.clone();
+                let cue = self.checkpoint.clone();
                 spawn_writer(
                     &mut threads,
                     Box::new(move || {
                         writer::run(conn, rx, settings, idem, metrics, sink, move |c| {
-                            if wanted.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                                restart_wal(c)
+                            if cue.batch_done() {
+                                checkpoint::restart_wal(c)
                             }
                         })
                     }),
                 )?;
-                let path = self.path.clone();
-                let stopping = self.stopping.clone();
+                let (path, cue) = (self.path.clone(), self.checkpoint.clone());
                 threads.push(
                     std::thread::Builder::new()
                         .name("store-checkpoint".into())
-                        .spawn(move || checkpointer(path, stopping, restart, commits_seen_by))?,
+                        .spawn(move || checkpoint::run(path, cue, commits_seen_by))?,
                 );
             }
             #[cfg(feature = "cluster")]
@@ -635,84 +638,9 @@ impl<R: Send + 'static> Store<R> {
     }
 }
 
-/// WAL content past which the WAL is started over (see [`checkpointer`]).
-const WAL_RESTART_BYTES: i64 = 16 << 20;
-
 /// The WAL file is cut back to this size when it starts over (it grows past it only
 /// while readers keep a restart from happening).
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
-
-/// Moves WAL content into the database file in the background: a PASSIVE checkpoint
-/// (never blocks the writer or readers) every 200 ms. Under continuous writes a PASSIVE
-/// pass never catches up (frames arrive while it copies), so the WAL would never start
-/// over; once it holds more than [`WAL_RESTART_BYTES`] the checkpointer raises `restart`
-/// and the writer, between two batches, runs [`restart_wal`]: only the frames written
-/// since the PASSIVE pass are left to copy. (Before: a TRUNCATE from this thread once the
-/// file passed 64 MiB — it waited for the writer's lock, copied up to 200 ms of frames
-/// under it, and the file then grew again from zero: ack p99 42–63 ms, BENCHMARKS.md.)
-///
-/// A pass is skipped while the writer has committed nothing since a pass that copied
-/// every frame: an idle server does no SQLite work (a pass after 200 ms asleep cost
-/// ~3 ms of CPU on the benchmark VM — 1.6 % of a core, forever).
-fn checkpointer(
-    path: std::path::PathBuf,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-    restart: Arc<std::sync::atomic::AtomicBool>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
-    let conn = match Connection::open(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("store checkpointer cannot open {}: {e}", path.display());
-            return;
-        }
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
-    let page: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .unwrap_or(4096);
-    // Commits as of the last pass that left nothing to copy.
-    let mut copied_up_to: Option<u64> = None;
-    while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        // Read before the pass: a commit during it makes the next pass run.
-        let commits = metrics
-            .store_commits
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if copied_up_to == Some(commits) {
-            continue;
-        }
-        // Columns: busy, frames in the WAL, frames copied into the database.
-        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match pass {
-            Ok((frames, copied)) => {
-                if frames * page > WAL_RESTART_BYTES {
-                    restart.store(true, std::sync::atomic::Ordering::Relaxed)
-                }
-                copied_up_to = (copied >= frames).then_some(commits);
-            }
-            Err(e) => log::warn!("store: checkpoint failed: {e}"),
-        }
-    }
-    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-}
-
-/// On the writer's connection, between batches: copy what the last PASSIVE pass left and
-/// start the WAL over, in place (no file growth, no block zeroing; `journal_size_limit`
-/// cuts back a file that grew while readers held old snapshots). A reader on an old
-/// snapshot makes it give up at once (no busy wait: the writer must not stall); the
-/// checkpointer asks again after its next pass.
-fn restart_wal(conn: &mut Connection) {
-    let _ = conn.busy_timeout(std::time::Duration::ZERO);
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-        Ok(0) => {}
-        Ok(_) => log::debug!("store: WAL restart deferred (a reader holds an old snapshot)"),
-        Err(e) => log::warn!("store: WAL restart failed: {e}"),
-    }
-    let _ = conn.busy_timeout(WRITER_BUSY_TIMEOUT);
-}
 
 #[cfg(test)]
 mod tests {

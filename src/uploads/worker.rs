@@ -53,8 +53,16 @@ impl Worker {
         let tick = idle.min(Duration::from_secs(1));
         let mut last_sweep = Instant::now();
         let mut last_ping = Instant::now();
+        let pinging = self.pings && self.ctx.uploads.scanner.is_some();
         loop {
-            match rx.recv_timeout(tick) {
+            // With no upload in progress and no scanner to ping there is nothing to time:
+            // an idle server's upload workers sleep until a job comes.
+            let next = if self.pending.is_empty() && !pinging {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(tick)
+            };
+            match next {
                 Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(job) => self.handle(job),
                 Err(RecvTimeoutError::Timeout) => {
