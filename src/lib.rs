@@ -36,6 +36,7 @@ pub mod completion;
 pub mod config;
 pub mod dialect;
 pub mod generation;
+pub mod handoff;
 pub mod hub;
 pub mod llm;
 pub mod logging;

@@ -37,6 +37,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::handoff::{Inbox, Outbox};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
@@ -324,8 +326,9 @@ pub struct Store<R> {
     /// One queue per writer: SQLite has one writer; PostgreSQL `cluster.writers`, a
     /// command going to the writer its conversation (room, message) hashes to, so one
     /// conversation's writes stay in order.
-    write_tx: Vec<Sender<WriteMsg<R>>>,
-    write_rx: Mutex<Vec<Receiver<WriteMsg<R>>>>,
+    /// One queue per writer; the writer parks on an empty one at once (`handoff`).
+    write_tx: Vec<Outbox<WriteMsg<R>>>,
+    write_rx: Mutex<Vec<Inbox<WriteMsg<R>>>>,
     read_tx: Sender<ReadMsg<R>>,
     read_rx: Receiver<ReadMsg<R>>,
     writer_conn: Mutex<Option<Opened>>,
@@ -387,7 +390,7 @@ impl<R: Send + 'static> Store<R> {
             Opened::Pg(w) => w.len(),
         };
         let (write_tx, write_rx) = (0..lanes)
-            .map(|_| crossbeam_channel::bounded(cfg.store.queue.div_ceil(lanes)))
+            .map(|_| crate::handoff::bounded(cfg.store.queue.div_ceil(lanes)))
             .unzip();
         let (read_tx, read_rx) = crossbeam_channel::bounded(cfg.store.read_queue);
         let occasional = match &conn {
@@ -499,7 +502,7 @@ impl<R: Send + 'static> Store<R> {
     }
 
     pub fn write_queue_len(&self) -> usize {
-        self.write_tx.iter().map(Sender::len).sum()
+        self.write_tx.iter().map(Outbox::len).sum()
     }
 
     pub fn read_queue_len(&self) -> usize {

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crate::handoff::{self, Inbox};
 use rusqlite::Connection;
 
 use super::db::{p, Db};
@@ -122,7 +122,7 @@ fn favour_this_thread(name: &str) {
 /// been handed on.
 pub fn run<R: Send + 'static, B: Batch>(
     mut conn: B,
-    rx: Receiver<WriteMsg<R>>,
+    rx: Inbox<WriteMsg<R>>,
     settings: Settings,
     idempotency: Idempotency,
     metrics: Arc<Metrics>,
@@ -133,7 +133,7 @@ pub fn run<R: Send + 'static, B: Batch>(
     let batch_max = settings.batch_max;
     let mut state = WriterState::new(settings.idempotency_window_ms, idempotency);
     let mut jobs = Vec::with_capacity(batch_max);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<Outcome<R>>(COMPLETION_BACKLOG);
+    let (done_tx, done_rx) = handoff::bounded::<Outcome<R>>(COMPLETION_BACKLOG);
     let completer = {
         let (metrics, sink) = (metrics.clone(), sink.clone());
         std::thread::Builder::new()
@@ -141,7 +141,7 @@ pub fn run<R: Send + 'static, B: Batch>(
             .spawn(move || {
                 favour_this_thread("store-complete");
                 COMPLETION_THREAD.with(|c| c.set(true));
-                for outcome in done_rx {
+                while let Ok(outcome) = done_rx.recv() {
                     outcome.deliver(&metrics, &*sink);
                 }
             })
@@ -587,7 +587,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let conn = crate::store::open_writer(&dir.join("w.db"), false, 4096).unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crate::handoff::bounded(64);
         for i in 0..50u32 {
             // Refused (no such conversation): each job still gets its answer.
             let cmd = WriteCmd::MarkRead {
