@@ -11,7 +11,8 @@
 #   FIGURES  [echo100 echo1000 bcast1000 bcast5000 idle10k room10k]
 #   CONFAB   [target/release/confab]  the confab binary (CONFAB_B: a second one, "confab-b")
 #   PEERS    [../shared/tools/peers]  the peers' start.sh (built with its build.sh)
-#   OUT      [a temp dir]             raw JSON per run lands in $OUT/runs.jsonl
+#   OUT      [a temp dir]             raw JSON per run lands in $OUT/runs.jsonl (emptied first:
+#                                     the summary is of this run only)
 #
 # Peers speak raw text frames (`confab-load --generic`); confab is driven through its own
 # native protocol (/echo for echo, a room for broadcast and the in-room hold), so confab's
@@ -29,6 +30,7 @@ OUT=${OUT:-$(mktemp -d /tmp/side-by-side.XXXXXX)}
 LOAD="$ROOT/target/release/confab-load"
 PORT=18400
 mkdir -p "$OUT"
+: >"$OUT/runs.jsonl"
 [ -x "$LOAD" ] || { echo "build first: cargo build --release -p confab -p confab-load" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
