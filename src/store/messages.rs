@@ -124,31 +124,28 @@ const INSERT_MESSAGE: InsertRow = InsertRow {
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
 };
 
-/// Take the conversation's next `seq`. `known` is its [`Last`] as read earlier in this
+/// Take the conversation's next `seq`. `read` is its [`Last`] as read earlier in this
 /// transaction: with one writer (SQLite) it still holds, so the update need not read the
 /// row back; otherwise the update's own row (PostgreSQL: its row lock, held to COMMIT,
-/// orders the nodes' writers) says what the seq is.
-fn next_seq<D: Db>(db: &D, conv: &str, now: i64, known: Option<Last>) -> Result<Last, StoreError> {
+/// orders the nodes' writers) says what the seq is, and `read` is not used.
+fn next_seq<D: Db>(db: &D, conv: &str, now: i64, read: Last) -> Result<Last, StoreError> {
     let not_found = || StoreError::refused(ErrorCode::NotFound, format!("no conversation {conv}"));
-    match known {
-        Some(last) if D::ONE_WRITER => {
-            if db.exec(NEXT_SEQ.plain, p![conv, now])? == 0 {
-                return Err(not_found());
-            }
-            Ok(Last {
-                seq: last.seq + 1,
-                no_preview: last.no_preview,
-            })
+    if D::ONE_WRITER {
+        if db.exec(NEXT_SEQ.plain, p![conv, now])? == 0 {
+            return Err(not_found());
         }
-        _ => db
-            .write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
-                Ok(Last {
-                    seq: r.int(0)?,
-                    no_preview: r.flag(1)?,
-                })
-            })?
-            .ok_or_else(not_found),
+        return Ok(Last {
+            seq: read.seq + 1,
+            no_preview: read.no_preview,
+        });
     }
+    db.write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
+        Ok(Last {
+            seq: r.int(0)?,
+            no_preview: r.flag(1)?,
+        })
+    })?
+    .ok_or_else(not_found)
 }
 
 // The arguments are the columns of one row; a struct would only rename them.
@@ -156,7 +153,7 @@ fn next_seq<D: Db>(db: &D, conv: &str, now: i64, known: Option<Last>) -> Result<
 fn insert_message(
     db: &impl Db,
     conv: &str,
-    known: Option<Last>,
+    known: Last,
     role: &str,
     author: &str,
     author_name: &str,
@@ -267,7 +264,7 @@ pub fn append_chat(
     let user_msg = insert_message(
         db,
         conv,
-        Some(last),
+        last,
         "user",
         &input.user_id,
         &input.user_name,
@@ -288,7 +285,7 @@ pub fn append_chat(
             let row = insert_message(
                 db,
                 conv,
-                Some(after_user),
+                after_user,
                 "assistant",
                 agent,
                 agent,
