@@ -37,12 +37,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-
-use crate::handoff::{Inbox, Outbox};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use crate::config::Config;
+use crate::handoff::{Inbox, Outbox};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -325,8 +324,8 @@ pub struct Busy;
 pub struct Store<R> {
     /// One queue per writer: SQLite has one writer; PostgreSQL `cluster.writers`, a
     /// command going to the writer its conversation (room, message) hashes to, so one
-    /// conversation's writes stay in order.
-    /// One queue per writer; the writer parks on an empty one at once (`handoff`).
+    /// conversation's writes stay in order. A writer parks on its empty queue at once
+    /// (`handoff.rs`).
     write_tx: Vec<Outbox<WriteMsg<R>>>,
     write_rx: Mutex<Vec<Inbox<WriteMsg<R>>>>,
     read_tx: Sender<ReadMsg<R>>,

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::handoff::{self, Inbox};
 use rusqlite::Connection;
 
 use super::db::{p, Db};
@@ -19,6 +18,7 @@ use super::db::{p, Db};
 use super::cmd::{Completions, WriteCmd, WriteJob, Written};
 use super::idempotency::Window;
 use super::{StoreError, WriteMsg};
+use crate::handoff::{self, Inbox};
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode};
 
