@@ -4,10 +4,11 @@
 //! times before it parks. On a core shared with a busy thread — a shard in a long fan-out
 //! turn, the usual case on a small box — every yield is a pair of context switches that
 //! the busy thread pays for: with all of confab on one core during broadcast 5,000 the
-//! store writer ran ~23 times and its completion thread ~27 times per message, against
-//! about twice each for a consumer that parks at once (BENCHMARKS.md). The commit path's
-//! threads (`store/writer.rs`) wait on these queues; the channel underneath is still
-//! crossbeam's (its bounded array, its `try_recv`), only the wait differs.
+//! store writer ran ~23 times and its completion thread ~27 times per message. Parking at
+//! once, the writer runs ~9 times (broadcast 5,000; 6 at broadcast 1,000, its fsync among
+//! them) and the completion thread ~2 (BENCHMARKS.md, closing-session steps). The commit
+//! path's threads (`store/writer.rs`) wait on these queues; the channel underneath is
+//! still crossbeam's (its bounded array, its `try_recv`), only the wait differs.
 //!
 //! The producer side ([`Outbox`]) rings after each send: one fence and one load when the
 //! consumer is awake, an unpark when it sleeps.
