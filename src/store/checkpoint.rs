@@ -19,11 +19,10 @@ const WAL_RESTART_BYTES: i64 = 16 << 20;
 /// Time between two passes while the writer commits.
 const PASS_EVERY: Duration = Duration::from_millis(200);
 
-/// What the writer and the store tell the checkpointer.
+/// What the writer and the store tell the checkpointer (the store's stop itself is
+/// `Store::stopping`, which other threads read too).
 #[derive(Default)]
 pub struct Cue {
-    /// The store is stopping: one last pass, then the thread ends.
-    stopping: AtomicBool,
     /// Raised by the checkpointer: the writer runs [`restart_wal`] between two batches.
     restart: AtomicBool,
     /// The checkpointer sleeps until the next commit (nothing was left to copy).
@@ -44,9 +43,9 @@ impl Cue {
         self.restart.swap(false, Relaxed)
     }
 
-    /// The store is stopping: end the thread (after one last pass) even if it sleeps.
+    /// The store is stopping (`Store::stopping` is set): wake the thread if it sleeps, so
+    /// that it makes its last pass and ends.
     pub fn stop(&self) {
-        self.stopping.store(true, SeqCst);
         self.wake();
     }
 
@@ -70,7 +69,12 @@ impl Cue {
 /// sleeps until the writer's next batch ([`Cue::batch_done`]) or the store's stop: an idle
 /// server does no SQLite work and no wake-ups (a pass after 200 ms asleep cost ~3 ms of
 /// CPU on the benchmark VM, and each wake ~0.5 ms).
-pub fn run(path: std::path::PathBuf, cue: Arc<Cue>, metrics: Arc<Metrics>) {
+pub fn run(
+    path: std::path::PathBuf,
+    stopping: Arc<AtomicBool>,
+    cue: Arc<Cue>,
+    metrics: Arc<Metrics>,
+) {
     let _ = cue.thread.set(std::thread::current());
     let conn = match Connection::open(&path) {
         Ok(c) => c,
@@ -85,15 +89,16 @@ pub fn run(path: std::path::PathBuf, cue: Arc<Cue>, metrics: Arc<Metrics>) {
         .unwrap_or(4096);
     // Commits as of the last pass that left nothing to copy.
     let mut copied_up_to: Option<u64> = None;
-    while !cue.stopping.load(SeqCst) {
+    while !stopping.load(SeqCst) {
         std::thread::sleep(PASS_EVERY);
         // Read before the pass: a commit during it makes the next pass run.
         let commits = metrics.store_commits.load(SeqCst);
         if copied_up_to == Some(commits) {
             cue.asleep.store(true, SeqCst);
-            if metrics.store_commits.load(SeqCst) == commits && !cue.stopping.load(SeqCst) {
+            if metrics.store_commits.load(SeqCst) == commits && !stopping.load(SeqCst) {
                 // Until `Cue::batch_done` or `Cue::stop` (an unpark that came first is
-                // kept: this returns at once); a spurious return only costs one loop.
+                // kept: this returns at once, and an unpark happens-before the return, so
+                // the stop flag set before it is seen); a spurious return costs one loop.
                 std::thread::park();
             }
             cue.asleep.store(false, SeqCst);

@@ -511,7 +511,7 @@ impl<R: Send + 'static> Store<R> {
     /// Stop the writer after everything queued so far is committed, and the readers.
     pub fn shutdown(&self) {
         self.stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.checkpoint.stop();
         for tx in &self.write_tx {
             let _ = tx.send(WriteMsg::Stop);
@@ -578,10 +578,11 @@ impl<R: Send + 'static> Store<R> {
                     }),
                 )?;
                 let (path, cue) = (self.path.clone(), self.checkpoint.clone());
+                let stopping = self.stopping.clone();
                 threads.push(
                     std::thread::Builder::new()
                         .name("store-checkpoint".into())
-                        .spawn(move || checkpoint::run(path, cue, commits_seen_by))?,
+                        .spawn(move || checkpoint::run(path, stopping, cue, commits_seen_by))?,
                 );
             }
             #[cfg(feature = "cluster")]
