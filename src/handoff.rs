@@ -160,10 +160,23 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Run `f` on a consumer thread; its result, or a failure (not a hang) if a lost
+    /// wake-up leaves it parked.
+    fn consume<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl FnOnce() -> T {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        move || {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the consumer did not finish: a wake-up was lost")
+        }
+    }
+
     #[test]
     fn every_message_arrives_in_order_across_sleeps() {
         let (tx, rx) = bounded::<u32>(4);
-        let consumer = std::thread::spawn(move || {
+        let result = consume(move || {
             let mut got = Vec::new();
             while let Ok(m) = rx.recv() {
                 got.push(m);
@@ -182,17 +195,16 @@ mod tests {
         tx2.send(10_000).unwrap();
         // The last sender's drop wakes the sleeping consumer to see the disconnection.
         drop(tx2);
-        let got = consumer.join().unwrap();
-        assert_eq!(got, (0..=10_000).collect::<Vec<_>>());
+        assert_eq!(result(), (0..=10_000).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_consumer_asleep_on_an_empty_queue_wakes_when_the_last_sender_goes() {
         let (tx, rx) = bounded::<()>(1);
-        let consumer = std::thread::spawn(move || rx.recv().is_err());
+        let result = consume(move || rx.recv().is_err());
         std::thread::sleep(Duration::from_millis(50));
         drop(tx);
-        assert!(consumer.join().unwrap());
+        assert!(result());
     }
 
     #[test]
