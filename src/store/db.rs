@@ -70,21 +70,14 @@ pub trait Row {
     fn flag(&self, i: usize) -> Result<bool, StoreError>;
 }
 
-/// A write that wants a row back, in both forms (see [`Db::write_row`]).
+/// A write that wants something of its row back, in both forms. PostgreSQL runs
+/// `returning` (one round trip). SQLite runs `plain`: it builds a `RETURNING` clause's rows
+/// in an ephemeral B-tree opened and closed with every statement (perf: ~10% of the store
+/// writer on the chat path), and it does not need them — its one writer already knows a
+/// row it read in the same transaction ([`Db::ONE_WRITER`]), and an insert's id is the
+/// connection's last rowid ([`Db::insert_id`]).
 pub struct WriteRow {
-    /// The statement with its `RETURNING` clause (PostgreSQL: one round trip).
     pub returning: &'static str,
-    /// The same statement without it (SQLite)…
-    pub plain: &'static str,
-    /// …and the query that reads the row back in the same transaction.
-    pub select: &'static str,
-}
-
-/// An insert that wants the new row's integer id back (see [`Db::insert_id`]).
-pub struct InsertRow {
-    /// The statement with `RETURNING id` (PostgreSQL)…
-    pub returning: &'static str,
-    /// …and without it (SQLite reads the connection's last rowid).
     pub plain: &'static str,
 }
 
@@ -106,26 +99,9 @@ pub trait Db {
         p: &[Val],
         f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError>;
-    /// Run the write `w` with `p` and map the row it names by `f`; `None` when it changed
-    /// no row. SQLite builds a `RETURNING` clause's rows in an ephemeral B-tree opened and
-    /// closed with every statement (perf: ~10% of the store writer on the chat path), so
-    /// it runs `w.plain`, then `w.select` with `select_p`; PostgreSQL overrides this with
-    /// `w.returning` (one round trip).
-    fn write_row<T>(
-        &self,
-        w: &WriteRow,
-        p: &[Val],
-        select_p: &[Val],
-        f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        if self.exec(w.plain, p)? == 0 {
-            return Ok(None);
-        }
-        self.row(w.select, select_p, f)
-    }
     /// Run the insert `w` and return the new row's integer id: SQLite runs `w.plain` and
     /// reads the connection's last rowid (no second statement), PostgreSQL `w.returning`.
-    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError>;
+    fn insert_id(&self, w: &WriteRow, p: &[Val]) -> Result<i64, StoreError>;
     /// True when this connection is the database's only writer (SQLite: one writer
     /// thread). A value read earlier in the writer's transaction then still holds when the
     /// same transaction writes, so a write need not read its row back; PostgreSQL
@@ -234,7 +210,7 @@ impl Db for rusqlite::Connection {
         }
     }
 
-    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+    fn insert_id(&self, w: &WriteRow, p: &[Val]) -> Result<i64, StoreError> {
         self.exec(w.plain, p)?;
         Ok(self.last_insert_rowid())
     }
@@ -277,7 +253,7 @@ impl Db for rusqlite::Transaction<'_> {
         (**self).row(sql, p, f)
     }
 
-    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+    fn insert_id(&self, w: &WriteRow, p: &[Val]) -> Result<i64, StoreError> {
         (**self).insert_id(w, p)
     }
 }

@@ -3,7 +3,7 @@
 //! markers. They run inside the writer's open transaction (`writer.rs`), on either
 //! backend (`db.rs`).
 
-use super::db::{p, Db, InsertRow, WriteRow};
+use super::db::{p, Db, WriteRow};
 use super::read::{message_columns, message_row, MessageRow};
 use super::writer::{Idempotency, WriterState};
 use super::StoreError;
@@ -113,11 +113,10 @@ const NEXT_SEQ: WriteRow = WriteRow {
                 WHERE id = ?1 RETURNING last_seq, preview IS NULL",
     plain: "UPDATE conversations SET last_seq = last_seq + 1, message_count = message_count + 1, last_updated = ?2
             WHERE id = ?1",
-    select: "SELECT last_seq, preview IS NULL FROM conversations WHERE id = ?1",
 };
 
 /// A message row; its id back.
-const INSERT_MESSAGE: InsertRow = InsertRow {
+const INSERT_MESSAGE: WriteRow = WriteRow {
     returning: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
     plain: "INSERT INTO messages (conversation_id, seq, role, author, author_name, content, status, client_id, created_at, updated_at)
@@ -139,7 +138,7 @@ fn next_seq<D: Db>(db: &D, conv: &str, now: i64, read: Last) -> Result<Last, Sto
             no_preview: read.no_preview,
         });
     }
-    db.write_row(&NEXT_SEQ, p![conv, now], p![conv], |r| {
+    db.row(NEXT_SEQ.returning, p![conv, now], |r| {
         Ok(Last {
             seq: r.int(0)?,
             no_preview: r.flag(1)?,

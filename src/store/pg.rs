@@ -18,7 +18,7 @@ use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
-use super::db::{p, Db, InsertRow, Row, Val, WriteRow};
+use super::db::{p, Db, Row, Val, WriteRow};
 use super::writer::Batch;
 use super::StoreError;
 
@@ -315,17 +315,7 @@ impl Db for PgDb {
         rows.first().map(|r| f(r)).transpose()
     }
 
-    fn write_row<T>(
-        &self,
-        w: &WriteRow,
-        p: &[Val],
-        _select_p: &[Val],
-        f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        self.row(w.returning, p, f)
-    }
-
-    fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+    fn insert_id(&self, w: &WriteRow, p: &[Val]) -> Result<i64, StoreError> {
         // An INSERT that succeeded returns its row.
         Ok(self.row(w.returning, p, |r| r.int(0))?.unwrap_or_default())
     }

@@ -474,7 +474,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::store::db::{InsertRow, Val};
+    use crate::store::db::{Val, WriteRow};
 
     /// A reader connection whose first read of messages is followed by a commit on another
     /// connection: what a busy writer does between a reader's statements.
@@ -522,7 +522,7 @@ mod tests {
             self.commit_a_message_once(sql);
             out
         }
-        fn insert_id(&self, w: &InsertRow, p: &[Val]) -> Result<i64, StoreError> {
+        fn insert_id(&self, w: &WriteRow, p: &[Val]) -> Result<i64, StoreError> {
             self.reader.insert_id(w, p)
         }
         fn begin_read(&self) -> Result<bool, StoreError> {
